@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the project (first run only) and runs the whole lifecycle on the built-in data with `dvc repro`.
+# Extra arguments go to `dvc repro` (e.g. `bash scripts/lifecycle.sh evaluate` or `--force`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+start=$(date +%s)
+dvc repro "$@"
+echo
+echo "Lifecycle done in $(( $(date +%s) - start )) s."
+dvc metrics show
+cat <<MSG
+
+Where things are:
+  reports (executed notebooks)  reports/01_collect.ipynb ... reports/04_evaluate.ipynb
+  metrics (DVC metrics)         metrics/data_quality.json, metrics/train.json, metrics/evaluate.json
+  plots (DVC plots)             plots/evaluate/  (dvc plots show)
+  model                         models/candidate/model.skops (+ schema.json, model.json)
+  data                          data/raw/, data/prepared/, data/predictions/test.parquet
+Open them in JupyterLab:        .venv/bin/jupyter lab
+MSG

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates .venv (Python >= 3.10) and installs mlops-nb with everything it needs, pinned by constraints.txt.
+# Idempotent: does nothing when settings.ini, setup.py, pyproject.toml and constraints.txt are unchanged since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.mlops-nb-installed
+want=$(cat settings.ini setup.py pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing mlops-nb and its dependencies into .venv (a few minutes the first time)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+  # The kernel papermill and JupyterLab use is this environment's Python.
+  .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlops-nb)" >/dev/null
+  echo "$want" > "$stamp"
+fi
+# DVC needs a git repository; a downloaded archive is not one.
+[ -d .git ] || git init -q

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs the project (first run only) and runs every test: notebook/package sync, nbdev_test over nbs/, pytest over tests/.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k schema`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+bash scripts/check_sync.sh
+nbdev_test --n_workers 2
+python -m pytest "$@"

@@ -1,0 +1,107 @@
+"""The real lifecycle: `dvc repro` runs every stage's notebook through papermill in a copy of the project."""
+import json
+from pathlib import Path
+
+import nbformat, numpy as np, pandas as pd, pytest, yaml
+
+from mlops_nb.train import load_model
+
+pytestmark = pytest.mark.e2e
+STAGES = ['01_collect', '02_prepare', '03_train', '04_evaluate']
+
+def errors_in(report:Path) -> list[str]:
+    "The error outputs of an executed notebook."
+    nb = nbformat.read(report, as_version=4)
+    return [o.get('ename', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.output_type == 'error']
+
+def test_repro_runs_the_lifecycle_and_caches_it(project):
+    out = project.run('dvc repro').stdout
+    for stage in ['collect', 'prepare', 'train', 'evaluate']: assert f"Running stage '{stage}'" in out
+    p = project.path
+    for s in STAGES:
+        assert (p/'reports'/f'{s}.ipynb').exists() and errors_in(p/'reports'/f'{s}.ipynb') == []
+    m = json.loads((p/'metrics/evaluate.json').read_text())
+    assert m['roc_auc'] > 0.7 and 0 < m['pr_auc'] <= 1 and 0 <= m['brier'] < 0.1 and 0 < m['threshold'] < 1
+    q = json.loads((p/'metrics/data_quality.json').read_text())
+    assert q['ok'] and q['failed_batches'] == 0 and q['batches'] == 12
+    schema = json.loads((p/'data/prepared/schema.json').read_text())
+    assert {'amount', 'merchant_category', 'timestamp', 'is_fraud'} <= set(schema['columns'])
+    splits = {k: pd.read_parquet(p/f'data/prepared/{k}.parquet') for k in ['train', 'valid', 'test']}
+    assert splits['train'].timestamp.max() <= splits['valid'].timestamp.min() <= splits['test'].timestamp.min()
+    model = load_model(p/'models/candidate/model.skops')
+    spec = json.loads((p/'data/prepared/features.json').read_text())
+    preds = pd.read_parquet(p/'data/predictions/test.parquet')
+    scores = model.predict_proba(splits['test'][spec['numeric'] + spec['categorical']])[:, 1]
+    assert len(preds) == len(splits['test']) and abs(preds.score.to_numpy() - scores).max() < 1e-12
+    for f in ['roc.csv', 'pr.csv', 'calibration.csv', 'importance.csv', 'roc.png', 'confusion.png']:
+        assert (p/'plots/evaluate'/f).stat().st_size > 0
+    shown = json.loads(project.run('dvc metrics show --json').stdout)
+    assert any('metrics/evaluate.json' in str(v) for v in shown.values())
+
+    # Nothing changed: nothing runs.
+    assert 'Data and pipelines are up to date' in project.run('dvc repro').stdout
+    project.commit('first run')
+
+    # A training param changed: train and evaluate run again, collect and prepare do not.
+    out = project.run('dvc exp run -S train.search.n_iter=1').stdout
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert "Running stage 'collect'" not in out and "Running stage 'prepare'" not in out
+    diff = json.loads(project.run('dvc params diff --json').stdout)
+    assert diff['params.yaml']['train.search.n_iter'] == {'old': 2, 'new': 1}
+    mdiff = json.loads(project.run('dvc metrics diff --json').stdout)
+    assert 'metrics/train.json' in mdiff and mdiff['metrics/train.json']['candidates'] == {'old': 2, 'new': 1, 'diff': -1}
+
+def test_two_clean_runs_are_identical(project, tmp_path):
+    project.run('dvc repro')
+    first = {f: (project.path/f).read_bytes() for f in ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json']}
+    first_preds = pd.read_parquet(project.path/'data/predictions/test.parquet')
+    project.run('rm -rf data models metrics plots reports .dvc/cache && dvc repro')
+    for f, content in first.items(): assert (project.path/f).read_bytes() == content, f
+    pd.testing.assert_frame_equal(pd.read_parquet(project.path/'data/predictions/test.parquet'), first_preds)
+
+def test_a_bad_batch_stops_dvc_repro_at_prepare(project):
+    project.run('dvc repro')
+    p = project.path
+    (p/'data/schema.json').write_bytes((p/'data/prepared/schema.json').read_bytes())  # the team pins the reviewed schema
+    project.set_params({'prepare': {'schema': 'data/schema.json'}})
+    project.run('dvc repro')
+    project.commit('pinned schema')
+    before = {f.name: f.read_bytes() for f in (p/'data/prepared').iterdir()}
+    train_report = (p/'reports/03_train.ipynb').read_bytes()
+    bad = pd.read_parquet(sorted((p/'data/raw').glob('*.parquet'))[-1]).drop(columns=['country'])
+    bad['transaction_id'] = 'ext-' + bad['transaction_id']
+    (p/'data/external').mkdir(parents=True)
+    bad.to_csv(p/'data/external/late.csv', index=False)
+    project.set_params({'collect': {'sources': [{'type': 'simulator'}, {'type': 'file', 'path': 'data/external/late.csv'}]}})
+    r = project.run('dvc repro', check=False)
+    assert r.returncode != 0
+    assert "data/external/late.csv: column 'country' breaks rule 'missing_column'" in r.stdout + r.stderr
+    assert "Running stage 'train'" not in r.stdout
+    assert {f.name: f.read_bytes() for f in (p/'data/prepared').iterdir()} == before
+    assert (p/'reports/03_train.ipynb').read_bytes() == train_report
+    assert errors_in(p/'reports/02_prepare.ipynb') == ['DataError']
+    q = json.loads((p/'metrics/data_quality.json').read_text())
+    assert not q['ok'] and q['failed_batches'] == 1
+
+def test_same_pipeline_on_a_regression_csv(project):
+    from sklearn.datasets import load_diabetes
+    p = project.path
+    df = load_diabetes(as_frame=True).frame
+    df['sex'] = np.where(df['sex'] > 0, 'male', 'female')   # one categorical column
+    df['patient'] = [f'p{i:04d}' for i in range(len(df))]
+    (p/'data/external').mkdir(parents=True)
+    df.to_csv(p/'data/external/diabetes.csv', index=False)
+    params = project.params
+    params['task'] = {'type': 'regression', 'target': 'target', 'time_column': '', 'id_columns': ['patient']}
+    params['collect'] = {'sources': [{'type': 'file', 'path': 'data/external/diabetes.csv'}], 'start_day': 0, 'days': 0}
+    params['prepare']['features'] = {}
+    params['train'] = {'estimator': 'ridge', 'search': {'method': 'grid', 'cv_splits': 3, 'scoring': 'neg_root_mean_squared_error',
+                                                       'space': {'alpha': [0.1, 1.0, 10.0]}}}
+    (p/'params.yaml').write_text(yaml.safe_dump(params, sort_keys=False))
+    project.run('dvc repro')
+    m = json.loads((p/'metrics/evaluate.json').read_text())
+    assert {'mae', 'rmse', 'r2'} <= set(m) and m['r2'] > 0.2 and m['rmse'] > m['mae'] > 0
+    for s in STAGES: assert errors_in(p/'reports'/f'{s}.ipynb') == []
+    assert (p/'plots/evaluate/residuals.png').stat().st_size > 0
+    spec = json.loads((p/'data/prepared/features.json').read_text())
+    assert spec['categorical'] == ['sex'] and 'patient' not in spec['numeric']
