@@ -148,7 +148,7 @@ def _to_datetime(s:pd.Series) -> pd.Series:
         if v2.notna().sum() > v.notna().sum(): v = v2
     return v.dt.tz_convert(None)
 
-# %% ../nbs/02_data.ipynb #ae82756f
+# %% ../nbs/02_data.ipynb #db70b588
 SOURCE_TYPES = ('simulator', 'file', 'sql')
 
 def _recent_days(batches:list[Batch], time_column:str, days:int) -> list[Batch]:
@@ -187,7 +187,7 @@ def collect(sources:list[dict], start_day:int, days:int, seed:int, sim_params:di
                    sql_batches(need('url'), query=src.get('query'), table=src.get('table'), name=src.get('name')))
             if time_column and days > 0: got = _recent_days(got, time_column, days)
         else: raise DataError(f"collect source #{i} {src!r}", 'unknown_source_type', detail=f"expected one of {', '.join(SOURCE_TYPES)}")
-        for b in got: _log.info(f"{b.source}: {len(b.frame)} rows, {b.frame.shape[1]} columns")
+        for b in got: _log.debug(f"{b.source}: {len(b.frame)} rows, {b.frame.shape[1]} columns")
         batches += got
     if not batches: raise DataError('collect', 'empty_window', detail=f"no rows in the last {days} days of any source")
     return _unique_names(batches)

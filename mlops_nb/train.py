@@ -81,7 +81,7 @@ def _cv_table(cv_results:dict, n_splits:int, keys:list[str]) -> pd.DataFrame:
     t = pd.concat([pd.DataFrame({'rank': cv_results['rank_test_score']}), params, pd.DataFrame(scores)], axis=1)
     return t.sort_values('rank', kind='stable').reset_index(drop=True)
 
-# %% ../nbs/04_train.ipynb #f7da0d8b
+# %% ../nbs/04_train.ipynb #f5b0dc7b
 def search(pipeline:Pipeline, X:pd.DataFrame, y, space:dict, method:str='random', n_iter:int=10, cv_splits:int=3,
            scoring:str|None=None, seed:int=0, n_jobs:int=1) -> tuple[Pipeline, pd.DataFrame]:
     "Search `space` with time-ordered CV; return the best pipeline refit on all of `X`, and the ranked CV table."
@@ -104,7 +104,7 @@ def search(pipeline:Pipeline, X:pd.DataFrame, y, space:dict, method:str='random'
     s.fit(X, y)
     table = _cv_table(s.cv_results_, cv_splits, list(grid))
     log.info(f"search: {method} over {len(table)} candidates x {cv_splits} folds, best {scoring or 'score'} "
-             f"{s.best_score_:.4f} with {table.iloc[0].drop(['rank', 'mean_score', 'std_score']).filter(regex='^(?!fold)').to_dict()}")
+             f"{s.best_score_:.4f} with {({k.removeprefix('model__'): v for k, v in s.best_params_.items()})}")
     return s.best_estimator_, table
 
 # %% ../nbs/04_train.ipynb #ca6dc39d
