@@ -18,7 +18,7 @@ import nbformat, yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FILES = ['dvc.yaml', 'params.yaml', 'settings.ini', 'pipelines', 'mlops_nb', '.dvc/config', '.dvc/.gitignore', '.gitignore']
+FILES = ['dvc.yaml', 'params.yaml', 'settings.ini', 'pipelines', 'mlops_nb', '.dvc/config', '.dvc/.gitignore', '.gitignore', 'reports/.gitkeep']
 STAGES = {'collect': '01_collect', 'prepare': '02_prepare', 'train': '03_train', 'evaluate': '04_evaluate'}
 PLAIN = {  # the same step as a plain script: the baseline without papermill and a Jupyter kernel
     'collect': "run_collect(P, 'data/raw')",

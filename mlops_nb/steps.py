@@ -94,7 +94,7 @@ class Prepared:
         frames = [r.to_frame() for r in self.reports if r.violations]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=['source', 'column', 'rule', 'count', 'total', 'detail', 'severity'])
 
-# %% ../nbs/06_steps.ipynb #ed52048e
+# %% ../nbs/06_steps.ipynb #48c85d91
 def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.DataFrame|None) -> dict:
     "The JSON data-quality report: per-batch verdicts and violations, and per-column statistics of the accepted data."
     errors = [v for r in reports for v in r.violations if v.get('severity', 'error') == 'error']
@@ -102,7 +102,7 @@ def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.Data
              failed_batches=sum(not r.ok for r in reports), errors=len(errors),
              warnings=sum(v.get('severity') == 'warning' for r in reports for v in r.violations),
              per_batch=[dict(source=r.source, rows=r.rows, ok=r.ok, violations=r.violations) for r in reports])
-    if frame is not None: q['columns'] = quality_table(frame, schema).reset_index().to_dict('records')
+    if frame is not None: q['columns'] = quality_table(frame, schema).to_dict('records')
     return q
 
 # %% ../nbs/06_steps.ipynb #10d437f1

@@ -35,7 +35,7 @@ def breaks(kind:str, df:pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     n = len(df)
     if kind == 'missing_column': return df.drop(columns=['merchant_category'])
-    if kind == 'wrong_dtype': df['amount'] = df['amount'].astype(str); df.loc[df.index[:40], 'amount'] = 'n/a'; return df
+    if kind == 'wrong_dtype': df['amount'] = df['amount'].astype(str); df.loc[df.index[:40], 'amount'] = 'abc'; return df
     if kind == 'out_of_range': df.loc[df.index[:60], 'amount'] = 1e9; return df
     if kind == 'unseen_categories': df.loc[df.index[:45], 'country'] = 'ZZ'; return df
     if kind == 'too_many_nulls': df.loc[df.index[:n // 2], 'distance_from_home_km'] = np.nan; return df
@@ -91,12 +91,12 @@ def test_bad_source_stops_collect(good, tmp_path, kind):
 
 def test_sqlite_source_combines_with_the_simulator(good, tmp_path):
     db = tmp_path/'tx.sqlite'
-    rows = recent_rows(500)
+    rows = recent_rows(300)
     with sqlite3.connect(db) as con: rows.to_sql('transactions', con, index=False)
     params = merge(PARAMS, {'collect': {'sources': [{'type': 'simulator'}, {'type': 'sql', 'url': f'sqlite:///{db}', 'table': 'transactions'}]},
                             'prepare': {'schema': str(good/'prepared'/'schema.json')}})
     summary = run_collect(params, tmp_path/'raw')
-    assert summary.rows.sum() == 12 * 400 + 500 and summary.source.str.contains('tx.sqlite').sum() == 1
+    assert summary.rows.sum() == 12 * 400 + 300 and summary.source.str.contains('tx.sqlite').sum() == 1
     res = run_prepare(params, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
     got = pd.concat(res.splits.values())
-    assert got.transaction_id.str.startswith('ext-').sum() == 500
+    assert got.transaction_id.str.startswith('ext-').sum() == 300

@@ -25,7 +25,7 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     q = json.loads((p/'metrics/data_quality.json').read_text())
     assert q['ok'] and q['failed_batches'] == 0 and q['batches'] == 12
     schema = json.loads((p/'data/prepared/schema.json').read_text())
-    assert {'amount', 'merchant_category', 'timestamp', 'is_fraud'} <= set(schema['columns'])
+    assert {'amount', 'merchant_category', 'timestamp', 'is_fraud'} <= {c['name'] for c in schema['columns']}
     splits = {k: pd.read_parquet(p/f'data/prepared/{k}.parquet') for k in ['train', 'valid', 'test']}
     assert splits['train'].timestamp.max() <= splits['valid'].timestamp.min() <= splits['test'].timestamp.min()
     model = load_model(p/'models/candidate/model.skops')
