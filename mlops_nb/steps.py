@@ -195,7 +195,7 @@ class Evaluated:
     figures: dict
     predictions: pd.DataFrame
 
-# %% ../nbs/06_steps.ipynb #ec2e1614
+# %% ../nbs/06_steps.ipynb #c0305f97
 def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
                  metrics_path:str|Path='metrics/evaluate.json', plots_dir:str|Path='plots/evaluate',
                  predictions_path:str|Path='data/predictions/test.parquet') -> Evaluated:
@@ -234,7 +234,8 @@ def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:s
     with atomic_dir(plots_dir) as tmp:
         for name, df in curves.items(): df.to_csv(tmp/f'{name}.csv', index=False, float_format='%.6g')
         imp.to_csv(tmp/'importance.csv', index=False, float_format='%.6g')
-        for name, fig in figures.items(): fig.savefig(tmp/f'{name}.png', dpi=80, bbox_inches='tight', metadata={'Software': None})
+        (tmp/'figures').mkdir()
+        for name, fig in figures.items(): fig.savefig(tmp/'figures'/f'{name}.png', dpi=80, bbox_inches='tight', metadata={'Software': None})
     with atomic_write(predictions_path, 'wb') as f: predictions.to_parquet(f, index=False)
     write_json(metrics_path, metrics)
     return Evaluated(metrics, curves, imp, figures, predictions)

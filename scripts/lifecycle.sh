@@ -9,7 +9,7 @@ start=$(date +%s)
 dvc repro "$@"
 echo
 echo "Lifecycle done in $(( $(date +%s) - start )) s."
-dvc metrics show
+dvc metrics show --md metrics/evaluate.json
 cat <<MSG
 
 Where things are:

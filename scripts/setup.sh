@@ -10,7 +10,12 @@ want=$(cat settings.ini setup.py pyproject.toml constraints.txt 2>/dev/null | sh
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing mlops-nb and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+  # constraints.txt pins the versions the project is tested with; a Python they do not fit (e.g. an older 3.11.x
+  # that a pinned package refuses) falls back to the ranges declared in settings.ini.
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"; then
+    echo "setup: the pinned versions do not install on $(.venv/bin/python --version); using settings.ini's ranges"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  fi
   # The kernel papermill and JupyterLab use is this environment's Python.
   .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlops-nb)" >/dev/null
   echo "$want" > "$stamp"

@@ -33,8 +33,11 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     preds = pd.read_parquet(p/'data/predictions/test.parquet')
     scores = model.predict_proba(splits['test'][spec['numeric'] + spec['categorical']])[:, 1]
     assert len(preds) == len(splits['test']) and abs(preds.score.to_numpy() - scores).max() < 1e-12
-    for f in ['roc.csv', 'pr.csv', 'calibration.csv', 'importance.csv', 'roc.png', 'confusion.png']:
+    for f in ['roc.csv', 'pr.csv', 'calibration.csv', 'importance.csv', 'figures/roc.png', 'figures/confusion.png']:
         assert (p/'plots/evaluate'/f).stat().st_size > 0
+    plots = json.loads(project.run('dvc plots show --json').stdout)
+    assert not plots.get('errors') and {'ROC', 'Precision-recall', 'Calibration'} <= set(plots['data'])
+    assert any(k.endswith('figures/confusion.png') for k in plots['data'])
     shown = json.loads(project.run('dvc metrics show --json').stdout)
     assert any('metrics/evaluate.json' in str(v) for v in shown.values())
 
@@ -47,7 +50,7 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert "Running stage 'collect'" not in out and "Running stage 'prepare'" not in out
     diff = json.loads(project.run('dvc params diff --json').stdout)
-    assert diff['params.yaml']['train.search.n_iter'] == {'old': 2, 'new': 1}
+    assert (diff['params.yaml']['train.search.n_iter']['old'], diff['params.yaml']['train.search.n_iter']['new']) == (2, 1)
     mdiff = json.loads(project.run('dvc metrics diff --json').stdout)
     assert 'metrics/train.json' in mdiff and mdiff['metrics/train.json']['candidates'] == {'old': 2, 'new': 1, 'diff': -1}
 
@@ -55,7 +58,7 @@ def test_two_clean_runs_are_identical(project, tmp_path):
     project.run('dvc repro')
     first = {f: (project.path/f).read_bytes() for f in ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json']}
     first_preds = pd.read_parquet(project.path/'data/predictions/test.parquet')
-    project.run('rm -rf data models metrics plots reports .dvc/cache && dvc repro')
+    project.run('rm -rf data models metrics plots reports/*.ipynb .dvc/cache && dvc repro')
     for f, content in first.items(): assert (project.path/f).read_bytes() == content, f
     pd.testing.assert_frame_equal(pd.read_parquet(project.path/'data/predictions/test.parquet'), first_preds)
 
@@ -102,6 +105,6 @@ def test_same_pipeline_on_a_regression_csv(project):
     m = json.loads((p/'metrics/evaluate.json').read_text())
     assert {'mae', 'rmse', 'r2'} <= set(m) and m['r2'] > 0.2 and m['rmse'] > m['mae'] > 0
     for s in STAGES: assert errors_in(p/'reports'/f'{s}.ipynb') == []
-    assert (p/'plots/evaluate/residuals.png').stat().st_size > 0
+    assert (p/'plots/evaluate/figures/residuals.png').stat().st_size > 0
     spec = json.loads((p/'data/prepared/features.json').read_text())
     assert spec['categorical'] == ['sex'] and 'patient' not in spec['numeric']
