@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (Python >= 3.10) and installs mlops-nb with everything it needs, pinned by constraints.txt.
+# Creates .venv (Python >= 3.11) and installs mlops-nb with everything it needs, pinned by constraints.txt.
 # Idempotent: does nothing when settings.ini, setup.py, pyproject.toml and constraints.txt are unchanged since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
