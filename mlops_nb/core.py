@@ -32,7 +32,7 @@ class DataError(MlopsError):
         "A JSON-friendly view, for quality reports."
         return dict(source=self.source, column=self.column, rule=self.rule, count=self.count, total=self.total, detail=self.detail)
 
-# %% ../nbs/00_core.ipynb #90f9d512
+# %% ../nbs/00_core.ipynb #c3ae7c68
 @contextlib.contextmanager
 def atomic_write(path:str|os.PathLike, mode:str='w', encoding:str|None='utf-8') -> Iterator:
     "Open a temporary file beside `path` for writing; move it over `path` only if the block succeeds."
@@ -44,6 +44,8 @@ def atomic_write(path:str|os.PathLike, mode:str='w', encoding:str|None='utf-8') 
             yield f
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared project wants the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
