@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+  || { echo "setup: $PY is not Python >= 3.11; set PYTHON=/path/to/python3.11 or newer" >&2; exit 1; }
+# A .venv made by another or a too-old Python, or left broken, is rebuilt rather than patched.
+if [ -e .venv ] && ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: .venv is broken or older than Python 3.11; rebuilding it"
+  rm -rf .venv
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.mlops-nb-installed
 want=$(cat settings.ini setup.py pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
