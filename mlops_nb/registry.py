@@ -14,8 +14,9 @@ from filelock import FileLock, Timeout
 from .core import MlopsError, atomic_write, read_json, to_jsonable, write_json, get_logger
 
 # %% auto #0
-__all__ = ['STATUSES', 'KEY_METRICS', 'onnx_input_spec', 'onnx_feeds', 'export_onnx', 'onnx_session', 'onnx_predict',
-           'onnx_parity', 'sha256_file', 'git_state', 'data_hash', 'card_markdown', 'card_html', 'Registry']
+__all__ = ['STATUSES', 'TRUSTED_TYPES', 'KEY_METRICS', 'onnx_input_spec', 'onnx_feeds', 'export_onnx', 'onnx_session',
+           'onnx_predict', 'onnx_parity', 'sha256_file', 'git_state', 'data_hash', 'card_markdown', 'card_html',
+           'Registry', 'load_skops', 'registry_from_args', 'cli_models']
 
 # %% ../nbs/07_registry.ipynb #85cddc44
 _ONEHOT_REGISTERED = False
@@ -397,11 +398,24 @@ def _info(self, ref, verify:bool=True) -> dict:
 Registry.versions, Registry.aliases, Registry._statuses = _versions, _aliases, _statuses
 Registry.resolve, Registry._verify, Registry.version_dir, Registry.info = _resolve, _verify, _version_dir, _info
 
-# %% ../nbs/07_registry.ipynb #5ce4b126
+# %% ../nbs/07_registry.ipynb #cc31a4d8
+TRUSTED_TYPES = ['numpy.dtype', 'sklearn.tree._tree.Tree', 'sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor']
+
+def load_skops(path:str|os.PathLike, trusted:list[str]|None=None):
+    "Load a skops file, refusing any type outside `TRUSTED_TYPES` + `trusted` before anything in it runs."
+    import skops.io as sio
+    path = Path(path)
+    if not path.is_file(): raise MlopsError(f"{path}: model file not found")
+    try: found = sio.get_untrusted_types(file=path)
+    except Exception as e: raise MlopsError(f"{path}: not a readable skops model file ({type(e).__name__}: {e})") from None
+    bad = [t for t in found if t not in set(TRUSTED_TYPES) | set(trusted or ())]
+    if bad: raise MlopsError(f"{path}: refusing to load untrusted type(s) {bad}; pass trusted=[...] only if you trust whoever wrote the file")
+    try: return sio.load(path, trusted=found)
+    except Exception as e: raise MlopsError(f"{path}: could not load the model ({type(e).__name__}: {e})") from None
+
 def _load(self, ref='champion', trusted:list[str]|None=None):
     "The scikit-learn pipeline of version `ref`, loaded with skops and trusted types only, after the manifest check."
-    from mlops_nb.train import load_model
-    return load_model(self.version_dir(ref)/'model.skops', trusted=trusted)
+    return load_skops(self.version_dir(ref)/'model.skops', trusted=trusted)
 
 def _load_onnx(self, ref='champion') -> bytes:
     "The verified ONNX bytes of version `ref` (an error if its export was not kept)."
@@ -411,11 +425,10 @@ def _load_onnx(self, ref='champion') -> bytes:
 
 Registry.load, Registry.load_onnx = _load, _load_onnx
 
-# %% ../nbs/07_registry.ipynb #85a7038b
+# %% ../nbs/07_registry.ipynb #96599be3
 def _skops_bytes(model, trusted:list[str]|None=None) -> bytes:
     "The skops bytes of `model`, refusing a model that could not be loaded back with the trusted types."
     import skops.io as sio
-    from mlops_nb.train import TRUSTED_TYPES
     data = sio.dumps(model)
     bad = [t for t in sio.get_untrusted_types(data=data) if t not in set(TRUSTED_TYPES) | set(trusted or ())]
     if bad: raise MlopsError(f"refusing to register a model holding type(s) {bad}, which are not trusted for loading back; add them to trusted=[...] if they are safe")
@@ -666,3 +679,77 @@ def _diff(self, a, b) -> dict:
                 lineage=lineage)
 
 Registry.list, Registry.diff = _list, _diff
+
+# %% ../nbs/07_registry.ipynb #6a86b781
+def registry_from_args(args) -> Registry:
+    "The registry a command works on: `--registry`, else `deploy.registry` of ./params.yaml, else ./registry."
+    if getattr(args, 'registry', None): return Registry(args.registry)
+    if Path('params.yaml').is_file():
+        from mlops_nb.core import load_params
+        return Registry((load_params('params.yaml').get('deploy') or {}).get('registry') or 'registry')
+    return Registry('registry')
+
+def _table(rows:list[dict], cols:list[str]|None=None) -> str:
+    "A plain text table of `rows` for the terminal."
+    if not rows: return '(none)'
+    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_fmt(r.get(c)) if r.get(c) != '' else '' for c in cols] for r in rows]
+    w = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    line = lambda xs: '  '.join(x.ljust(w[i]) for i, x in enumerate(xs)).rstrip()
+    return '\n'.join([line(cols), line(['-' * n for n in w])] + [line(x) for x in cells])
+
+def _delta(d) -> str: return '' if d is None else f'({d:+.4g})'
+
+def _out(args, obj, text:str):
+    print(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) if getattr(args, 'json', False) else text)
+
+# %% ../nbs/07_registry.ipynb #ca14bfc6
+def cli_models(args) -> int:
+    "Handler of `mlops-nb models ACTION`."
+    reg, cmd = registry_from_args(args), args.models_command
+    if not reg.versions_dir.is_dir(): raise MlopsError(f"{reg.root}: no model registry here (run the deploy stage, or pass --registry)")
+    if cmd == 'list':
+        rows = reg.list()
+        _out(args, rows, _table(rows, [c for c in ['version', 'status', 'aliases', 'created_at', 'estimator', *KEY_METRICS, 'onnx']
+                                       if any(c in r for r in rows)]))
+    elif cmd == 'show':
+        i = reg.info(args.ref)
+        m = {k: v for k, v in (i.get('metrics') or {}).items() if isinstance(v, (int, float))}
+        text = '\n'.join([f"{i['version']}  status={i['status']}  aliases={','.join(i['aliases']) or '-'}  created {i.get('created_at')}",
+                          f"task {i.get('task')}  estimator {i.get('estimator')}  threshold {_fmt(i.get('threshold'))}",
+                          f"features {', '.join(i.get('features') or [])}",
+                          f"data sha256 {(i.get('data') or {}).get('sha256')}  git {(i.get('git') or {}).get('commit')} dirty={(i.get('git') or {}).get('dirty')}",
+                          f"onnx kept={(i.get('onnx') or {}).get('kept')} max_abs_diff={_fmt((i.get('onnx') or {}).get('max_abs_diff'))}",
+                          'gate: ' + ('passed' if (i.get('gate') or {}).get('passed') else 'failed' if i.get('gate') else 'none'),
+                          *[f"  {r}" for r in (i.get('gate') or {}).get('reasons', [])],
+                          'metrics:', *[f"  {k:<24}{_fmt(v)}" for k, v in sorted(m.items())],
+                          f"folder {reg.version_dir(i['version'], verify=False)} (manifest verified)"])
+        _out(args, i, text)
+    elif cmd in ('promote', 'rollback'):
+        e = (reg.promote(args.ref, args.alias, args.reason or '', args.actor, args.force) if cmd == 'promote'
+             else reg.rollback(args.to, args.alias, args.reason or '', args.actor))
+        if e is None: _out(args, {'changed': False}, f"{args.alias} already points at {reg.resolve(args.ref)}; nothing changed")
+        else: _out(args, e, f"{e['alias']}: {e['previous'] or '(none)'} -> {e['version']}  ({cmd} by {e['actor']})")
+    elif cmd == 'archive':
+        e = reg.archive(args.ref, args.reason or '', args.actor)
+        _out(args, e, f"{e['version']} archived")
+    elif cmd == 'diff':
+        d = reg.diff(args.a, args.b)
+        lines = [f"{d['a']} -> {d['b']}", 'metrics:'] + [f"  {k:<24}{_fmt(v['a']):>10} -> {_fmt(v['b']):<10} {_delta(v['delta'])}"
+                                                      for k, v in d['metrics'].items()]
+        lines += ['params:'] + [f"  {k}: {v['a']!r} -> {v['b']!r}" for k, v in d['params'].items()]
+        s = d['schema']
+        lines += [f"schema: added {s['added'] or '-'}, removed {s['removed'] or '-'}, changed {list(s['changed']) or '-'}"]
+        lines += ['lineage:'] + [f"  {k}: {v['a']} -> {v['b']}" for k, v in d['lineage'].items()]
+        _out(args, d, '\n'.join(lines))
+    elif cmd == 'card':
+        path = reg.version_dir(args.ref)/('card.html' if args.html else 'card.md')
+        if args.out:
+            with atomic_write(args.out) as f: f.write(path.read_text(encoding='utf-8'))
+            print(f"wrote {args.out}")
+        else: print(path.read_text(encoding='utf-8'))
+    elif cmd == 'history':
+        rows = reg.history(args.alias)
+        _out(args, rows, _table(rows, ['ts', 'action', 'alias', 'version', 'previous', 'actor', 'reason']))
+    else: raise MlopsError(f"unknown models action {cmd!r}")
+    return 0
