@@ -19,11 +19,11 @@ from .core import DataError, MlopsError, get_logger, read_json, to_jsonable, wri
 
 # %% auto #0
 __all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'settings', 'column_kind',
-           'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'ks_pvalue', 'psi', 'numeric_scores',
-           'align_counts', 'categorical_scores', 'column_drift', 'DriftReport', 'data_drift', 'prediction_drift',
-           'class_rates', 'quality_drift', 'wilson', 'auc_interval', 'window_metrics', 'performance_over_time',
-           'evaluate_alerts', 'post_json', 'deliver', 'MonitorResult', 'monitor', 'plot_drift_scores',
-           'plot_distributions', 'plot_performance', 'read_window', 'cli_monitor']
+           'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'ks_statistic', 'wasserstein', 'ks_pvalue',
+           'psi', 'numeric_scores', 'align_counts', 'categorical_scores', 'column_drift', 'DriftReport', 'data_drift',
+           'prediction_drift', 'class_rates', 'quality_drift', 'wilson', 'auc_interval', 'window_metrics',
+           'performance_over_time', 'evaluate_alerts', 'post_json', 'deliver', 'MonitorResult', 'monitor',
+           'plot_drift_scores', 'plot_distributions', 'plot_performance', 'read_window', 'cli_monitor']
 
 # %% ../nbs/10_monitor.ipynb #cf15682f
 log = get_logger('mlops_nb.monitor')
@@ -213,26 +213,46 @@ class Profile:
             cols[p.name] = p
         return cls(cols, int(meta['rows']))
 
-# %% ../nbs/10_monitor.ipynb #c683cad0
-def _cdf_gaps(r:np.ndarray, c:np.ndarray) -> tuple[float, float]:
-    "KS statistic and Wasserstein-1 distance between the sorted samples `r` and `c` (both non-empty)."
+# %% ../nbs/10_monitor.ipynb #97ca324b
+def ks_statistic(r:np.ndarray, c:np.ndarray) -> float:
+    "Two-sample KS statistic of the sorted, non-empty samples `r` and `c` (as `scipy.stats.ks_2samp`)."
     n, m = len(r), len(c)
     pos = np.searchsorted(r, c, side='right')
     pos += np.arange(m, dtype=pos.dtype)                  # where each current value lands in the merged order
     is_cur = np.zeros(n + m, dtype=bool); is_cur[pos] = True
     merged = np.empty(n + m); merged[pos] = c; merged[~is_cur] = r
     gc = np.cumsum(is_cur, dtype=np.int64)                # current values <= merged[k]
-    gap = np.arange(1, n + m + 1, dtype=np.int64); gap -= gc   # reference values <= merged[k]
-    gap = np.abs(gap * (1.0 / n) - gc * (1.0 / m))        # |F_ref - F_cur| just after merged[k]
-    step = np.diff(merged)
-    w = float(np.dot(gap[:-1], step))
-    ends = step > 0                                       # the CDFs are compared after the last of equal values
-    d = float(max(gap[:-1][ends].max(initial=0.0), gap[-1]))
-    return d, w
+    gap = np.abs((np.arange(1, n + m + 1, dtype=np.int64) - gc) * (1.0 / n) - gc * (1.0 / m))
+    ends = np.append(merged[1:] != merged[:-1], True)     # compare the CDFs after the last of equal values
+    return float(gap[ends].max())
 
-def ks_pvalue(d:float, n:int, m:int, r:np.ndarray|None=None, c:np.ndarray|None=None) -> float:
+_GRIDS: dict = {}
+
+def _quantile_grid(n:int, m:int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Indices into two sorted samples of sizes n, m and the widths of the merged quantile steps (cached by size)."
+    key = (n, m)
+    if key not in _GRIDS:
+        j = np.arange(m, dtype=np.int64)
+        pos_c = j + (j * n) // m + 1                      # the step j/m lands after the steps i/n <= j/m
+        grid = np.empty(n + m, dtype=np.int64)            # steps in units of 1/(n*m): i*m and j*n
+        is_c = np.zeros(n + m, dtype=bool); is_c[pos_c] = True
+        grid[pos_c] = j * n; grid[~is_c] = np.arange(n, dtype=np.int64) * m
+        widths = np.diff(grid, append=n * m) / (n * m)
+        idx = np.int32 if max(n, m) < 2**31 else np.int64
+        if len(_GRIDS) >= 4: _GRIDS.pop(next(iter(_GRIDS)))
+        _GRIDS[key] = ((grid // m).astype(idx), (grid // n).astype(idx), widths)
+    return _GRIDS[key]
+
+def wasserstein(r:np.ndarray, c:np.ndarray) -> float:
+    "Wasserstein-1 distance of the sorted, non-empty samples `r` and `c` (as `scipy.stats.wasserstein_distance`)."
+    if len(r) == len(c): return float(np.abs(r - c).mean())
+    i, j, w = _quantile_grid(len(r), len(c))
+    return float(np.dot(np.abs(r[i] - c[j]), w))
+
+def ks_pvalue(d:float, r:np.ndarray, c:np.ndarray) -> float:
     "Two-sided KS p-value as `scipy.stats.ks_2samp` gives it (exact up to 10,000 values a side, else asymptotic)."
-    if max(n, m) <= 10_000 and r is not None: return float(stats.ks_2samp(r, c).pvalue)
+    n, m = len(r), len(c)
+    if max(n, m) <= 10_000: return float(stats.ks_2samp(r, c).pvalue)
     big, small = max(n, m), min(n, m)
     return float(stats.kstwo.sf(d, np.round(big * small / (big + small))))
 
@@ -242,14 +262,17 @@ def psi(ref_counts:np.ndarray, cur_counts:np.ndarray, eps:float=1e-4) -> float:
     q = np.maximum(cur_counts / max(cur_counts.sum(), 1), eps)
     return float(np.sum((q - p) * np.log(q / p)))
 
-def numeric_scores(ref:ColumnProfile, c:np.ndarray, want_p:bool=True) -> dict:
-    "KS statistic and p-value, Wasserstein distance (raw and normalised by the reference std) and PSI of `c` (sorted, finite)."
-    r, n, m = ref.values, ref.n, len(c)
-    d, w = _cdf_gaps(r, c)
+def numeric_scores(ref:ColumnProfile, c:np.ndarray, ks:bool=True) -> dict:
+    "Wasserstein distance (raw and normalised by the reference std), PSI and, with `ks`, the KS statistic and p-value of `c` (sorted, finite)."
+    r = ref.values
+    w = wasserstein(r, c)
     edges = ref.edges if ref.edges is not None else np.array([])
     bins = lambda v: np.diff(np.concatenate([[0], np.searchsorted(v, edges, side='right'), [len(v)]]))
-    return dict(ks_stat=d, ks_pvalue=ks_pvalue(d, n, m, r, c) if want_p else None, wasserstein=w,
-                wasserstein_norm=w / max(ref.std, 1e-3), psi=psi(bins(r), bins(c)))
+    out = dict(ks_stat=None, ks_pvalue=None, wasserstein=w, wasserstein_norm=w / max(ref.std, 1e-3), psi=psi(bins(r), bins(c)))
+    if ks:
+        d = ks_statistic(r, c)
+        out.update(ks_stat=d, ks_pvalue=ks_pvalue(d, r, c))
+    return out
 
 # %% ../nbs/10_monitor.ipynb #3c2dbb7e
 def align_counts(ref_keys, ref_counts, cur_keys, cur_counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -274,7 +297,7 @@ def categorical_scores(r:np.ndarray, c:np.ndarray) -> dict:
     js = float(distance.jensenshannon(r / r.sum(), c / c.sum()))
     return dict(chi2_stat=chi, chi2_pvalue=p, jensenshannon=js)
 
-# %% ../nbs/10_monitor.ipynb #67dbb710
+# %% ../nbs/10_monitor.ipynb #40732b4c
 def _method(kind:str, n_ref:int, cfg:dict) -> str:
     if kind == 'num':
         m = cfg['num_method']
@@ -326,7 +349,7 @@ def column_drift(ref:ColumnProfile, cur:pd.Series|None, cfg:dict|None=None) -> d
             method = _method('cat', ref.n, cfg)
         else:
             method = _method('num', ref.n, cfg)
-            scores = numeric_scores(ref, c)
+            scores = numeric_scores(ref, c, ks=method == 'ks')
     else:
         keys_c, counts_c = value_counts(cur if ptypes.is_string_dtype(cur) or isinstance(cur.dtype, pd.CategoricalDtype) else cur.astype('str').where(cur.notna()))
         row['n_cur'] = int(counts_c.sum())
@@ -335,7 +358,7 @@ def column_drift(ref:ColumnProfile, cur:pd.Series|None, cfg:dict|None=None) -> d
         scores = categorical_scores(r, cn)
         method = _method('cat', ref.n, cfg)
         new = cn[len(ref.categories):]
-        scores['new_categories'] = [str(k) for k in keys[len(ref.categories):][new > 0]]
+        scores['new_categories'] = sorted(str(k) for k in keys[len(ref.categories):][new > 0])
     if method not in SCORE or SCORE[method][0] not in scores:
         method = _method('cat' if 'jensenshannon' in scores else 'num', ref.n, dict(cfg, num_method='auto', cat_method='auto'))
     score, thr, drift = _verdict(method, scores, cfg)
