@@ -142,7 +142,9 @@ def main():
                 r |= dict(evidently=statistics.median(ev['times']), evidently_peak_mb=ev['peak_mb'], evidently_repeats=len(ev['times']),
                           evidently_drifted=sorted(c for c, v in ev['columns'].items() if v['drift']))
                 r['differing_verdicts'] = sorted(c for c in ours['columns'] if ours['columns'][c]['drift'] != ev['columns'][c]['drift'])
-                r['max_score_diff'] = max(abs(ours['columns'][c]['score'] - ev['columns'][c]['score']) for c in ours['columns'])
+                diffs = [abs(ours['columns'][c]['score'] - ev['columns'][c]['score']) for c in ours['columns']]
+                r['max_score_diff'] = max((d for d in diffs if d == d), default=float('nan'))
+                r['nan_scores'] = sorted(c for c, d in zip(ours['columns'], diffs) if d != d)
                 r['speedup_compare'], r['speedup_whole'] = r['evidently'] / r['ours_compare'], r['evidently'] / r['ours_whole']
             r['expected_drifted'] = sorted(DRIFTED)
             results.append(r)

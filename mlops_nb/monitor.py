@@ -21,9 +21,10 @@ from .core import DataError, MlopsError, get_logger, read_json, to_jsonable, wri
 __all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'settings', 'column_kind',
            'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'ks_statistic', 'wasserstein', 'ks_pvalue',
            'psi', 'numeric_scores', 'align_counts', 'categorical_scores', 'column_drift', 'DriftReport', 'data_drift',
-           'prediction_drift', 'class_rates', 'quality_drift', 'wilson', 'auc_interval', 'window_metrics',
-           'performance_over_time', 'evaluate_alerts', 'post_json', 'deliver', 'MonitorResult', 'monitor',
-           'plot_drift_scores', 'plot_distributions', 'plot_performance', 'read_window', 'cli_monitor']
+           'drift_over_time', 'prediction_drift', 'class_rates', 'quality_drift', 'wilson', 'auc_interval',
+           'window_metrics', 'performance_over_time', 'evaluate_alerts', 'post_json', 'deliver', 'MonitorResult',
+           'monitor', 'plot_drift_scores', 'plot_distributions', 'plot_drift_over_time', 'plot_performance',
+           'read_window', 'cli_monitor']
 
 # %% ../nbs/10_monitor.ipynb #cf15682f
 log = get_logger('mlops_nb.monitor')
@@ -408,6 +409,21 @@ def data_drift(reference:Profile|pd.DataFrame, current:pd.DataFrame, cfg:dict|No
     return DriftReport(table, n_drifted, n_tested, share, bool(n_tested and share >= cfg['drift_share']), cfg['drift_share'],
                        reference.rows, len(current))
 
+# %% ../nbs/10_monitor.ipynb #98e2f43f
+def drift_over_time(reference:Profile, current:pd.DataFrame, time_column:str, freq:str='D', cfg:dict|None=None,
+                    columns:list[str]|None=None, min_rows:int=1) -> pd.DataFrame:
+    "One row per (window, column): the drift score, threshold, method and verdict of each time window of `current`."
+    if time_column not in current.columns: raise MlopsError(f"drift_over_time: no time column '{time_column}' in the current window")
+    t = pd.to_datetime(current[time_column], errors='coerce')
+    key = t.dt.floor(freq) if freq in ('D', 'h', 'H') else t.dt.to_period(freq).dt.start_time
+    rows = []
+    for start, g in current.groupby(key):
+        if len(g) < min_rows: continue
+        tab = data_drift(reference, g, cfg, columns, jobs=1).table
+        tab.insert(0, 'window', str(pd.Timestamp(start).date()) if freq == 'D' else str(start))
+        rows.append(tab[['window', 'column', 'method', 'score', 'threshold', 'drift', 'n_cur']])
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=['window', 'column', 'method', 'score', 'threshold', 'drift', 'n_cur'])
+
 # %% ../nbs/10_monitor.ipynb #090ad311
 def prediction_drift(ref_scores, cur_scores, ref_labels=None, cur_labels=None, cfg:dict|None=None) -> DriftReport:
     "Drift of the model's scores (numerical) and predicted labels (categorical) between reference and current."
@@ -679,7 +695,7 @@ def monitor(reference:Profile|pd.DataFrame, current:pd.DataFrame, cfg:dict|None=
     res.seconds = dict(profile=round(t1 - t0, 4), drift_and_quality=round(t2 - t1, 4), predictions=round(t3 - t2, 4))
     return res
 
-# %% ../nbs/10_monitor.ipynb #0f7de8aa
+# %% ../nbs/10_monitor.ipynb #779b7063
 def plot_drift_scores(report:DriftReport):
     "Bar chart of each column's drift score relative to its threshold (>= 1 means drift; p-values as threshold/p)."
     import matplotlib.pyplot as plt
@@ -720,6 +736,25 @@ def plot_distributions(reference:Profile, current:pd.DataFrame, columns:list[str
             ax.bar(xs + 0.2, cn[o] / max(cn.sum(), 1), 0.4, label='current', color='tab:red', alpha=0.8)
             ax.set_xticks(xs, keys[o], rotation=30, ha='right', fontsize=8)
         ax.set_title(c, fontsize=10); ax.legend(fontsize=8)
+    fig.tight_layout(); plt.close(fig)
+    return fig
+
+def plot_drift_over_time(dot:pd.DataFrame, columns:list[str]|None=None, max_cols:int=8):
+    "Each column's drift score per window relative to its threshold (>= 1 means drift)."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    if len(dot):
+        d = dot[dot['drift'].notna()].copy()
+        d['relative'] = np.where(d['method'].isin(['ks', 'chi2']), d['threshold'] / d['score'].astype(float).clip(lower=1e-300),
+                                 d['score'].astype(float) / d['threshold'].astype(float)).clip(max=10)
+        wide = d.pivot(index='window', columns='column', values='relative')
+        cols = columns or wide.max().sort_values(ascending=False).index[:max_cols].tolist()
+        for c in cols:
+            if c in wide: ax.plot(range(len(wide)), wide[c], marker='.', label=c)
+        ax.set_xticks(range(len(wide)), wide.index, rotation=45, ha='right', fontsize=8)
+        ax.axhline(1, color='k', ls='--', lw=1)
+        ax.legend(fontsize=7, ncol=2)
+    ax.set_ylabel('score / threshold'); ax.set_title('Drift per window (>= 1: drift)')
     fig.tight_layout(); plt.close(fig)
     return fig
 

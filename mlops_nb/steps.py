@@ -240,7 +240,7 @@ def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:s
     write_json(metrics_path, metrics)
     return Evaluated(metrics, curves, imp, figures, predictions)
 
-# %% ../nbs/06_steps.ipynb #46f7b53e
+# %% ../nbs/06_steps.ipynb #728cd69a
 @dataclass
 class Monitored:
     "The monitor step's result, the profiled reference and the current window (for the report's figures)."
@@ -249,6 +249,7 @@ class Monitored:
     current: pd.DataFrame
     status: dict
     reference_metrics: dict
+    drift_over_time: pd.DataFrame|None = None
 
 def current_window(params:dict, current:dict|None=None) -> pd.DataFrame:
     "The raw rows of the monitored window described by `monitor.current` (simulator days, a file/folder, or captures)."
@@ -299,10 +300,14 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
     result = mon.monitor(profile, cur, cfg, columns=cols, ref_predictions=ref_pred, cur_predictions=cur_pred,
                          target=task['target'], time_column=task['time_column'], task=task['type'],
                          threshold=float(evaluation.get('threshold', 0.5)), reference_metrics=evaluation)
+    dot = None
+    if task['time_column'] and task['time_column'] in cur.columns and len(cur):
+        dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)
     status = mon.deliver(result.status(), status_path, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
     write_json(metrics_path, result.metrics())
     with atomic_dir(plots_dir) as tmp:
+        if dot is not None: dot.to_csv(tmp/'drift_over_time.csv', index=False, float_format='%.6g')
         result.drift.table.drop(columns=['new_categories']).to_csv(tmp/'drift.csv', index=False, float_format='%.6g')
         result.quality.to_csv(tmp/'quality.csv', index=False, float_format='%.6g')
         if result.performance is not None: result.performance.to_csv(tmp/'performance.csv', index=False, float_format='%.6g')
-    return Monitored(result, profile, cur, status, evaluation)
+    return Monitored(result, profile, cur, status, evaluation, dot)
