@@ -101,7 +101,13 @@ def value_counts(s:pd.Series) -> tuple[np.ndarray, np.ndarray]:
     keep = counts > 0
     return keys[keep], counts[keep].astype('int64')
 
-# %% ../nbs/10_monitor.ipynb #ae96ac62
+# %% ../nbs/10_monitor.ipynb #bebc3b04
+def _sorted_quantiles(v:np.ndarray, q:np.ndarray) -> np.ndarray:
+    "`np.quantile(v, q)` (linear interpolation) of the already sorted `v`, without sorting it again."
+    pos = q * (len(v) - 1)
+    lo = np.floor(pos).astype(np.int64); hi = np.minimum(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
 @dataclass
 class ColumnProfile:
     "What the comparison needs to know about one reference column."
@@ -142,7 +148,7 @@ class ColumnProfile:
         p = cls(name, 'num', str(s.dtype), rows, len(v), nan, int(rows - nan - len(v)), values=v)
         if len(v):
             p.mean, p.std, p.min, p.max = float(v.mean()), float(v.std()), float(v[0]), float(v[-1])
-            q = np.quantile(v, np.linspace(0, 1, max(int(psi_bins), 1) + 1)[1:-1]) if psi_bins > 1 else np.array([])
+            q = _sorted_quantiles(v, np.linspace(0, 1, max(int(psi_bins), 1) + 1)[1:-1]) if psi_bins > 1 else np.array([])
             p.edges = np.unique(q)
         else: p.edges = np.array([])
         return p

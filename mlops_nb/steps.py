@@ -240,7 +240,7 @@ def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:s
     write_json(metrics_path, metrics)
     return Evaluated(metrics, curves, imp, figures, predictions)
 
-# %% ../nbs/06_steps.ipynb #728cd69a
+# %% ../nbs/06_steps.ipynb #8c192ca4
 @dataclass
 class Monitored:
     "The monitor step's result, the profiled reference and the current window (for the report's figures)."
@@ -289,17 +289,23 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
     profile = mon.Profile.of(ref, numeric=spec['numeric'], categorical=spec['categorical'], psi_bins=cfg['drift']['psi_bins'])
     evaluation = read_json(evaluation_path) if Path(evaluation_path).exists() else {}
     ref_pred = cur_pred = None
-    if Path(predictions_path).exists() and (Path(model_dir)/'model.skops').exists() and len(cur) and all(c in cur.columns for c in cols):
-        from mlops_nb.train import load_model
-        from mlops_nb.evaluate import predict_scores
+    thr, clf = float(evaluation.get('threshold', 0.5)), task['type'] == 'classification'
+    if Path(predictions_path).exists() and len(cur):
         p = pd.read_parquet(predictions_path)
-        scores = predict_scores(load_model(Path(model_dir)/'model.skops'), cur[cols], task['type'])
-        ref_pred = dict(score=p['score'].to_numpy(), label=p['prediction'].to_numpy() if task['type'] == 'classification' else None)
-        thr = float(evaluation.get('threshold', 0.5))
-        cur_pred = dict(score=scores, label=(scores >= thr).astype(int) if task['type'] == 'classification' else None)
+        ref_pred = dict(score=p['score'].to_numpy(), label=p['prediction'].to_numpy() if clf else None)
+        if 'prediction' in cur.columns:      # captured by the service: the scores it returned
+            scores = cur['prediction'].to_numpy(dtype='float64', na_value=np.nan)
+            labels = cur['predicted_label'].to_numpy() if clf and 'predicted_label' in cur.columns else ((scores >= thr).astype(int) if clf else None)
+            cur_pred = dict(score=scores, label=labels)
+        elif (Path(model_dir)/'model.skops').exists() and all(c in cur.columns for c in cols):
+            from mlops_nb.train import load_model
+            from mlops_nb.evaluate import predict_scores
+            scores = predict_scores(load_model(Path(model_dir)/'model.skops'), cur[cols], task['type'])
+            cur_pred = dict(score=scores, label=(scores >= thr).astype(int) if clf else None)
+        else: ref_pred = None
     result = mon.monitor(profile, cur, cfg, columns=cols, ref_predictions=ref_pred, cur_predictions=cur_pred,
                          target=task['target'], time_column=task['time_column'], task=task['type'],
-                         threshold=float(evaluation.get('threshold', 0.5)), reference_metrics=evaluation)
+                         threshold=thr, reference_metrics=evaluation)
     dot = None
     if task['time_column'] and task['time_column'] in cur.columns and len(cur):
         dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)

@@ -228,6 +228,9 @@ def test_monitor_stage_detects_the_simulated_drift(repro):
     perf = pd.read_csv(repro.path/'plots/monitor/performance.csv')
     assert list(perf['window'])[-1] == 'all' and len(perf) == 7 and perf['n'].iloc[-1] == 2400
     assert 'roc_auc_lo' in perf and (perf['roc_auc_lo'] <= perf['roc_auc_hi']).all()
+    dot = pd.read_csv(repro.path/'plots/monitor/drift_over_time.csv')
+    amount = dot[dot['column'] == 'amount'].set_index('window')['drift']
+    assert len(amount) == 6 and amount.iloc[-1] == True                  # the last days are after the drift day
     report = repro.path/'reports/06_monitor.ipynb'
     assert report.stat().st_size < 2_000_000                            # aggregated figures, no raw data
     out = repro.run('dvc metrics show --json').stdout
