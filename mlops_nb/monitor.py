@@ -779,7 +779,7 @@ def plot_performance(perf:pd.DataFrame, metric:str, reference:float|None=None):
     fig.tight_layout(); plt.close(fig)
     return fig
 
-# %% ../nbs/10_monitor.ipynb #72bb121b
+# %% ../nbs/10_monitor.ipynb #ec87e28f
 def read_window(path:str|Path) -> pd.DataFrame:
     "Read a CSV/Parquet file, a folder of them, or a capture store folder, as one frame."
     from mlops_nb.data import file_batches
@@ -824,6 +824,11 @@ def cli_monitor(args) -> int:
         if missing: raise MlopsError(f"{ref_path}: column(s) {missing} not in the reference (columns: {list(map(str, ref_df.columns))})")
         ref = ref_df[columns]
     if len(ref.columns if isinstance(ref, Profile) else ref.columns) == 0: raise MlopsError(f"{ref_path}: no columns to compare")
+    feats = (params.get('prepare') or {}).get('features')
+    if feats and any(c not in cur.columns for c in columns):   # raw rows: add the features prepare adds
+        from mlops_nb.features import add_features
+        try: cur = add_features(cur, feats, task.get('time_column') or None)
+        except MlopsError as e: log.warning(f"monitor: features not added to {args.current} ({e}); missing columns are reported")
     target = task.get('target') if task.get('target') in cur.columns else ('label' if 'label' in cur.columns else None)
     cur_pred = dict(score=cur['prediction'].to_numpy()) if 'prediction' in cur.columns else None
     res = monitor(ref, cur, cfg, columns=columns, cur_predictions=cur_pred, target=target,
