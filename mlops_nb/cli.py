@@ -52,7 +52,7 @@ def main(argv:list[str]|None=None) -> int:
         print(f"mlops-nb {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-# %% ../nbs/12_cli.ipynb #52fefe57
+# %% ../nbs/12_cli.ipynb #6b10d621
 @command_group
 def _monitor_commands(sub):
     p = sub.add_parser('monitor', help='compare a current window with a reference: drift, data quality, alerts',
@@ -64,6 +64,7 @@ def _monitor_commands(sub):
     p.add_argument('--columns', help='comma-separated columns to compare (default: features.json beside the reference, else all but ids/target/time)')
     p.add_argument('--status', default='monitor/status.json', help='where to write the alert status JSON (default: monitor/status.json)')
     p.add_argument('--metrics', help='also write the monitor metrics JSON here')
+    p.add_argument('--evaluation', default='metrics/evaluate.json', help="the champion's evaluation metrics (threshold, metric to compare; default: metrics/evaluate.json if it exists)")
     p.add_argument('--webhook', help='POST the status JSON to this URL when an alert fires (overrides monitor.alerts.webhook)')
     p.add_argument('--min-rows', type=int, dest='min_rows', help='alert when the current window has fewer rows (overrides monitor.alerts.min_rows)')
     p.add_argument('--jobs', type=int, default=None, help='threads (default: all cores)')

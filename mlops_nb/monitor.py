@@ -779,7 +779,7 @@ def plot_performance(perf:pd.DataFrame, metric:str, reference:float|None=None):
     fig.tight_layout(); plt.close(fig)
     return fig
 
-# %% ../nbs/10_monitor.ipynb #ec87e28f
+# %% ../nbs/10_monitor.ipynb #e096bdba
 def read_window(path:str|Path) -> pd.DataFrame:
     "Read a CSV/Parquet file, a folder of them, or a capture store folder, as one frame."
     from mlops_nb.data import file_batches
@@ -831,9 +831,11 @@ def cli_monitor(args) -> int:
         except MlopsError as e: log.warning(f"monitor: features not added to {args.current} ({e}); missing columns are reported")
     target = task.get('target') if task.get('target') in cur.columns else ('label' if 'label' in cur.columns else None)
     cur_pred = dict(score=cur['prediction'].to_numpy()) if 'prediction' in cur.columns else None
+    evaluation = read_json(args.evaluation) if args.evaluation and Path(args.evaluation).exists() else {}
     res = monitor(ref, cur, cfg, columns=columns, cur_predictions=cur_pred, target=target,
                   time_column=(task.get('time_column') or None) if task.get('time_column') in cur.columns else ('ts' if 'ts' in cur.columns else None),
-                  task=task.get('type', 'classification'), jobs=args.jobs)
+                  task=task.get('type', 'classification'), threshold=float(evaluation.get('threshold', 0.5)),
+                  reference_metrics=evaluation, jobs=args.jobs)
     status = deliver(res.status(), args.status, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
     if args.metrics: write_json(args.metrics, res.metrics())
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_rows', 500):
