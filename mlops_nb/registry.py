@@ -18,27 +18,32 @@ __all__ = ['STATUSES', 'TRUSTED_TYPES', 'KEY_METRICS', 'onnx_input_spec', 'onnx_
            'onnx_predict', 'onnx_parity', 'sha256_file', 'git_state', 'data_hash', 'card_markdown', 'card_html',
            'Registry', 'load_skops', 'registry_from_args', 'cli_models']
 
-# %% ../nbs/07_registry.ipynb #85cddc44
-_ONEHOT_REGISTERED = False
+# %% ../nbs/07_registry.ipynb #1c4425f6
+_CONVERTERS = {}
 
-def _register_onehot_converter():
-    "Teach skl2onnx to convert a one-hot encoder with grouped infrequent categories on one multi-column input."
-    global _ONEHOT_REGISTERED
-    if _ONEHOT_REGISTERED: return
+def _register_converters() -> dict:
+    "Teach skl2onnx our one-hot encoder (grouped infrequent categories) and numeric imputer (statistics in double)."
+    if _CONVERTERS: return _CONVERTERS
+    from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder
     from skl2onnx import update_registered_converter
-    from skl2onnx.common.data_types import FloatTensorType
-    from skl2onnx.common._apply_operation import apply_concat, apply_reshape
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+    from skl2onnx.common._apply_operation import apply_cast, apply_concat, apply_reshape
+    from skl2onnx.operator_converters.common import concatenate_variables
     from skl2onnx.proto import onnx_proto
 
     class OneHotForOnnx(OneHotEncoder):
         "A fitted `OneHotEncoder`, marked for the converter below (set on a deep copy only)."
 
-    def shape(operator):
-        n = len(operator.raw_operator.get_feature_names_out())
-        operator.outputs[0].type = FloatTensorType([operator.inputs[0].get_first_dimension(), n])
+    class NumericImputerForOnnx(SimpleImputer):
+        "A fitted numeric `SimpleImputer` (missing = NaN), marked for the converter below (set on a deep copy only)."
 
-    def convert(scope, operator, container):
+    def onehot_shape(operator):
+        n = len(operator.raw_operator.get_feature_names_out())
+        t = DoubleTensorType if operator.raw_operator._onnx_precision == 'double' else FloatTensorType
+        operator.outputs[0].type = t([operator.inputs[0].get_first_dimension(), n])
+
+    def onehot_convert(scope, operator, container):
         ohe, inp = operator.raw_operator, operator.inputs[0]
         if getattr(ohe, 'drop_idx_', None) is not None: raise NotImplementedError('OneHotEncoder(drop=...) is not supported')
         rare_all = getattr(ohe, 'infrequent_categories_', None) or [None] * len(ohe.categories_)
@@ -65,68 +70,145 @@ def _register_onehot_converter():
         if len(parts) > 1:
             cat = scope.get_unique_variable_name('onehot_all')
             apply_concat(scope, parts, cat, container, axis=-1)
+        if ohe._onnx_precision == 'double':   # ai.onnx.ml OneHotEncoder always returns float32
+            as_double = scope.get_unique_variable_name('onehot_double')
+            apply_cast(scope, cat, as_double, container, to=onnx_proto.TensorProto.DOUBLE)
+            cat = as_double
         apply_reshape(scope, cat, operator.output_full_names, container, desired_shape=(-1, total))
 
-    update_registered_converter(OneHotForOnnx, 'MlopsNbOneHotEncoder', shape, convert)
-    _register_onehot_converter.cls = OneHotForOnnx
-    _ONEHOT_REGISTERED = True
+    def imputer_shape(operator):
+        n = len(operator.raw_operator.statistics_)
+        t = DoubleTensorType if isinstance(operator.inputs[0].type, DoubleTensorType) else FloatTensorType
+        operator.outputs[0].type = t([operator.inputs[0].get_first_dimension(), n])
 
-# %% ../nbs/07_registry.ipynb #4e0e936c
+    def imputer_convert(scope, operator, container):
+        imp = operator.raw_operator
+        double = isinstance(operator.inputs[0].type, DoubleTensorType)
+        x = concatenate_variables(scope, operator.inputs, container)
+        fill, nan = scope.get_unique_variable_name('fill'), scope.get_unique_variable_name('isnan')
+        container.add_initializer(fill, onnx_proto.TensorProto.DOUBLE if double else onnx_proto.TensorProto.FLOAT,
+                                  [1, len(imp.statistics_)], imp.statistics_.astype('float64' if double else 'float32').tolist())
+        container.add_node('IsNaN', x, nan, name=scope.get_unique_operator_name('IsNaN'))
+        container.add_node('Where', [nan, fill, x], operator.outputs[0].full_name, name=scope.get_unique_operator_name('Where'))
+
+    update_registered_converter(OneHotForOnnx, 'MlopsNbOneHotEncoder', onehot_shape, onehot_convert)
+    update_registered_converter(NumericImputerForOnnx, 'MlopsNbNumericImputer', imputer_shape, imputer_convert)
+    _CONVERTERS.update(onehot=OneHotForOnnx, imputer=NumericImputerForOnnx, trees=_register_tree_converters())
+    return _CONVERTERS
+
+def _register_tree_converters() -> dict:
+    "Tree ensembles converted with `ai.onnx.ml` opset 3 for double inputs: thresholds as double tensors, not float32."
+    from sklearn.ensemble import (HistGradientBoostingClassifier, HistGradientBoostingRegressor,
+                                  RandomForestClassifier, RandomForestRegressor)
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common._registration import get_converter, get_shape_calculator
+    from skl2onnx.common.data_types import DoubleTensorType
+    from skl2onnx.operator_converters.random_forest import (convert_sklearn_random_forest_classifier as classifier,
+                                                            convert_sklearn_random_forest_regressor_converter as regressor)
+    from onnx.numpy_helper import from_array
+    def as_tensors(add_node):
+        "`container.add_node` writing float64 `TreeEnsemble*` attributes as `<name>_as_tensor` double tensors (ml opset 3)."
+        def add(op_type, inputs, outputs, *args, **attrs):
+            if op_type.startswith('TreeEnsemble'):
+                attrs = {(f'{k}_as_tensor' if isinstance(v, np.ndarray) and v.dtype == np.float64 else k):
+                         (from_array(v) if isinstance(v, np.ndarray) and v.dtype == np.float64 else v) for k, v in attrs.items()}
+            return add_node(op_type, inputs, outputs, *args, **attrs)
+        return add
+    def in_double(convert):   # skl2onnx 1.20 calls these with op_version=1 and writes float32 attributes, whatever the input
+        def f(scope, operator, container):
+            if not isinstance(operator.inputs[0].type, DoubleTensorType): return convert(scope, operator, container)
+            container.add_node = as_tensors(container.add_node)
+            try: return convert(scope, operator, container, op_version=3)
+            finally: del container.add_node
+        return f
+    out = {}
+    for base, convert in [(HistGradientBoostingClassifier, classifier), (HistGradientBoostingRegressor, regressor),
+                          (RandomForestClassifier, classifier), (RandomForestRegressor, regressor)]:
+        alias = f'Sklearn{base.__name__}'
+        cls = type(f'{base.__name__}ForOnnx', (base,), dict(__module__=__name__, __doc__=f'A fitted `{base.__name__}`, marked for the double converter.'))
+        update_registered_converter(cls, f'MlopsNb{base.__name__}', get_shape_calculator(alias), in_double(convert),
+                                    options=get_converter(alias).get_allowed_options())
+        out[base] = cls
+    return out
+    return _CONVERTERS
+
+# %% ../nbs/07_registry.ipynb #2e1137e4
 def _is_numeric(s) -> bool:
     import pandas as pd
     return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
 
-def onnx_input_spec(X) -> list[dict]:
-    "One ONNX graph input per column of the frame `X`: `{'name', 'type'}` with type `float` (numeric) or `string`."
-    return [dict(name=str(c), type='float' if _is_numeric(X[c]) else 'string') for c in X.columns]
+_FEED_DTYPES = {'double': 'float64', 'float': 'float32'}
+
+def onnx_input_spec(X, precision:str='double') -> list[dict]:
+    "One ONNX graph input per column of the frame `X`: `{'name', 'type'}` with type `precision` (numeric) or `string`."
+    if precision not in _FEED_DTYPES: raise MlopsError(f"ONNX precision must be one of {list(_FEED_DTYPES)}, not {precision!r}")
+    return [dict(name=str(c), type=precision if _is_numeric(X[c]) else 'string') for c in X.columns]
 
 def onnx_feeds(X, inputs:list[dict]) -> dict[str, np.ndarray]:
-    "The `InferenceSession.run` feeds for the frame `X`: float32 `[N, 1]` columns, strings with missing as `''`."
+    "The `InferenceSession.run` feeds for the frame `X`: float64 (`double`) or float32 (`float`) `[N, 1]` columns, strings with missing as `''`."
     missing = [i['name'] for i in inputs if i['name'] not in X.columns]
     if missing: raise MlopsError(f"ONNX input needs column(s) {missing}, which are missing")
     feeds = {}
     for i in inputs:
         s = X[i['name']]
-        if i['type'] == 'float': feeds[i['name']] = s.to_numpy(dtype='float32', na_value=np.nan).reshape(-1, 1)
+        if i['type'] in _FEED_DTYPES: feeds[i['name']] = s.to_numpy(dtype=_FEED_DTYPES[i['type']], na_value=np.nan).reshape(-1, 1)
         else: feeds[i['name']] = s.astype(object).where(s.notna(), '').astype(str).to_numpy(dtype=object).reshape(-1, 1)
     return feeds
 
-# %% ../nbs/07_registry.ipynb #78eea66b
-def _onnx_ready_copy(pipeline):
-    "A deep copy of `pipeline` whose string imputers treat `''` as missing and one-hot encoders use our converter."
+# %% ../nbs/07_registry.ipynb #8097763b
+def _onnx_ready_copy(pipeline, precision:str='double'):
+    "A deep copy of `pipeline` whose imputers, one-hot encoders and tree ensembles use our converters (string imputers: `''` is missing)."
     import copy
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
-    _register_onehot_converter()
+    conv = _register_converters()
     p = copy.deepcopy(pipeline)
     def walk(est):
         if isinstance(est, Pipeline):
             for _, s in est.steps: walk(s)
         elif isinstance(est, ColumnTransformer):
             for _, t, _ in est.transformers_: walk(t)
-        elif isinstance(est, SimpleImputer) and getattr(est, 'statistics_', None) is not None and est.statistics_.dtype == object:
-            est.missing_values = ''
-        elif type(est) is OneHotEncoder: est.__class__ = _register_onehot_converter.cls
+        elif type(est) is SimpleImputer and getattr(est, 'statistics_', None) is not None:
+            if est.statistics_.dtype == object: est.missing_values = ''
+            elif isinstance(est.missing_values, float) and np.isnan(est.missing_values) and not est.add_indicator:
+                est.__class__ = conv['imputer']
+        elif type(est) is OneHotEncoder: est.__class__, est._onnx_precision = conv['onehot'], precision
+        elif type(est) in conv['trees']: est.__class__ = conv['trees'][type(est)]
     walk(p)
     return p
 
-def export_onnx(pipeline, X_sample) -> bytes:
-    "The fitted scikit-learn `pipeline` as ONNX bytes, one input per column of `X_sample` (see `onnx_input_spec`)."
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
-    types = [(i['name'], FloatTensorType([None, 1]) if i['type'] == 'float' else StringTensorType([None, 1]))
-             for i in onnx_input_spec(X_sample)]
-    p = _onnx_ready_copy(pipeline)
+def _cast_float_outputs(model):
+    "Make graph outputs declared double but produced as float32 (by `ai.onnx.ml` TreeEnsemble*) real doubles with a `Cast`."
+    from onnx import TensorProto, helper
+    g = model.graph
+    declared = {o.name for o in g.output if o.type.tensor_type.elem_type == TensorProto.DOUBLE}
+    for node in list(g.node):
+        if node.domain != 'ai.onnx.ml' or not node.op_type.startswith('TreeEnsemble'): continue
+        for k, name in enumerate(node.output):
+            if name not in declared: continue
+            node.output[k] = f'{name}_float32'
+            g.node.append(helper.make_node('Cast', [node.output[k]], [name], to=TensorProto.DOUBLE, name=f'Cast_{name}_double'))
+    return model
+
+def export_onnx(pipeline, X_sample, precision:str='double') -> bytes:
+    "The fitted scikit-learn `pipeline` as ONNX bytes computing in `precision` (`double`, or `float` for float32), one input per column of `X_sample`."
+    from skl2onnx import convert_sklearn, get_latest_tested_opset_version
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+    tensor = {'double': DoubleTensorType, 'float': FloatTensorType}
+    types = [(i['name'], tensor[i['type']]([None, 1]) if i['type'] in tensor else StringTensorType([None, 1]))
+             for i in onnx_input_spec(X_sample, precision)]
+    p = _onnx_ready_copy(pipeline, precision)
     options = {id(p): {'zipmap': False}} if hasattr(pipeline, 'predict_proba') else None
+    opset = {'': get_latest_tested_opset_version(), 'ai.onnx.ml': 3}   # ml opset 3: tree thresholds as double tensors
     try:
         with warnings.catch_warnings():   # skl2onnx 1.20 puts a Python bool in an int field: fine below protobuf 7 (pinned)
             warnings.filterwarnings('ignore', message='Field onnx.AttributeProto.ints: Expected an int, got a boolean')
-            return convert_sklearn(p, initial_types=types, options=options).SerializeToString()
+            return _cast_float_outputs(convert_sklearn(p, initial_types=types, options=options, target_opset=opset)).SerializeToString()
     except Exception as e: raise MlopsError(f"ONNX export of {type(pipeline).__name__} failed ({type(e).__name__}: {str(e)[:300]})") from None
 
-# %% ../nbs/07_registry.ipynb #47c0a991
+# %% ../nbs/07_registry.ipynb #52da49c4
 def onnx_session(onnx_bytes:bytes):
     "An onnxruntime `InferenceSession` on the CPU for `onnx_bytes`."
     import onnxruntime as ort
@@ -137,7 +219,8 @@ def onnx_session(onnx_bytes:bytes):
 
 def onnx_predict(session, X, inputs:list[dict]|None=None) -> np.ndarray:
     "The class-1 probability (a classifier with `probabilities` output) or the prediction of the ONNX model for `X`."
-    inputs = inputs or [dict(name=i.name, type='string' if 'string' in i.type else 'float') for i in session.get_inputs()]
+    inputs = inputs or [dict(name=i.name, type={'tensor(double)': 'double', 'tensor(float)': 'float'}.get(i.type, 'string'))
+                        for i in session.get_inputs()]
     names = [o.name for o in session.get_outputs()]
     out = dict(zip(names, session.run(None, onnx_feeds(X, inputs))))
     if 'probabilities' in out: return np.asarray(out['probabilities'], dtype='float64')[:, -1]
