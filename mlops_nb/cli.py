@@ -51,3 +51,34 @@ def main(argv:list[str]|None=None) -> int:
     except MlopsError as e:
         print(f"mlops-nb {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+# %% ../nbs/12_cli.ipynb #4789f90a
+@command_group
+def _serve_commands(sub):
+    "`mlops-nb serve` (the prediction service) and `mlops-nb predict` (batch scoring); see `mlops_nb.serve`."
+    p = sub.add_parser('serve', help='serve the registry champion over HTTP (MLflow /invocations, v2, metrics)')
+    p.add_argument('--registry', help='registry folder (default: deploy.registry / serve.registry in params, else registry)')
+    p.add_argument('--model', help="alias (hot-swapped when it moves) or version to serve (default: champion)")
+    p.add_argument('--host', help='interface (default 127.0.0.1; env MLOPS_NB_HOST)')
+    p.add_argument('--port', type=int, help='port (default 8080; env MLOPS_NB_PORT)')
+    p.add_argument('--workers', type=int, help='worker processes (default 1; env MLOPS_NB_WORKERS)')
+    p.add_argument('--capture-dir', help='capture store folder (default captures)')
+    p.add_argument('--no-capture', action='store_true', help='do not capture predictions')
+    p.add_argument('--max-rows', type=int, help='rows allowed in one request')
+    p.add_argument('--max-bytes', type=int, help='bytes allowed in one request body')
+    p.add_argument('--unseen-categories', choices=['allow', 'error'], help='policy for categories not seen in training')
+    p.add_argument('--output', choices=['label', 'score', 'both'], help="what 'predictions' holds")
+    p.add_argument('--poll-seconds', type=float, help='how often registry/aliases.json is checked')
+    p.add_argument('--no-access-log', action='store_true', help='no JSON access log lines on stderr')
+    p.add_argument('--params', default='params.yaml', help='params file with a serve: section (default params.yaml, if present)')
+    p.set_defaults(func=handler('mlops_nb.serve:serve_cmd'))
+    p = sub.add_parser('predict', help='batch-score a CSV/Parquet file with a registry version, in chunks')
+    p.add_argument('--input', required=True, help='CSV (.csv, .csv.gz) or Parquet file to score')
+    p.add_argument('--output', required=True, help='file to write (.csv or .parquet): the input columns + prediction')
+    p.add_argument('--model', help='alias or version (default: champion)')
+    p.add_argument('--registry', help='registry folder (default from params, else registry)')
+    p.add_argument('--chunk-rows', type=int, default=100_000, help='rows per chunk (bounds memory)')
+    p.add_argument('--capture-dir', help='capture store folder (default captures)')
+    p.add_argument('--no-capture', action='store_true', help='do not capture predictions')
+    p.add_argument('--params', default='params.yaml', help='params file with a serve: section (default params.yaml, if present)')
+    p.set_defaults(func=handler('mlops_nb.serve:predict_cmd'))
