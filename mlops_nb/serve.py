@@ -507,7 +507,7 @@ class Stats:
         i.add_metric([], dict(version=str(self.info.get('version')), runtime=str(self.info.get('runtime')), pid=str(os.getpid())))
         yield i
 
-# %% ../nbs/09_serve.ipynb #325e2334
+# %% ../nbs/09_serve.ipynb #fc62ae9f
 class Service:
     "The state of one server process: the model being served, capture, stats, the alias watcher."
     def __init__(self, cfg:ServeConfig):
@@ -570,7 +570,7 @@ class Service:
                 return dict(ok=False, version=cur, refused=v, error=self.failed[v])
             self.failed.pop(v, None)
             await asyncio.to_thread(self._ensure_capture, m)
-            self._install(m, swap=cur is not None)
+            self._install(m, swap=cur is not None and v != cur)
             return dict(ok=True, version=m.version, previous=cur, changed=v != cur)
 
     async def watch(self):
@@ -961,7 +961,7 @@ def predict_file(input:str|Path, output:str|Path, model:LoadedModel, chunk_rows:
         tmp.unlink(missing_ok=True)
     return dict(input=str(input), output=str(output), rows=rows, chunks=chunks, seconds=round(time.time() - t0, 3), model_version=model.version)
 
-# %% ../nbs/09_serve.ipynb #da966c60
+# %% ../nbs/09_serve.ipynb #6679bcf2
 def _serve_params(args) -> dict:
     from mlops_nb.core import load_params
     p = getattr(args, 'params', None)
@@ -982,6 +982,8 @@ def serve_cmd(args) -> int:
                               access_log=(False if args.no_access_log else None))
     if not Path(cfg.registry).is_dir(): raise MlopsError(f"{cfg.registry}: registry folder not found (set --registry or deploy.registry)")
     os.environ['MLOPS_NB_SERVE_CONFIG'] = orjson.dumps({k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k != 'ENV'}).decode()
+    import signal   # uvicorn shuts down gracefully on SIGTERM, then re-raises it: end with status 0, as a clean stop
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     uvicorn.run('mlops_nb.serve:app_from_env', factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers,
                 loop='uvloop', http='httptools', access_log=False, log_level=os.environ.get('MLOPS_NB_LOG_LEVEL', 'warning').lower(),
                 timeout_graceful_shutdown=10, h11_max_incomplete_event_size=None)
