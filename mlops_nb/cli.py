@@ -52,7 +52,7 @@ def main(argv:list[str]|None=None) -> int:
         print(f"mlops-nb {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-# %% ../nbs/12_cli.ipynb #4789f90a
+# %% ../nbs/12_cli.ipynb #6ec22d0f
 @command_group
 def _serve_commands(sub):
     "`mlops-nb serve` (the prediction service) and `mlops-nb predict` (batch scoring); see `mlops_nb.serve`."
@@ -64,6 +64,7 @@ def _serve_commands(sub):
     p.add_argument('--workers', type=int, help='worker processes (default 1; env MLOPS_NB_WORKERS)')
     p.add_argument('--capture-dir', help='capture store folder (default captures)')
     p.add_argument('--no-capture', action='store_true', help='do not capture predictions')
+    p.add_argument('--capture-flush-seconds', type=float, help='write captured rows at least this often (default 1)')
     p.add_argument('--max-rows', type=int, help='rows allowed in one request')
     p.add_argument('--max-bytes', type=int, help='bytes allowed in one request body')
     p.add_argument('--unseen-categories', choices=['allow', 'error'], help='policy for categories not seen in training')
