@@ -49,8 +49,14 @@ def _column(parts:list, typ:pa.DataType) -> pa.Array:
         return pa.array(np.concatenate([np.asarray(p, dtype='datetime64[us]') for p in parts]), typ, from_pandas=True)
     return _to_arrow(np.concatenate([np.asarray(p, dtype='float64') for p in parts]), typ)
 
-# %% ../nbs/08_capture.ipynb #37f21b45
-def _day(ts:float) -> str: return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime('%Y-%m-%d')
+# %% ../nbs/08_capture.ipynb #37b2fed0
+_DAYS: dict[int, str] = {}
+def _day(ts:float) -> str:
+    "The UTC date of the epoch time `ts` as 'YYYY-MM-DD' (cached per day: called once per captured request)."
+    d = int(ts // 86400)
+    s = _DAYS.get(d)
+    if s is None: s = _DAYS[d] = dt.datetime.fromtimestamp(d * 86400, dt.timezone.utc).strftime('%Y-%m-%d')
+    return s
 
 def write_part(folder:str|Path, table:pa.Table) -> Path:
     "Write `table` as a new `part-<time>-<uuid>.parquet` in `folder`, atomically (dot-name, then rename)."

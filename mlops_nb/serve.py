@@ -23,7 +23,7 @@ __all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'ServeConfig', 'RequestError', 'p
 # %% ../nbs/09_serve.ipynb #2f8e36fa
 _log = get_logger('mlops_nb.serve')
 
-# %% ../nbs/09_serve.ipynb #4c0ba236
+# %% ../nbs/09_serve.ipynb #365508be
 @dataclass
 class ServeConfig:
     "How the service runs; see `params.yaml` `serve:`."
@@ -43,6 +43,7 @@ class ServeConfig:
     poll_seconds: float = 0.5          # how often aliases.json is checked
     access_log: bool = True            # one JSON line per request on stderr
     intra_op_threads: int = 1
+    micro_batch: bool = True           # requests waiting in the same event-loop turn share one model call
 
     ENV = dict(registry='MLOPS_NB_REGISTRY', model='MLOPS_NB_MODEL', host='MLOPS_NB_HOST', port='MLOPS_NB_PORT',
                workers='MLOPS_NB_WORKERS', capture_dir='MLOPS_NB_CAPTURE_DIR')
@@ -169,7 +170,8 @@ def parse_csv_payload(body:bytes) -> tuple[dict, int]:
         if len(r) != len(header): raise _bad('wrong_shape', f"CSV row {i} has {len(r)} values for {len(header)} columns", 'body', None, i, 400)
     return {h: [None if x == '' else x for x in col] for h, col in zip(header, zip(*data))}, len(data)
 
-# %% ../nbs/09_serve.ipynb #98083919
+# %% ../nbs/09_serve.ipynb #cdb0e5b2
+_NUMBER_TYPES = frozenset({int, float, type(None)})
 _BOOL = {'true': 1.0, '1': 1.0, '1.0': 1.0, 't': 1.0, 'yes': 1.0, 'false': 0.0, '0': 0.0, '0.0': 0.0, 'f': 0.0, 'no': 0.0}
 
 class Validator:
@@ -243,17 +245,15 @@ class Validator:
     def _numbers(self, cols:dict) -> np.ndarray:
         "All numeric/integer columns as one float64 matrix (columns x rows): one numpy call when the values are good."
         names = self.num_names
-        ints, strings = self.int_set, False
+        ints, strings, fractions = self.int_set, False, False
         try:
             for k in names:
-                isint = k in ints
-                for r, v in enumerate(cols[k]):
-                    c = v.__class__
-                    if c is float:
-                        if isint and v == v and not v.is_integer():
-                            raise _bad('wrong_type', f"column '{k}' must be a whole number (integer), got {v!r} in row {r}", k, v, r)
-                    elif c is bool: raise ValueError
-                    elif c is not int and v is not None: strings = True
+                types = set(map(type, cols[k]))          # one C-level pass per column
+                if types <= _NUMBER_TYPES:
+                    if float in types and k in ints: fractions = True
+                    continue
+                if bool in types or list in types or dict in types: raise ValueError
+                strings = True                           # numbers sent as text (CSV, "12.5"): parsed below
             block = np.array([cols[k] for k in names], dtype='float64')
             if block.ndim != 2: raise ValueError
         except (ValueError, TypeError):   # find the first bad value, column by column, for the error message
@@ -268,7 +268,7 @@ class Validator:
                 if not self.schema.columns[k].nullable and np.isnan(a).any():
                     r = int(np.flatnonzero(np.isnan(a))[0])
                     raise _bad('null_not_allowed', f"column '{k}' must not be missing (null/NaN) in row {r}: the training data had none", k, None, r)
-        if self.int_idx and strings:   # numbers sent as text (CSV): check them after parsing
+        if self.int_idx and (strings or fractions):   # whole numbers sent as floats or text: check after parsing
             sub = block[self.int_idx]
             frac = (sub % 1 != 0) & ~np.isnan(sub)
             if frac.any():
@@ -424,7 +424,7 @@ class ModelSource:
         "The version's folder, after the registry's manifest check."
         return self.registry.version_dir(version)
 
-# %% ../nbs/09_serve.ipynb #cee8577e
+# %% ../nbs/09_serve.ipynb #60765ea4
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = tuple(np.round(np.linspace(0.1, 1.0, 10), 2))
 
@@ -435,7 +435,7 @@ class Stats:
         self.latency: dict[str, list] = {}                       # endpoint -> [bucket counts..., sum]
         self.rows = 0
         self.by_class: dict[str, int] = {}
-        self.scores = np.zeros(len(SCORE_BUCKETS) + 1, dtype='int64'); self.score_sum = 0.0
+        self.scores = np.zeros(len(SCORE_BUCKETS) + 1, dtype='int64'); self.score_sum = 0.0; self._scores = []
         self.swaps = self.load_failures = 0
         self.info: dict = {}
 
@@ -450,15 +450,22 @@ class Stats:
     def predictions(self, score:np.ndarray, label:np.ndarray|None):
         self.rows += len(score)
         if label is not None:
-            ones = int(label.sum())
+            ones = int(np.count_nonzero(label))
             self.by_class['1'] = self.by_class.get('1', 0) + ones
             self.by_class['0'] = self.by_class.get('0', 0) + len(label) - ones
-            self.scores += np.bincount(np.searchsorted(SCORE_BUCKETS, score), minlength=len(self.scores))
-            self.score_sum += float(score.sum())
+            self._scores.append(score)                 # binned in bulk, at the next scrape or every 1000 requests
+            if len(self._scores) >= 1000: self._bin_scores()
+
+    def _bin_scores(self):
+        if not self._scores: return
+        s, self._scores = np.concatenate(self._scores), []
+        self.scores += np.bincount(np.searchsorted(SCORE_BUCKETS, s), minlength=len(self.scores))
+        self.score_sum += float(s.sum())
 
     def collect(self):
         "The prometheus_client collector protocol."
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, GaugeMetricFamily, InfoMetricFamily
+        self._bin_scores()
         c = CounterMetricFamily('mlops_nb_requests', 'HTTP requests by endpoint, method and status', labels=['endpoint', 'method', 'status'])
         errs = CounterMetricFamily('mlops_nb_request_errors', 'HTTP requests answered with a 4xx or 5xx status', labels=['endpoint', 'status'])
         for (e, m, s), n in sorted(self.requests.items()):
@@ -481,6 +488,7 @@ class Stats:
         for name, doc, val in (('mlops_nb_unseen_categories', 'Categorical values never seen in training (policy allow)', self.info.get('unseen', 0)),
                                ('mlops_nb_model_swaps', 'Model versions swapped in after start', self.swaps),
                                ('mlops_nb_model_load_failures', 'Model versions refused because they failed to load', self.load_failures),
+                               ('mlops_nb_micro_batched_requests', 'Requests that shared a model call with others', self.info.get('batched', 0)),
                                ('mlops_nb_capture_dropped_rows', 'Capture rows dropped because the writer fell behind', self.info.get('dropped', 0))):
             yield CounterMetricFamily(name, doc, value=val)
         yield GaugeMetricFamily('mlops_nb_capture_pending_rows', 'Capture rows queued, not yet written', value=self.info.get('pending', 0))
@@ -488,7 +496,7 @@ class Stats:
         i.add_metric([], dict(version=str(self.info.get('version')), runtime=str(self.info.get('runtime')), pid=str(os.getpid())))
         yield i
 
-# %% ../nbs/09_serve.ipynb #fc62ae9f
+# %% ../nbs/09_serve.ipynb #84e087d1
 class Service:
     "The state of one server process: the model being served, capture, stats, the alias watcher."
     def __init__(self, cfg:ServeConfig):
@@ -503,6 +511,8 @@ class Service:
         self._swap_lock = asyncio.Lock()
         self._log_buf: list[bytes] = []
         self.token = os.environ.get('MLOPS_NB_ADMIN_TOKEN') or None
+        self._pending, self._scheduled, self.batched = [], False, 0
+        self._rid_prefix, self._rid_n = uuid.uuid4().hex[:16], 0
 
     # -- models -----------------------------------------------------------------------------------
     def _load(self, version:str) -> LoadedModel:
@@ -580,10 +590,42 @@ class Service:
             self.flush_logs()
 
     # -- predicting -------------------------------------------------------------------------------
-    def predict_columns(self, m:LoadedModel, cols:dict, n:int, rid:str, t0:float) -> tuple[np.ndarray, np.ndarray|None]:
+    async def _predict(self, m:LoadedModel, X:dict, n:int):
+        "Predict `X`, sharing one model call with the other requests validated in the same event-loop turn."
+        if not self.cfg.micro_batch: return m.predict(X)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.append((m, X, n, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._run_batch)   # runs after the requests already queued in this turn have been parsed
+        return await fut
+
+    def _run_batch(self):
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        groups: dict[int, list] = {}
+        for it in batch: groups.setdefault(id(it[0]), []).append(it)   # a swap mid-turn: each model predicts its own
+        for items in groups.values():
+            m = items[0][0]
+            try:
+                if len(items) == 1: results = [m.predict(items[0][1])]
+                else:
+                    X = {k: np.concatenate([it[1][k] for it in items]) for k in items[0][1]}
+                    score, label = m.predict(X)
+                    ends = np.cumsum([it[2] for it in items]).tolist()
+                    results = [(score[a:b], None if label is None else label[a:b]) for a, b in zip([0] + ends[:-1], ends)]
+                    self.batched += len(items)
+                for it, r in zip(items, results):
+                    if not it[3].done(): it[3].set_result(r)
+            except Exception as e:
+                for it in items:
+                    if not it[3].done(): it[3].set_exception(e)
+
+    async def predict_columns(self, m:LoadedModel, cols:dict, n:int, rid:str, t0:float) -> tuple[np.ndarray, np.ndarray|None]:
         "Validate, predict, count and capture one request's columns."
         X = m.validator.columns(cols, n)
-        score, label = m.predict(X)
+        score, label = await self._predict(m, X, n)
         self.stats.predictions(score, label)
         if self.capture is not None:
             self.capture.add(rid, time.time(), m.version, (time.perf_counter() - t0) * 1e3, X, score, label)
@@ -700,7 +742,7 @@ def openapi_spec(svc:Service) -> dict:
                                              'responses': {'200': {'description': 'OK'}, '404': err}}},
             }}
 
-# %% ../nbs/09_serve.ipynb #372d8a97
+# %% ../nbs/09_serve.ipynb #7cf40f9f
 _DOCS_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>mlops-nb prediction service</title>
 <style>body{font-family:sans-serif;max-width:60em;margin:2em auto}code{background:#eee;padding:0 .2em}</style></head>
 <body><h1>mlops-nb prediction service</h1><p>OpenAPI description: <a href="/openapi.json">/openapi.json</a>
@@ -735,6 +777,7 @@ def build_app(cfg:ServeConfig):
                   'capture': None if svc.capture is None else dict(dir=cfg.capture_dir, written=svc.capture.written, pending=svc.capture.pending, dropped=svc.capture.dropped)})
     async def metrics(request):
         if svc.capture is not None: svc.stats.info.update(pending=svc.capture.pending, dropped=svc.capture.dropped)
+        svc.stats.info['batched'] = svc.batched
         if svc.model is not None: svc.stats.info['unseen'] = svc.stats.info.get('unseen_base', 0) + svc.model.validator.unseen_count
         return Response(generate_latest(prom), media_type=CONTENT_TYPE_LATEST)
     async def openapi(request): return J(openapi_spec(svc))
@@ -805,7 +848,8 @@ def build_app(cfg:ServeConfig):
         "The hot path: read, parse, validate, predict, respond, then capture (queued)."
         t0 = time.perf_counter()
         h = _headers(scope)
-        rid = h.get('x-request-id') or uuid.uuid4().hex
+        rid = h.get('x-request-id')
+        if not rid: svc._rid_n += 1; rid = f'{svc._rid_prefix}-{svc._rid_n}'   # unique: random per process, then a counter
         m = svc.model
         if m is None: raise RequestError(503, 'no_model', f"no model loaded ('{cfg.model}' not set in {cfg.registry})")
         if scope['method'] != 'POST': raise _bad('method_not_allowed', f"use POST, not {scope['method']}", status=405)
@@ -822,7 +866,7 @@ def build_app(cfg:ServeConfig):
             if kind == 'mlflow': cols, n = parse_json_payload(obj, m.validator.names); v2id = None
             else: cols, n, v2id = _v2_columns(obj)
         else: raise _bad('unsupported_media_type', f"Content-Type must be application/json or text/csv, got {ctype or 'none'!r}", 'content-type', ctype, status=415)
-        score, label = svc.predict_columns(m, cols, n, rid, t0)
+        score, label = await svc.predict_columns(m, cols, n, rid, t0)
         hdrs = [(b'x-request-id', rid.encode()), (b'x-model-version', m.version.encode())]
         if kind == 'mlflow':
             q = scope.get('query_string', b'')
