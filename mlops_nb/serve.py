@@ -304,7 +304,7 @@ class Validator:
             out[name] = a
         return {k: out[k] for k in self.names}
 
-# %% ../nbs/09_serve.ipynb #b7360747
+# %% ../nbs/09_serve.ipynb #f3d00db1
 _ORT_TYPES = {'tensor(float)': 'float32', 'tensor(double)': 'float64', 'tensor(int64)': 'int64', 'tensor(int32)': 'int32',
               'tensor(string)': object, 'tensor(bool)': bool}
 
@@ -344,8 +344,8 @@ class LoadedModel:
             self._other_inputs = [(i, t) for i, t in self.inputs if i not in self._float_inputs] if self._single is None else []
             self.runtime = 'onnxruntime'
         else:
-            from mlops_nb.train import load_model   # skops with the project's trusted types (imports scikit-learn)
-            self.pipeline = load_model(vdir/'model.skops')
+            from mlops_nb.registry import load_skops   # skops with the registry's trusted types only (imports scikit-learn)
+            self.pipeline = load_skops(vdir/'model.skops')
             self.runtime = 'skops'
 
     def _feed(self, X:dict[str, np.ndarray]) -> dict:
