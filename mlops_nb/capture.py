@@ -41,15 +41,19 @@ def _to_arrow(values, typ:pa.DataType) -> pa.Array:
         return pa.array([None if v is None or (isinstance(v, float) and v != v) else str(v) for v in values], type=typ)
     return pa.array(values, type=typ, from_pandas=True)
 
-# %% ../nbs/08_capture.ipynb #780ee47e
+# %% ../nbs/08_capture.ipynb #02355ab5
 def _column(parts:list, typ:pa.DataType) -> pa.Array:
     "One Arrow column of `typ` from the per-request value sequences `parts`."
-    if pa.types.is_string(typ): return _to_arrow([x for p in parts for x in (p.tolist() if isinstance(p, np.ndarray) else p)], typ)
+    if pa.types.is_string(typ):
+        if all(isinstance(p, np.ndarray) and p.dtype == object for p in parts):   # the server's validated str/None columns
+            try: return pa.array(np.concatenate(parts), typ, from_pandas=True)         # one C-level conversion
+            except (pa.ArrowInvalid, pa.ArrowTypeError): pass
+        return _to_arrow([x for p in parts for x in (p.tolist() if isinstance(p, np.ndarray) else p)], typ)
     if pa.types.is_timestamp(typ):
         return pa.array(np.concatenate([np.asarray(p, dtype='datetime64[us]') for p in parts]), typ, from_pandas=True)
     return _to_arrow(np.concatenate([np.asarray(p, dtype='float64') for p in parts]), typ)
 
-# %% ../nbs/08_capture.ipynb #37b2fed0
+# %% ../nbs/08_capture.ipynb #fb6c4784
 _DAYS: dict[int, str] = {}
 def _day(ts:float) -> str:
     "The UTC date of the epoch time `ts` as 'YYYY-MM-DD' (cached per day: called once per captured request)."
@@ -64,7 +68,7 @@ def write_part(folder:str|Path, table:pa.Table) -> Path:
     name = f"part-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:12]}.parquet"
     tmp = folder/f'.{name}.tmp'
     try:
-        pq.write_table(table, tmp, compression='zstd')
+        pq.write_table(table, tmp, compression='snappy')   # cheap to write: this runs beside the request path
         os.replace(tmp, folder/name)
     except BaseException:
         tmp.unlink(missing_ok=True); raise
