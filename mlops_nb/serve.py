@@ -919,7 +919,7 @@ def app_from_env():
     cfg = ServeConfig(**orjson.loads(raw)) if raw else ServeConfig.resolve()
     return build_app(cfg)
 
-# %% ../nbs/09_serve.ipynb #088e36f6
+# %% ../nbs/09_serve.ipynb #7074a946
 def _arrow_columns(batch, names:list[str]) -> tuple[dict, int]:
     "A record batch's model columns as lists / numpy arrays the `Validator` takes (nulls as None/NaN)."
     import pyarrow as pa
@@ -951,7 +951,7 @@ def predict_file(input:str|Path, output:str|Path, model:LoadedModel, chunk_rows:
             for b in reader:
                 for off in range(0, b.num_rows, chunk_rows): yield b.slice(off, chunk_rows)
     else:
-        try: pf = pq.ParquetFile(input)
+        try: pf = pq.ParquetFile(input, pre_buffer=False)   # pre-buffering keeps every row group read so far in memory
         except Exception as e: raise DataError(str(input), 'unreadable_file', detail=str(e).splitlines()[0]) from None
         batches = lambda: pf.iter_batches(batch_size=chunk_rows)
     output.parent.mkdir(parents=True, exist_ok=True)
