@@ -919,7 +919,7 @@ def app_from_env():
     cfg = ServeConfig(**orjson.loads(raw)) if raw else ServeConfig.resolve()
     return build_app(cfg)
 
-# %% ../nbs/09_serve.ipynb #7074a946
+# %% ../nbs/09_serve.ipynb #a90f9065
 def _arrow_columns(batch, names:list[str]) -> tuple[dict, int]:
     "A record batch's model columns as lists / numpy arrays the `Validator` takes (nulls as None/NaN)."
     import pyarrow as pa
@@ -971,6 +971,7 @@ def predict_file(input:str|Path, output:str|Path, model:LoadedModel, chunk_rows:
             score, label = model.predict(X)
             if capture is not None:
                 capture.add(f"batch-{uuid.uuid4().hex[:12]}", time.time(), model.version, 0.0, X, score, label)
+                if capture.pending >= 2 * chunk_rows: capture.flush()   # batch scoring waits for the disk rather than drop rows
             out = b.append_column('prediction', pa.array(score, pa.float64()))
             if label is not None: out = out.append_column('predicted_label', pa.array(label, pa.int64()))
             if writer is None:
