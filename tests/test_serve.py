@@ -1,0 +1,436 @@
+"""The prediction service and batch scoring, as real processes on 127.0.0.1: payload formats, bad input, a fuzz run,
+hot swap under load, admin token, capture after SIGTERM, feedback, and batch scoring with bounded memory."""
+import http.client, json, os, signal, socket, subprocess, sys, threading, time
+from pathlib import Path
+
+import numpy as np, pandas as pd, pytest
+
+from conftest import VENV_BIN
+
+MLOPS = str(VENV_BIN/'mlops-nb')
+TOKEN = 'test-admin-token'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+# ---- a registry with two good versions and one whose files were tampered with ----------------------------------------
+def _frame(days=8, seed=42):
+    from mlops_nb.sim import simulate
+    from mlops_nb.features import clean, add_features
+    df = simulate(0, days, seed, transactions_per_day=300, n_customers=800)
+    df = clean(df, 'is_fraud', 'timestamp', ['transaction_id', 'customer_id'])
+    return add_features(df, {'time_parts': ['hour', 'dayofweek'], 'log': ['amount'],
+                             'ratios': {'amount_to_customer_avg': ['amount', 'customer_avg_amount']}}, 'timestamp')
+
+def tree_pipeline(num, cat, max_iter):
+    """One-hot categories + raw numbers + HistGradientBoosting: its ONNX graph matches scikit-learn (a StandardScaler in front
+    of the trees would not: float32 scaling flips splits, and the registry then keeps no ONNX file)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    cp = Pipeline([('impute', SimpleImputer(strategy='most_frequent')),
+                   ('onehot', OneHotEncoder(handle_unknown='ignore', min_frequency=0.01, sparse_output=False))])
+    pre = ColumnTransformer([('num', SimpleImputer(strategy='median'), num), ('cat', cp, cat)])
+    return Pipeline([('preprocess', pre), ('model', HistGradientBoostingClassifier(max_iter=max_iter, random_state=0))])
+
+def build_registry(root:Path):
+    """v0001: served with ONNX Runtime; v0002: the project's pipeline (scaler in front), no ONNX -> served by the skops
+    fallback; v0003: registered, then its model file damaged. Champion: v0001."""
+    from mlops_nb.features import feature_columns
+    from mlops_nb.train import make_estimator, make_pipeline
+    from mlops_nb.registry import Registry
+    df = _frame()
+    num, cat = feature_columns(df, 'is_fraud', exclude=['transaction_id', 'customer_id', 'timestamp'])
+    X, y = df[num + cat], df['is_fraud']
+    reg = Registry(root)
+    pipes = [tree_pipeline(num, cat, 20), make_pipeline(num, cat, make_estimator('hist_gradient_boosting', 'classification', {'max_iter': 30}, seed=0)),
+             tree_pipeline(num, cat, 30)]
+    versions = [reg.register(p.fit(X, y), features=num + cat, task='classification', threshold=0.3, X_test=X,
+                             metrics={'pr_auc': 0.5}, params={'i': i}) for i, p in enumerate(pipes)]
+    assert (reg.version_dir(versions[0])/'model.onnx').exists() and not (reg.version_dir(versions[1])/'model.onnx').exists()
+    reg.promote(versions[0], 'champion', reason='test', actor='test')
+    (reg.version_dir(versions[2])/'model.onnx').write_bytes(b'not an onnx model')   # no longer matches its manifest
+    return reg, versions, X
+
+
+class Server:
+    "`mlops-nb serve` in a subprocess on a free port."
+    def __init__(self, cwd:Path, registry:Path, *args, token=TOKEN):
+        self.port = free_port()
+        env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+        env.pop('MLOPS_NB_ADMIN_TOKEN', None)
+        if token: env['MLOPS_NB_ADMIN_TOKEN'] = token
+        self.err = open(cwd/f'server-{self.port}.log', 'wb')
+        self.proc = subprocess.Popen([MLOPS, 'serve', '--registry', str(registry), '--port', str(self.port), '--poll-seconds', '0.2', *args],
+                                     cwd=cwd, env=env, stdout=self.err, stderr=subprocess.STDOUT)
+        self.log = cwd/f'server-{self.port}.log'
+        for _ in range(600):
+            if self.proc.poll() is not None: raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if self.get('/health')[0] == 200: break
+            except OSError: pass
+            time.sleep(0.1)
+        else: raise AssertionError('server did not start in 60 s')
+
+    def conn(self): return http.client.HTTPConnection('127.0.0.1', self.port, timeout=30)
+
+    def request(self, method, path, body=None, headers=None, conn=None):
+        c = conn or self.conn()
+        if isinstance(body, (dict, list)): body = json.dumps(body).encode(); headers = {'Content-Type': 'application/json', **(headers or {})}
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        if conn is None: c.close()
+        try: obj = json.loads(data) if data.strip() else None
+        except ValueError: obj = data.decode(errors='replace')
+        return r.status, obj, dict(r.getheaders())
+
+    def get(self, path, **kw): return self.request('GET', path, **kw)[:2]
+    def post(self, path, body, **kw): return self.request('POST', path, body, **kw)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try: self.proc.wait(timeout)
+            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+        self.err.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp('serve')
+    reg, versions, X = build_registry(root/'registry')
+    srv = Server(root, root/'registry', '--capture-dir', str(root/'captures'))
+    yield dict(root=root, reg=reg, versions=versions, X=X, srv=srv)
+    srv.stop()
+
+
+def records(X, n=3, start=0):
+    return json.loads(X.iloc[start:start + n].to_json(orient='records'))
+
+
+# ---- every payload format --------------------------------------------------------------------------------------------
+def test_payload_formats_agree_with_the_pipeline(world):
+    srv, X, reg = world['srv'], world['X'], world['reg']
+    rows = records(X, 5)
+    cols = list(rows[0])
+    split = {'columns': cols, 'data': [[r[c] for c in cols] for r in rows]}
+    bodies = {
+        'dataframe_records': ({'dataframe_records': rows}, 'application/json'),
+        'dataframe_split': ({'dataframe_split': split}, 'application/json'),
+        'instances (records)': ({'instances': rows}, 'application/json'),
+        'instances (lists)': ({'instances': split['data']}, 'application/json'),
+        'inputs (columns)': ({'inputs': {c: [r[c] for r in rows] for c in cols}}, 'application/json'),
+        'inputs (records)': ({'inputs': rows}, 'application/json'),
+        'csv': (X.iloc[:5].to_csv(index=False).encode(), 'text/csv'),
+    }
+    scores = {}
+    for name, (body, ctype) in bodies.items():
+        raw = json.dumps(body).encode() if isinstance(body, dict) else body
+        status, obj, hdr = srv.request('POST', '/invocations?output=score', raw, {'Content-Type': ctype})
+        assert status == 200, (name, obj)
+        assert hdr['x-model-version'] == world['versions'][0] and hdr['x-request-id']
+        scores[name] = obj['predictions']
+    ref = reg.load(world['versions'][0]).predict_proba(X.iloc[:5])[:, 1]
+    for name, s in scores.items(): np.testing.assert_allclose(s, ref, atol=1e-4, err_msg=name)
+    # default output: labels at the version's threshold, like mlflow's sklearn flavour; 'both' gives label and score
+    status, obj, _ = srv.post('/invocations', {'dataframe_records': rows})
+    assert status == 200 and obj['predictions'] == [int(s >= 0.3) for s in ref]
+    status, obj, _ = srv.post('/invocations?output=both', {'dataframe_records': rows})
+    assert [p['label'] for p in obj['predictions']] == [int(s >= 0.3) for s in ref]
+    # Open Inference Protocol v2
+    kinds = {c: ('BYTES' if isinstance(rows[0][c], str) else 'FP64') for c in cols}
+    v2 = {'id': 'abc', 'inputs': [{'name': c, 'shape': [5, 1], 'datatype': kinds[c], 'data': [r[c] for r in rows]} for c in cols]}
+    status, obj, _ = srv.post('/v2/models/model/infer', v2)
+    assert status == 200 and obj['id'] == 'abc' and obj['model_version'] == world['versions'][0]
+    np.testing.assert_allclose(obj['outputs'][0]['data'], ref, atol=1e-4)
+    assert srv.get('/v2/health/live')[0] == 200 and srv.get('/v2/health/ready')[0] == 200
+    status, meta = srv.get('/v2/models/model')
+    assert status == 200 and {i['name'] for i in meta['inputs']} == set(cols)
+
+
+def test_health_metadata_metrics_docs(world):
+    srv = world['srv']
+    assert srv.get('/ping')[0] == 200 and srv.get('/health') == (200, {'status': 'ok'})
+    assert srv.get('/ready')[1]['version'] == world['versions'][0]
+    assert srv.get('/version')[1]['model_version'] == world['versions'][0]
+    status, meta = srv.get('/metadata')
+    assert status == 200 and meta['version'] == world['versions'][0] and meta['runtime'] == 'onnxruntime'
+    assert [c['name'] for c in meta['schema']['columns']] == list(world['X'].columns) and meta['loaded_at'] > 0
+    spec = srv.get('/openapi.json')[1]
+    assert '/invocations' in spec['paths'] and spec['openapi'].startswith('3.')
+    c = srv.conn(); c.request('GET', '/docs'); r = c.getresponse(); assert r.status == 200 and b'openapi.json' in r.read()
+    c.request('GET', '/metrics'); r = c.getresponse(); text = r.read().decode()
+    assert r.status == 200 and r.getheader('content-type').startswith('text/plain')
+    for name in ('mlops_nb_requests_total{endpoint="/invocations",method="POST",status="200"}', 'mlops_nb_request_latency_seconds_bucket',
+                 'mlops_nb_predictions_by_class_total', 'mlops_nb_prediction_score_bucket', f'mlops_nb_model_info{{pid=',
+                 f'version="{world["versions"][0]}"'):
+        assert name in text, name
+
+
+# ---- every bad input: a 4xx naming the field and the rule, never a 5xx ------------------------------------------------
+def bad_cases(X):
+    good = records(X, 1)[0]
+    num = next(c for c in good if isinstance(good[c], float))
+    intcol = next((c for c in good if isinstance(good[c], int) and not isinstance(good[c], bool)), None)
+    cat = next(c for c in good if isinstance(good[c], str))
+    without = {k: v for k, v in good.items() if k != cat}
+    J = 'application/json'
+    cases = [
+        ('missing column', {'dataframe_records': [without]}, J, 422, 'missing_column', cat),
+        ('unknown column', {'dataframe_records': [dict(good, surprise=1)]}, J, 422, 'unknown_column', 'surprise'),
+        ('text for a number', {'dataframe_records': [dict(good, **{num: 'abc'})]}, J, 422, 'wrong_type', num),
+        ('bool for a number', {'dataframe_records': [dict(good, **{num: True})]}, J, 422, 'wrong_type', num),
+        ('list for a number', {'dataframe_records': [dict(good, **{num: [1, 2]})]}, J, 422, 'wrong_type', num),
+        ('number for a category', {'dataframe_records': [dict(good, **{cat: 7})]}, J, 422, 'wrong_type', cat),
+        ('null number', {'dataframe_records': [dict(good, **{num: None})]}, J, 422, 'null_not_allowed', num),
+        ('null category', {'dataframe_records': [dict(good, **{cat: None})]}, J, 422, 'null_not_allowed', cat),
+        ('NaN in CSV', f"{','.join(good)}\n{','.join('nan' if k == num else str(v) for k, v in good.items())}\n".encode(), 'text/csv', 422, 'null_not_allowed', num),
+        ('Infinity in CSV', f"{','.join(good)}\n{','.join('inf' if k == num else str(v) for k, v in good.items())}\n".encode(), 'text/csv', 422, 'not_finite', num),
+        ('empty body', b'', J, 400, 'empty_payload', 'body'),
+        ('no rows', {'dataframe_records': []}, J, 400, 'empty_payload', 'dataframe_records'),
+        ('malformed JSON', b'{"dataframe_records": [', J, 400, 'malformed_json', 'body'),
+        ('NaN literal in JSON', b'{"dataframe_records": [{"a": NaN}]}', J, 400, 'malformed_json', 'body'),
+        ('no known key', {'rows': [good]}, J, 400, 'wrong_format', 'body'),
+        ('two keys', {'instances': [good], 'inputs': [good]}, J, 400, 'wrong_format', 'body'),
+        ('a string body', '"hello"'.encode(), J, 400, 'wrong_shape', 'body'),
+        ('ragged split', {'dataframe_split': {'columns': list(good), 'data': [list(good.values())[:-1]]}}, J, 400, 'wrong_shape', 'dataframe_split.data'),
+        ('ragged columns', {'inputs': {k: [v, v] if k == num else [v] for k, v in good.items()}}, J, 400, 'ragged_columns', 'inputs'),
+        ('wrong content type', json.dumps({'dataframe_records': [good]}).encode(), 'text/plain', 415, 'unsupported_media_type', 'content-type'),
+        ('no content type', json.dumps({'dataframe_records': [good]}).encode(), None, 415, 'unsupported_media_type', 'content-type'),
+        ('not UTF-8 CSV', b'a,b\n\xff\xfe,1\n', 'text/csv', 400, 'malformed_csv', 'body'),
+        ('too many rows', {'dataframe_records': [good] * 10_001}, J, 413, 'too_many_rows', None),
+        ('body too large', b'{"dataframe_records": [' + b' ' * 10_000_001 + b']}', J, 413, 'payload_too_large', 'body'),
+        ('bad output parameter', {'dataframe_records': [good]}, J, 400, 'bad_parameter', 'output'),
+    ]
+    if intcol: cases.append(('fraction for an integer', {'dataframe_records': [dict(good, **{intcol: 1.5})]}, J, 422, 'wrong_type', intcol))
+    return cases
+
+
+def test_every_bad_input_is_a_4xx_naming_field_and_rule(world):
+    srv = world['srv']
+    for name, body, ctype, status, rule, field in bad_cases(world['X']):
+        raw = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+        path = '/invocations?output=maybe' if name == 'bad output parameter' else '/invocations'
+        got, obj, _ = srv.request('POST', path, raw, {'Content-Type': ctype} if ctype else {})
+        assert (got, obj.get('rule'), obj.get('field')) == (status, rule, field), (name, got, obj)
+        assert obj['message'] and obj['error_code']
+    assert srv.request('GET', '/invocations')[0] == 405
+    # feedback validation
+    for body, rule in (({'feedback': [{'label': 1}]}, 'missing_field'), ({'feedback': [{'request_id': 'x', 'label': 'yes'}]}, 'wrong_type'),
+                       ({'feedback': []}, 'empty_payload'), (b'{', 'malformed_json')):
+        got, obj, _ = srv.post('/feedback', body if isinstance(body, dict) else body, headers={'Content-Type': 'application/json'})
+        assert got in (400, 422) and obj['rule'] == rule, (body, obj)
+    assert srv.get('/health')[0] == 200
+    assert '5' not in ''.join(str(k) for k in _statuses(srv))
+
+
+def _statuses(srv):
+    c = srv.conn(); c.request('GET', '/metrics'); text = c.getresponse().read().decode()
+    return {line.split('status="')[1][0] for line in text.splitlines() if line.startswith('mlops_nb_requests_total')}
+
+
+# ---- a fuzz run: random bodies, random types in valid shapes, random content types ------------------------------------
+def test_fuzz_never_5xx(world):
+    from hypothesis import given, settings, strategies as st, HealthCheck
+    srv, X = world['srv'], world['X']
+    good = records(X, 1)[0]
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False),
+                        st.text(max_size=20))
+    json_any = st.recursive(scalars, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=8), ch, max_size=4), max_leaves=12)
+    record = st.fixed_dictionaries({k: st.one_of(st.just(v), scalars, json_any) for k, v in good.items()})
+    body = st.one_of(
+        st.builds(lambda r: {'dataframe_records': r}, st.lists(record, max_size=3)),
+        st.builds(lambda r: {'instances': r}, st.lists(record, max_size=3)),
+        st.builds(lambda r: {'dataframe_split': {'columns': list(good), 'data': [list(x.values()) for x in r]}}, st.lists(record, max_size=3)),
+        st.builds(lambda r: {'inputs': r}, json_any),
+        st.builds(lambda r: {'feedback': r}, json_any),
+        json_any)
+    conn = srv.conn()
+    seen = []
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=body, raw=st.one_of(st.none(), st.binary(max_size=64)),
+           ctype=st.sampled_from(['application/json', 'text/csv', 'application/x-www-form-urlencoded', 'application/json; charset=utf-8']),
+           path=st.sampled_from(['/invocations', '/invocations', '/v2/models/model/infer', '/feedback', '/invocations?output=score']))
+    def run(body, raw, ctype, path):
+        data = raw if raw is not None else json.dumps(body).encode()
+        status, obj, _ = srv.request('POST', path, data, {'Content-Type': ctype}, conn=conn)
+        seen.append(status)
+        assert status < 500, (path, ctype, data[:300], obj)
+        if status >= 400: assert isinstance(obj, dict) and obj.get('rule'), obj
+    run()
+    assert len(seen) >= 400 and 200 in seen and any(400 <= s < 500 for s in seen)
+    assert srv.get('/health')[0] == 200
+
+
+# ---- admin token ------------------------------------------------------------------------------------------------------
+def test_admin_endpoints_need_the_token(world):
+    srv = world['srv']
+    assert srv.post('/admin/reload', b'')[0] == 401
+    assert srv.post('/admin/reload', b'', headers={'Authorization': 'Bearer wrong'})[0] == 401
+    status, obj, _ = srv.post('/admin/reload', b'', headers={'Authorization': f'Bearer {TOKEN}'})
+    assert status == 200 and obj['version'] == world['versions'][0], obj
+    assert srv.post('/admin/flush', b'', headers={'Authorization': f'Bearer {TOKEN}'})[0] == 200
+
+
+# ---- hot swap: promote, a broken version refused, rollback — under continuous load, zero failed requests --------------
+def test_promote_and_rollback_under_load(world):
+    srv, reg, (v1, v2, v3), X = world['srv'], world['reg'], world['versions'], world['X']
+    body = json.dumps({'dataframe_records': records(X, 2)}).encode()
+    stop, failures, count = threading.Event(), [], [0]
+    seen = {i: [] for i in range(3)}          # per connection: the versions that answered, in order, without repeats
+
+    def load(i):
+        versions_seen, conn = seen[i], srv.conn()
+        while not stop.is_set():
+            try:
+                status, obj, hdr = srv.request('POST', '/invocations', body, {'Content-Type': 'application/json'}, conn=conn)
+                count[0] += 1
+                if status != 200: failures.append((status, obj))
+                elif not versions_seen or versions_seen[-1] != hdr['x-model-version']: versions_seen.append(hdr['x-model-version'])
+            except Exception as e:
+                failures.append(repr(e)); conn = srv.conn()
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for t in threads: t.start()
+
+    def wait_version(v, timeout=60):
+        for _ in range(int(timeout * 10)):
+            if srv.get('/metadata')[1]['version'] == v: return
+            time.sleep(0.1)
+        raise AssertionError(f"/metadata never showed {v}")
+    try:
+        time.sleep(0.5)
+        reg.promote(v2, 'champion', reason='test promote', actor='test'); wait_version(v2)
+        assert srv.get('/metadata')[1]['runtime'] == 'skops'            # v0002 has no ONNX file: the skops fallback serves it
+        time.sleep(0.5)
+        reg.rollback(alias='champion', reason='test rollback', actor='test'); wait_version(v1)
+        time.sleep(0.5)
+        # the registry refuses to promote a damaged version, so point aliases.json at it by hand (another tool, a bad copy)
+        (reg.root/'.aliases.tmp').write_text(json.dumps({'champion': v3})); os.replace(reg.root/'.aliases.tmp', reg.root/'aliases.json')
+        for _ in range(100):
+            meta = srv.get('/metadata')[1]
+            if v3 in meta['refused']: break
+            time.sleep(0.1)
+        assert v3 in meta['refused'] and meta['version'] == v1, meta   # refused, the old one keeps serving
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads: t.join()
+        (reg.root/'.aliases.tmp').write_text(json.dumps({'champion': v1})); os.replace(reg.root/'.aliases.tmp', reg.root/'aliases.json')
+    assert failures == [], failures[:5]
+    assert count[0] > 50 and all(v == [v1, v2, v1] for v in seen.values()), (count, seen)
+    c = srv.conn(); c.request('GET', '/metrics'); text = c.getresponse().read().decode()
+    assert 'mlops_nb_model_swaps_total 2.0' in text and 'mlops_nb_model_load_failures_total 1.0' in text
+
+
+# ---- capture: everything on disk after SIGTERM; feedback joined; policies ---------------------------------------------
+def test_capture_after_sigterm_and_feedback(world, tmp_path):
+    from mlops_nb.capture import read_captures
+    X = world['X']
+    cap = tmp_path/'captures'
+    # a second server with a long flush interval: nothing reaches disk before SIGTERM unless shutdown flushes it
+    srv = Server(tmp_path, world['root']/'registry', '--capture-dir', str(cap), '--unseen-categories', 'error', '--max-rows', '50',
+                 '--capture-flush-seconds', '3600')
+    try:
+        conn = srv.conn()
+        sent = {}
+        for i in range(60):
+            rows = records(X, 1 + i % 3, start=i * 3)
+            status, obj, hdr = srv.request('POST', '/invocations?output=score', json.dumps({'dataframe_records': rows}).encode(),
+                                           {'Content-Type': 'application/json', 'X-Request-ID': f'req-{i}'}, conn=conn)
+            assert status == 200 and hdr['x-request-id'] == f'req-{i}'
+            sent[f'req-{i}'] = (rows, obj['predictions'])
+        good = records(X, 1)[0]
+        cat = next(c for c in good if isinstance(good[c], str))
+        status, obj, _ = srv.post('/invocations', {'dataframe_records': [dict(good, **{cat: 'never-seen'})]})
+        assert (status, obj['rule'], obj['field']) == (422, 'unseen_category', cat)
+        assert srv.post('/invocations', {'dataframe_records': [good] * 51})[1]['rule'] == 'too_many_rows'
+        status, obj, _ = srv.post('/feedback', {'feedback': [{'request_id': 'req-0', 'label': 1}, {'request_id': 'req-1:1', 'label': 0},
+                                                             {'request_id': 'req-0', 'label': 0}]})
+        assert status == 200 and obj['stored'] == 3
+        assert not (cap/'predictions').exists()                      # all still queued in memory
+    finally:
+        code = srv.stop(signal.SIGTERM)
+    assert code == 0, srv.log.read_text()[-2000:]
+    df = read_captures(cap)
+    n_rows = sum(len(r) for r, _ in sent.values())
+    assert len(df) == n_rows
+    assert set(df.model_version) == {world['versions'][0]} and (df.latency_ms > 0).all()
+    one = df[df.request_id == 'req-3'].iloc[0]                     # a single-row request keeps its id
+    rows, preds = sent['req-3']
+    for k, v in rows[0].items(): assert one[k] == v, k
+    assert abs(one.prediction - preds[0]) < 1e-9 and one.predicted_label == int(preds[0] >= 0.3)
+    multi = df[df.request_id.str.startswith('req-1:')]            # a multi-row request: one id per row, <id>:<row>
+    assert sorted(multi.request_id) == ['req-1:0', 'req-1:1']
+    assert df.set_index('request_id').label.get('req-0') == 0.0    # the latest label wins
+    assert df.set_index('request_id').label.get('req-1:1') == 0.0
+    assert df.label.notna().sum() == 2
+    assert list(df.columns[:6]) == ['request_id', 'ts', 'model_version', 'latency_ms', 'prediction', 'predicted_label']
+    assert str(df.ts.dtype).startswith('datetime64') and 'UTC' in str(df.ts.dtype)
+    files = list((cap/'predictions').glob('date=*/part-*.parquet'))
+    assert files and all(f.parent.name == f"date={pd.Timestamp.now('UTC').date()}" for f in files)
+
+
+def test_server_without_token_or_champion(world, tmp_path):
+    "Admin endpoints are off without a token; a registry with no champion starts not ready and answers 503, not 500."
+    (tmp_path/'empty'/'versions').mkdir(parents=True)
+    srv = Server(tmp_path, tmp_path/'empty', '--no-capture', token=None)
+    try:
+        assert srv.post('/admin/reload', b'', headers={'Authorization': 'Bearer x'})[0] == 403
+        assert srv.get('/ready')[0] == 503 and srv.get('/health')[0] == 200
+        status, obj, _ = srv.post('/invocations', {'dataframe_records': records(world['X'], 1)})
+        assert status == 503 and obj['rule'] == 'no_model'
+    finally: srv.stop()
+
+
+# ---- batch scoring: same validation, streaming, bounded memory --------------------------------------------------------
+def _predict(cwd, *args):
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run([MLOPS, 'predict', *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_batch_scoring_streams_with_bounded_memory(world, tmp_path):
+    import pyarrow as pa, pyarrow.parquet as pq
+    X, reg = world['X'], world['reg']
+    reg_dir = str(world['root']/'registry')
+    small = X.iloc[:2000].reset_index(drop=True)
+    small.to_csv(tmp_path/'in.csv', index=False)
+    r = _predict(tmp_path, '--input', 'in.csv', '--output', 'out.parquet', '--registry', reg_dir, '--model', world['versions'][0],
+                 '--chunk-rows', '300', '--capture-dir', 'cap')
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res['rows'] == 2000 and res['chunks'] == 7
+    out = pd.read_parquet(tmp_path/'out.parquet')
+    ref = reg.load(world['versions'][0]).predict_proba(small)[:, 1]
+    np.testing.assert_allclose(out.prediction, ref, atol=1e-4)
+    assert list(out.columns[:len(X.columns)]) == list(X.columns)
+    from mlops_nb.capture import read_captures
+    assert len(read_captures(tmp_path/'cap')) == 2000
+    # bounded memory: 16x the rows, same chunk size -> about the same peak memory
+    big = pa.Table.from_pandas(pd.concat([X] * (400_000 // len(X) + 1), ignore_index=True).iloc[:400_000], preserve_index=False)
+    pq.write_table(big.slice(0, 25_000), tmp_path/'25k.parquet', row_group_size=10_000)
+    pq.write_table(big, tmp_path/'400k.parquet', row_group_size=10_000)
+    rss = {}
+    for name in ('25k', '400k'):
+        r = _predict(tmp_path, '--input', f'{name}.parquet', '--output', f'{name}.out.csv', '--registry', reg_dir, '--chunk-rows', '10000', '--no-capture')
+        assert r.returncode == 0, r.stderr
+        rss[name] = json.loads(r.stdout.strip().splitlines()[-1])['max_rss_mb']
+    assert sum(1 for _ in open(tmp_path/'400k.out.csv')) == 400_001
+    assert rss['400k'] < rss['25k'] + 60, rss          # 16x the data, at most 60 MB more (the whole file would be ~150 MB)
+    # bad input: exit 2, a message naming file, column and rule; the old output stays
+    bad = small.copy(); bad.loc[1234, bad.columns[3]] = None
+    num = bad.columns[3]
+    bad.to_parquet(tmp_path/'bad.parquet')
+    before = (tmp_path/'out.parquet').read_bytes()
+    r = _predict(tmp_path, '--input', 'bad.parquet', '--output', 'out.parquet', '--registry', reg_dir, '--no-capture', '--chunk-rows', '500')
+    assert r.returncode == 2 and 'bad.parquet' in r.stderr and num in r.stderr and 'null_not_allowed' in r.stderr and 'row 1234' in r.stderr, r.stderr
+    assert (tmp_path/'out.parquet').read_bytes() == before
+    r = _predict(tmp_path, '--input', 'missing.csv', '--output', 'x.csv', '--registry', reg_dir)
+    assert r.returncode == 2 and 'file_not_found' in r.stderr
