@@ -82,8 +82,8 @@ def main():
 def render(r:dict) -> str:
     return '\n'.join([
         f"Measured by `.venv/bin/python benchmarks/docs.py --repeats {r['repeats']}` on {r['machine']['cpus']} cores shared with other work "
-        f"(load average {r['machine']['load_avg']:.1f}), medians of {r['repeats']} runs; the site has {r['site_pages']} pages "
-        f"(10 library notebooks, {r['reports']} reports, search):", '',
+        f"(load average {r['machine']['load_avg']:.1f}), medians of {r['repeats']} runs; the site: {r['site_pages']} HTML pages "
+        f"({r['site_pages'] - r['reports'] - 2} library notebooks, {r['reports']} reports of a run, search, index):", '',
         '| build | `mlops-nb docs build` | target |', '|---|---|---|',
         f"| usual: library notebooks already executed (cached), nbdev processing + Sphinx from nothing | {r['usual_s']:.1f} s | < 60 s |",
         f"| nothing changed | {r['nothing_changed_s']:.1f} s | |",
