@@ -10,10 +10,10 @@ from pathlib import Path
 from .core import MlopsError, atomic_dir, atomic_write, get_logger, project_root
 
 # %% auto #0
-__all__ = ['CONF', 'CSS', 'FAVICON', 'SPHINX_MAIN', 'README_NOTE', 'split_directives', 'execute_nb', 'mark_mixed_cells',
-           'showdoc_markdown', 'anchor', 'local_links', 'repo_links', 'front_matter', 'myst_page', 'report_page',
-           'champion_card', 'offline_problems', 'stage_notebooks', 'build_site', 'render_readme', 'write_readme',
-           'readme_diff', 'readme_to_index', 'write_bench', 'build_cmd', 'readme_cmd']
+__all__ = ['CONF', 'CSS', 'FAVICON', 'README_NOTE', 'split_directives', 'execute_nb', 'mark_mixed_cells', 'showdoc_markdown',
+           'anchor', 'local_links', 'repo_links', 'front_matter', 'myst_page', 'report_page', 'champion_card',
+           'offline_problems', 'stage_notebooks', 'build_site', 'render_readme', 'write_readme', 'readme_diff',
+           'readme_to_index', 'write_bench', 'build_cmd', 'readme_cmd']
 
 # %% ../nbs/13_docs.ipynb #7c4243c8
 _DIRECTIVE = re.compile(r'^\s*#\s*\|\s*(.+?)\s*$')
@@ -232,10 +232,6 @@ CSS = '''/* mlops-nb docs: show_doc entries in the nbdev style, readable DataFra
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#2b6cb0"/>'
            '<path d="M7 22V10l5 7 5-7v12M21 10v12h5" stroke="#fff" stroke-width="2.5" fill="none"/></svg>\n')
 
-# %% ../nbs/13_docs.ipynb #8bb7b0e8
-SPHINX_MAIN = ("import sys; sys.modules['rfc3987_syntax'] = None\n"   # jsonschema then skips one format check, and 4 s of imports
-               "from sphinx.cmd.build import main; sys.exit(main(sys.argv[1:]))")
-
 # %% ../nbs/13_docs.ipynb #49e175a8
 def _digest(*paths) -> str:
     h = hashlib.sha256()
@@ -272,7 +268,7 @@ def stage_notebooks(root:Path, nbs:Path, cache:Path, execute:bool=True, n_worker
         with atomic_write(keys_path) as f: json.dump(keys, f, indent=1, sort_keys=True)
     return stage, todo
 
-# %% ../nbs/13_docs.ipynb #8545c536
+# %% ../nbs/13_docs.ipynb #123bfb2a
 def build_site(root='.', out='_site', reports='reports', registry='registry', execute:bool=True,
                cache='_docs_cache', n_workers:int=2, force:bool=False) -> dict:
     "Build the documentation site of the project at `root` into the folder `out`; returns what was built and how long it took."
@@ -344,8 +340,8 @@ def build_site(root='.', out='_site', reports='reports', registry='registry', ex
     times['pages_s'] = time.perf_counter() - t
     t = time.perf_counter()
     html = cache/'html'      # Sphinx builds here, incrementally; the site folder gets a copy
-    args = ['-b', 'html', '-q', '-j', str(max(1, n_workers)), '-d', str(cache/'doctrees'), str(src), str(html)]
-    p = subprocess.run([sys.executable, '-c', SPHINX_MAIN, *args], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-j', str(max(1, n_workers)),
+                        '-d', str(cache/'doctrees'), str(src), str(html)], capture_output=True, text=True)
     if p.returncode: raise MlopsError(f"sphinx-build failed on {src}:\n{p.stderr[-3000:]}")
     bad = offline_problems(html)
     if bad: raise MlopsError(f"{out}: {len(bad)} place(s) would load from the network: " + '; '.join(bad[:5]))
@@ -429,10 +425,9 @@ def write_bench(name:str, markdown:str, root='.') -> Path:
     write_readme(index_nb, root/'README.md')
     return index_nb
 
-# %% ../nbs/13_docs.ipynb #92c2afe9
+# %% ../nbs/13_docs.ipynb #2b58457a
 def build_cmd(args) -> int:
     "`mlops-nb docs build`: build the site into `--out`."
-    sys.modules.setdefault('rfc3987_syntax', None)     # see SPHINX_MAIN: seconds of imports this process does not need
     r = build_site(project_root(), out=args.out, reports=args.reports, registry=args.registry, execute=not args.no_execute,
                    n_workers=args.workers, force=args.force)
     print(f"{len(r['pages'])} library pages, {len(r['reports'])} reports" + (f", model card {r['model_card']}" if r['model_card'] else '')
