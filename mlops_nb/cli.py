@@ -52,7 +52,7 @@ def main(argv:list[str]|None=None) -> int:
         print(f"mlops-nb {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-# %% ../nbs/12_cli.ipynb #6b79b1f5
+# %% ../nbs/12_cli.ipynb #08bf5208
 @command_group
 def docs_commands(sub):
     "`mlops-nb docs build|readme`: the documentation site and README (handlers in `mlops_nb.docs`)."
@@ -60,8 +60,8 @@ def docs_commands(sub):
     acts = p.add_subparsers(dest='docs_command', metavar='ACTION')
     b = acts.add_parser('build', help='build the static site (library notebooks, latest reports, champion model card) into a folder')
     b.add_argument('--out', default='_site', help='folder the site is written to, replaced as a whole (default: _site)')
-    b.add_argument('--reports', default='reports', help='folder of executed pipeline reports to include (default: reports)')
-    b.add_argument('--registry', default='registry', help="model registry whose champion's card is included (default: registry)")
+    b.add_argument('--reports', help='folder of executed pipeline reports to include (default: reports/, when it exists)')
+    b.add_argument('--registry', help="model registry whose champion's card is included (default: registry/, when it exists)")
     b.add_argument('--no-execute', action='store_true', help="don't run the library notebooks (pages show no example outputs)")
     b.add_argument('--force', action='store_true', help='ignore the caches (_docs_cache/, _proc/) and redo everything')
     b.add_argument('--workers', type=int, default=2, help='processes for executing notebooks and for Sphinx (default: 2)')

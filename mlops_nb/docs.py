@@ -268,21 +268,27 @@ def stage_notebooks(root:Path, nbs:Path, cache:Path, execute:bool=True, n_worker
         with atomic_write(keys_path) as f: json.dump(keys, f, indent=1, sort_keys=True)
     return stage, todo
 
-# %% ../nbs/13_docs.ipynb #123bfb2a
+# %% ../nbs/13_docs.ipynb #db6e5f0f
 def build_site(root='.', out='_site', reports='reports', registry='registry', execute:bool=True,
                cache='_docs_cache', n_workers:int=2, force:bool=False) -> dict:
     "Build the documentation site of the project at `root` into the folder `out`; returns what was built and how long it took."
     import importlib.util
     lacking = [m for m in ('sphinx', 'myst_nb', 'furo', 'nbdev', 'execnb') if importlib.util.find_spec(m) is None]
     if lacking: raise MlopsError(f"building the docs needs the dev extras ({', '.join(lacking)} missing): pip install -e '.[dev]'")
-    from nbdev.serve import proc_nbs
-    from nbdev.config import get_config
-    t0, log = time.perf_counter(), get_logger('mlops_nb.docs')
+    t0 = time.perf_counter()
     root = Path(root).resolve()
     if not (root/'settings.ini').exists(): raise MlopsError(f"{root}: no settings.ini (not an nbdev project)")
     out, cache = (root/out).resolve(), (root/cache).resolve()
     reports, registry = (root/reports).resolve(), (root/registry).resolve()
     if root.is_relative_to(out) or out.is_relative_to(cache): raise MlopsError(f"{out}: the site folder would replace the project; choose another --out")
+    from filelock import FileLock
+    with FileLock(str(cache) + '.lock'):        # one build at a time per cache (a second one waits)
+        return _build(root, out, cache, reports, registry, execute, n_workers, force, t0)
+
+def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
+    "`build_site`'s steps, under its lock."
+    from nbdev.serve import proc_nbs
+    from nbdev.config import get_config
     if force and cache.exists(): shutil.rmtree(cache)
     times = {}
     with contextlib.chdir(root):
@@ -352,7 +358,7 @@ def build_site(root='.', out='_site', reports='reports', registry='registry', ex
     warnings = [l for l in p.stderr.splitlines() if 'WARNING' in l]
     res = dict(out=str(out), pages=sorted(pages), reports=report_docs, model_card=card[0] if card else None,
                executed=redone if execute else [], warnings=warnings, seconds=time.perf_counter() - t0, **times)
-    log.info(f"docs: {len(pages)} library pages, {len(report_docs)} reports{', model card ' + card[0] if card else ''} -> {out} "
+    get_logger('mlops_nb.docs').info(f"docs: {len(pages)} library pages, {len(report_docs)} reports{', model card ' + card[0] if card else ''} -> {out} "
              f"in {res['seconds']:.1f} s ({len(redone) if execute else 0} notebooks executed, {len(warnings)} Sphinx warnings)")
     return res
 
@@ -425,11 +431,15 @@ def write_bench(name:str, markdown:str, root='.') -> Path:
     write_readme(index_nb, root/'README.md')
     return index_nb
 
-# %% ../nbs/13_docs.ipynb #2b58457a
+# %% ../nbs/13_docs.ipynb #17be8680
 def build_cmd(args) -> int:
     "`mlops-nb docs build`: build the site into `--out`."
-    r = build_site(project_root(), out=args.out, reports=args.reports, registry=args.registry, execute=not args.no_execute,
-                   n_workers=args.workers, force=args.force)
+    root = project_root()
+    if args.workers < 1: raise MlopsError(f"--workers must be at least 1, got {args.workers}")
+    for opt, value in (('--reports', args.reports), ('--registry', args.registry)):
+        if value is not None and not (root/value).is_dir(): raise MlopsError(f"{opt} {value}: no such folder in {root}")
+    r = build_site(root, out=args.out, reports=args.reports or 'reports', registry=args.registry or 'registry',
+                   execute=not args.no_execute, n_workers=args.workers, force=args.force)
     print(f"{len(r['pages'])} library pages, {len(r['reports'])} reports" + (f", model card {r['model_card']}" if r['model_card'] else '')
           + f" -> {r['out']}/index.html in {r['seconds']:.1f} s ({len(r['executed'])} notebooks executed; "
           f"execute {r['execute_s']:.1f} s, nbdev {r['nbdev_s']:.1f} s, Sphinx {r['sphinx_s']:.1f} s)")

@@ -91,6 +91,12 @@ def wait_loaded(d):
         if d.execute_script("return document.readyState === 'complete' && [...document.images].every(i => i.complete)"): return
         time.sleep(0.1)
 
+def click(d, el):
+    "Scroll `el` into view at once (the theme scrolls smoothly, which would move it under the pointer) and click it."
+    d.execute_script('arguments[0].scrollIntoView({block: "center", behavior: "instant"})', el)
+    el.click()
+    wait_loaded(d)
+
 def main_text(d) -> str: return d.find_element('css selector', '#furo-main-content').text
 
 def errors(log): return [e for e in log if e['level'] == 'SEVERE']
@@ -152,10 +158,7 @@ def test_navigation_links(browser, server):
     browser.find_element(By.CSS_SELECTOR, '.sidebar-tree').find_element(By.LINK_TEXT, '2. Prepare').click()
     wait_loaded(browser)
     assert browser.current_url == server + 'reports/02_prepare.html'
-    nxt = browser.find_element(By.CSS_SELECTOR, 'a.next-page')                       # furo's "next" link, at the bottom
-    browser.execute_script('arguments[0].scrollIntoView({block: "center"})', nxt)
-    nxt.click()
-    wait_loaded(browser)
+    click(browser, browser.find_element(By.CSS_SELECTOR, 'a.next-page'))            # furo's "next" link, at the bottom
     assert browser.current_url == server + 'reports/03_train.html'
     browser.find_element(By.CSS_SELECTOR, '.sidebar-brand').click()
     assert browser.current_url in (server, server + 'index.html')
@@ -221,6 +224,10 @@ def test_build_keeps_the_last_good_site_on_bad_input(proj, site):
     assert (site/'index.html').read_bytes() == before
     r = run('mlops-nb docs build --no-execute --out .', proj, check=False)
     assert r.returncode == 2 and 'would replace the project' in r.stderr
+    r = run('mlops-nb docs build --no-execute --reports nowhere', proj, check=False)
+    assert r.returncode == 2 and '--reports nowhere: no such folder' in r.stderr
+    r = run('mlops-nb docs build --workers 0', proj, check=False)
+    assert r.returncode == 2 and '--workers must be at least 1, got 0' in r.stderr
 
 def test_examples_are_executed_and_cached(tmp_path):
     "A one-module nbdev project: its example's table and figure are on the page; a second build runs nothing again."
