@@ -52,6 +52,47 @@ def main(argv:list[str]|None=None) -> int:
         print(f"mlops-nb {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+# %% ../nbs/12_cli.ipynb #276c480a
+@command_group
+def _models_and_gate(sub):
+    "`mlops-nb models list|show|promote|rollback|archive|diff|card|history` and `mlops-nb gate` (issue 3, mlops_nb.registry)."
+    p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history',
+                       description='Inspect and change the model registry. Exit 0 done, 2 bad input (unknown version/alias, damaged version).')
+    p.add_argument('--registry', help="registry folder (default: deploy.registry of ./params.yaml, else ./registry)")
+    p.set_defaults(func=handler('mlops_nb.registry:cli_models'))
+    s = p.add_subparsers(dest='models_command', metavar='ACTION', required=True)
+    def add(name, help, *args_):
+        q = s.add_parser(name, help=help, description=help)
+        q.add_argument('--json', action='store_true', help='print JSON')
+        for a, kw in args_: q.add_argument(*a, **kw)
+        return q
+    ref = (('ref',), dict(help="a version (v0003 or 3) or an alias (champion)"))
+    who = [(('--reason',), dict(default='', help='why (kept in the history)')), (('--actor',), dict(help='who (default: $MLOPS_NB_ACTOR, $GITHUB_ACTOR or user@host)'))]
+    add('list', 'every version with status, aliases and key metrics')
+    add('show', "one version's model.json, lineage, gate reasons and metrics (after checking its manifest)", ref)
+    add('promote', 'point an alias (default champion) at a version', ref, (('--alias',), dict(default='champion')),
+        (('--force',), dict(action='store_true', help='allow a rejected or archived version')), *who)
+    add('rollback', 'point an alias back at its previous version, or at --to', (('--to',), dict(help='version to roll back to')),
+        (('--alias',), dict(default='champion')), *who)
+    add('archive', 'mark a version archived (kept, never promoted)', ref, *who)
+    add('diff', 'metrics, params, schema and lineage differences of two versions', (('a',), dict(help='first version or alias')), (('b',), dict(help='second version or alias')))
+    add('card', "print a version's model card (markdown, or --html), or write it to --out", ref,
+        (('--html',), dict(action='store_true')), (('--out',), dict(help='file to write')))
+    add('history', 'every alias change: when, who, from what, to what, why', (('--alias',), dict(help='only this alias')))
+
+    g = sub.add_parser('gate', help='check the candidate against the gate and the champion; exit 1 if it fails',
+                       description='Score models/candidate and the registry champion on the test split with deploy.gates of params.yaml '
+                                   '(nothing is registered), or read a gate JSON with --from. Exit 0 passed, 1 failed, 2 bad input.')
+    g.add_argument('--params', default='params.yaml')
+    g.add_argument('--registry', help='registry folder (default: deploy.registry)')
+    g.add_argument('--prepared', default='data/prepared')
+    g.add_argument('--model', default='models/candidate')
+    g.add_argument('--evaluate', default='metrics/evaluate.json', help="the evaluate stage's metrics (for the threshold)")
+    g.add_argument('--from', dest='from_file', help='read this gate JSON (e.g. metrics/gate.json) instead of computing')
+    g.add_argument('--out', help='also write the gate result as JSON here')
+    g.add_argument('--json', action='store_true', help='print JSON')
+    g.set_defaults(func=handler('mlops_nb.steps:cli_gate'))
+
 # %% ../nbs/12_cli.ipynb #08bf5208
 @command_group
 def docs_commands(sub):

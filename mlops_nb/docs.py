@@ -170,17 +170,17 @@ def report_page(nb:dict) -> dict:
         cells.insert(at, dict(cell_type='markdown', metadata={}, source=line))
     return dict(nb, cells=cells)
 
-# %% ../nbs/13_docs.ipynb #d710e14b
-def champion_card(registry:str|os.PathLike) -> tuple[str, str]|None:
-    "`(version, card markdown)` of the registry's champion, or None when there is no registry or no champion."
+# %% ../nbs/13_docs.ipynb #58880002
+def champion_card(registry:str|os.PathLike) -> tuple[str, Path]|None:
+    "`(version, version folder)` of the registry's champion, whose `card.md` is its model card; None when there is none."
     aliases = Path(registry)/'aliases.json'
     if not aliases.exists(): return None
     try: version = json.loads(aliases.read_text(encoding='utf-8')).get('champion')
     except json.JSONDecodeError as e: raise MlopsError(f"{aliases}: not valid JSON ({e})") from None
     if not version: return None
-    card = Path(registry)/'versions'/version/'card.md'
-    if not card.exists(): raise MlopsError(f"{card}: the champion {version} has no model card")
-    return version, card.read_text(encoding='utf-8')
+    folder = Path(registry)/'versions'/version
+    if not (folder/'card.md').exists(): raise MlopsError(f"{folder/'card.md'}: the champion {version} has no model card")
+    return version, folder
 
 # %% ../nbs/13_docs.ipynb #dacad449
 _LOADS = re.compile(r'<(script|link|img|iframe|source|embed|video|audio)\b[^>]*?\b(src|href)\s*=\s*["\']((?:https?:)?//[^"\']+)', re.I)
@@ -268,7 +268,7 @@ def stage_notebooks(root:Path, nbs:Path, cache:Path, execute:bool=True, n_worker
         with atomic_write(keys_path) as f: json.dump(keys, f, indent=1, sort_keys=True)
     return stage, todo
 
-# %% ../nbs/13_docs.ipynb #db6e5f0f
+# %% ../nbs/13_docs.ipynb #75bb79e3
 def build_site(root='.', out='_site', reports='reports', registry='registry', execute:bool=True,
                cache='_docs_cache', n_workers:int=2, force:bool=False) -> dict:
     "Build the documentation site of the project at `root` into the folder `out`; returns what was built and how long it took."
@@ -306,11 +306,11 @@ def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
                                  f"(nbdev skips every path with a folder named '_site', '_docs' or starting with '.': {stage})")
     t = time.perf_counter()
     src, written = cache/'src', set()
-    def put(rel:str, text:str):
-        "Write a source file of the site only when its text changed, so Sphinx rereads only what changed."
-        p = src/rel; written.add(p)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if not p.exists() or p.read_text(encoding='utf-8') != text: p.write_text(text, encoding='utf-8')
+    def put(rel:str, content:str|bytes):
+        "Write a source file of the site only when its content changed, so Sphinx rereads only what changed."
+        p, data = src/rel, content.encode('utf-8') if isinstance(content, str) else content
+        written.add(p); p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.exists() or p.read_bytes() != data: p.write_bytes(data)
     lib = []
     for n in names:
         nb = json.loads((proc/n).read_text(encoding='utf-8'))
@@ -325,11 +325,13 @@ def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
             put(f'reports/{r.name}', json.dumps(report_page(json.loads(r.read_text(encoding='utf-8')))))
             report_docs.append(f'reports/{r.stem}')
     card = champion_card(registry)
-    if card:
-        version, md = card
-        if not md.lstrip().startswith('# '): md = f'# Model card: {version}\n\n' + md
-        put('model-card.md', md)
-    run_docs = report_docs + (['model-card'] if card else [])
+    if card:             # the card and the figures it links to, in a folder of their own
+        version, folder = card
+        md = (folder/'card.md').read_text(encoding='utf-8')
+        put('model-card/index.md', md if md.lstrip().startswith('# ') else f'# Model card: {version}\n\n' + md)
+        for f in sorted((folder/'figures').glob('*')) if (folder/'figures').is_dir() else []:
+            put(f'model-card/figures/{f.name}', f.read_bytes())
+    run_docs = report_docs + (['model-card/index'] if card else [])
     for nb, doc, fm in lib:
         page = myst_page(nb, fm.get('title', doc), fm.get('description', ''), fix)
         if doc == 'index':

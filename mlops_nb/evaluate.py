@@ -15,9 +15,9 @@ from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, average_pre
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['predict_scores', 'choose_threshold', 'classification_metrics', 'regression_metrics', 'evaluate', 'curves',
-           'feature_importance', 'plot_roc', 'plot_pr', 'plot_confusion', 'plot_calibration', 'plot_residuals',
-           'plot_importance']
+__all__ = ['LOWER_IS_BETTER', 'predict_scores', 'choose_threshold', 'classification_metrics', 'regression_metrics', 'evaluate',
+           'curves', 'feature_importance', 'plot_roc', 'plot_pr', 'plot_confusion', 'plot_calibration',
+           'plot_residuals', 'plot_importance', 'gate']
 
 # %% ../nbs/05_evaluate.ipynb #b8f5afc0
 def predict_scores(model, X, task:str) -> np.ndarray:
@@ -221,3 +221,56 @@ def plot_importance(imp:pd.DataFrame, top:int=15) -> Figure:
     ax.axvline(0, c='grey', lw=0.8)
     ax.set(xlabel='drop in score when shuffled', title='Permutation importance')
     return fig
+
+# %% ../nbs/05_evaluate.ipynb #20cee6fc
+LOWER_IS_BETTER = ('ece', 'brier', 'log_loss', 'mae', 'rmse', 'mse', 'latency_ms')
+
+def _rule(metric:str, rule) -> dict:
+    "A gate rule checked and with its direction filled in."
+    if not isinstance(rule, dict): raise MlopsError(f"gate rule for '{metric}' must be a mapping (threshold, min_absolute_change, ...), got {rule!r}")
+    known = {'threshold', 'min_absolute_change', 'min_relative_change', 'greater_is_better'}
+    bad = sorted(set(rule) - known)
+    if bad: raise MlopsError(f"gate rule for '{metric}': unknown key(s) {bad}; use {sorted(known)}")
+    for k in known - {'greater_is_better'}:
+        v = rule.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise MlopsError(f"gate rule for '{metric}': {k} must be a number, got {v!r}")
+    return dict(rule, greater_is_better=rule.get('greater_is_better', metric not in LOWER_IS_BETTER))
+
+def gate(candidate:dict, rules:dict, champion:dict|None=None, champion_version:str|None=None, champion_error:str|None=None) -> dict:
+    "Check `candidate` metrics against the `rules` (per metric) and, if there is one, the `champion`'s metrics on the same data."
+    checks = []
+    def add(metric, kind, value, limit, ok, reason): checks.append(dict(metric=metric, kind=kind, value=value, limit=limit, passed=bool(ok), reason=reason))
+    has_champion = champion is not None or champion_error is not None
+    for metric, rule in (rules or {}).items():
+        r = _rule(metric, rule)
+        up, word = r['greater_is_better'], ('≥' if r['greater_is_better'] else '≤')
+        c = candidate.get(metric)
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not np.isfinite(c):
+            add(metric, 'missing', c, None, False, f"{metric}: the candidate has no value for it ({c!r})"); continue
+        if r.get('threshold') is not None:
+            t = r['threshold']; ok = c >= t if up else c <= t
+            add(metric, 'threshold', c, t, ok, f"{metric} {c:.4g} {word if ok else ('<' if up else '>')} threshold {t:g}")
+        wants = {k: r[k] for k in ('min_absolute_change', 'min_relative_change') if r.get(k) is not None}
+        if not wants or not has_champion: continue
+        if champion_error is not None or champion is None:
+            add(metric, 'champion', c, None, False, f"{metric}: the champion {champion_version or ''} could not be scored on this data ({champion_error}); not comparable, so not promoted"); continue
+        b = champion.get(metric)
+        if not isinstance(b, (int, float)) or isinstance(b, bool) or not np.isfinite(b):
+            add(metric, 'champion', c, None, False, f"{metric}: the champion {champion_version} has no value for it"); continue
+        gain = (c - b) if up else (b - c)       # positive = the candidate is better
+        if 'min_absolute_change' in wants:
+            m = wants['min_absolute_change']; ok = gain >= m
+            add(metric, 'absolute_change', gain, m, ok, f"{metric} {c:.4g} vs champion {champion_version} {b:.4g}: better by {gain:+.4g} "
+                f"({'≥' if ok else '<'} min_absolute_change {m:g})")
+        if 'min_relative_change' in wants:
+            m = wants['min_relative_change']
+            rel = gain / abs(b) if b != 0 else (float('inf') if gain > 0 else 0.0)
+            ok = rel >= m
+            add(metric, 'relative_change', rel, m, ok, f"{metric} {c:.4g} vs champion {champion_version} {b:.4g}: better by {rel:+.2%} "
+                f"({'≥' if ok else '<'} min_relative_change {m:.2%})")
+    passed = all(ch['passed'] for ch in checks)
+    reasons = [('ok: ' if ch['passed'] else 'FAIL: ') + ch['reason'] for ch in checks]
+    if not has_champion: reasons.append('no champion yet: only the thresholds apply')
+    return dict(passed=passed, decision='promote' if passed else 'reject', champion=champion_version,
+                failed=[ch['reason'] for ch in checks if not ch['passed']], reasons=reasons, checks=checks)

@@ -18,7 +18,8 @@ from .data import Batch, Schema, ValidationReport, collect, quality_table, read_
 
 # %% auto #0
 __all__ = ['log', 'batch_summary', 'run_collect', 'reference_rows', 'Prepared', 'run_prepare', 'load_split', 'Trained',
-           'run_train', 'Evaluated', 'run_evaluate']
+           'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed',
+           'run_deploy', 'cli_gate']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -239,3 +240,153 @@ def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:s
     with atomic_write(predictions_path, 'wb') as f: predictions.to_parquet(f, index=False)
     write_json(metrics_path, metrics)
     return Evaluated(metrics, curves, imp, figures, predictions)
+
+# %% ../nbs/06_steps.ipynb #b430a6e5
+@dataclass
+class Candidate:
+    "A candidate model scored for the gate next to the champion, on the same test rows."
+    model: object
+    spec: dict
+    features: list[str]
+    test: pd.DataFrame
+    threshold: float|None
+    metrics: dict
+    champion: str|None
+    champion_metrics: dict|None
+    champion_error: str|None
+    gate: dict
+
+    def table(self) -> pd.DataFrame:
+        "Candidate and champion metrics side by side."
+        t = pd.DataFrame({'candidate': pd.Series(self.metrics, dtype=object)})
+        if self.champion_metrics: t[f'champion {self.champion}'] = pd.Series(self.champion_metrics, dtype=object)
+        return t
+
+def latency_ms(model, X:pd.DataFrame, n:int=50) -> float:
+    "Median wall time in ms of a one-row prediction (one thread) over the first `n` rows of `X`, after a warm-up call."
+    if len(X) == 0: raise MlopsError('latency_ms: no rows to time')
+    f = model.predict_proba if hasattr(model, 'predict_proba') else model.predict
+    rows = [X.iloc[[i]] for i in range(min(n, len(X)))]
+    from threadpoolctl import threadpool_limits
+    times = []
+    with threadpool_limits(1):      # one request at a time, as a service scores it; no OpenMP spin-up per row
+        f(rows[0])
+        for r in rows:
+            t = time.perf_counter(); f(r); times.append((time.perf_counter() - t) * 1000)
+    return float(np.median(times))
+
+# %% ../nbs/06_steps.ipynb #c8d494d0
+def _deploy_params(params:dict) -> dict:
+    "The `deploy` section with its defaults."
+    d = dict(registry='registry', auto_promote=True, onnx_tolerance=1e-4, latency_rows=50, gates={}) | (params.get('deploy') or {})
+    if not isinstance(d['gates'], dict): raise MlopsError(f"params deploy.gates must be a mapping of metric to rule, got {d['gates']!r}")
+    return d
+
+def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
+                   evaluate_path:str|Path='metrics/evaluate.json', registry:str|Path|None=None) -> Candidate:
+    "Score the candidate and the registry's champion on the test split and apply the gate of `params['deploy']`."
+    from mlops_nb import evaluate as ev
+    from mlops_nb.registry import Registry
+    from mlops_nb.train import load_model
+    task, d, e = _task(params), _deploy_params(params), params.get('evaluate') or {}
+    reg = Registry(registry or d['registry'])
+    model, spec = load_model(Path(model_dir)/'model.skops'), read_json(Path(model_dir)/'model.json')
+    test, _ = load_split(prepared_dir, 'test')
+    features, y = spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
+    n_bins, n_lat = int(e.get('calibration_bins', 10)), int(d['latency_rows'])
+    threshold = None
+    if task['type'] == 'classification':
+        threshold = read_json(evaluate_path).get('threshold')
+        if threshold is None: raise MlopsError(f"{evaluate_path}: no 'threshold'; run the evaluate stage first")
+    metrics = ev.evaluate(model, test[features], y, task['type'], threshold if threshold is not None else 0.5, n_bins)
+    metrics['latency_ms'] = latency_ms(model, test[features], n_lat)
+    champ, champ_metrics, champ_error = reg.aliases().get('champion'), None, None
+    if champ:
+        try:
+            info = reg.info(champ)
+            if info.get('task') != task['type']: raise MlopsError(f"it is a {info.get('task')} model, the candidate a {task['type']} one")
+            lost = [c for c in info['features'] if c not in test.columns]
+            if lost: raise MlopsError(f"the test split lacks its input column(s) {lost}")
+            cm = reg.load(champ)
+            champ_metrics = ev.evaluate(cm, test[info['features']], y, task['type'], info.get('threshold') or 0.5, n_bins)
+            champ_metrics['latency_ms'] = latency_ms(cm, test[info['features']], n_lat)
+        except MlopsError as err: champ_error = str(err)
+    g = ev.gate(metrics, d['gates'], champ_metrics, champ, champ_error)
+    return Candidate(model, spec, features, test, threshold, metrics, champ, champ_metrics, champ_error, g)
+
+# %% ../nbs/06_steps.ipynb #51c3b6d3
+@dataclass
+class Deployed:
+    "What the deploy step did: the scored candidate, the version it became, and the aliases before and after."
+    candidate: Candidate
+    version: str
+    status: str
+    promoted_to: str|None
+    champion_before: str|None
+    champion_after: str|None
+
+    @property
+    def gate(self) -> dict: return self.candidate.gate
+
+    def checks(self) -> pd.DataFrame:
+        "One row per gate check."
+        return pd.DataFrame(self.gate['checks'], columns=['metric', 'kind', 'value', 'limit', 'passed', 'reason'])
+
+# %% ../nbs/06_steps.ipynb #7bc902cf
+def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
+               evaluate_path:str|Path='metrics/evaluate.json', figures_dir:str|Path='plots/evaluate/figures',
+               gate_path:str|Path='metrics/gate.json', registry:str|Path|None=None, project_dir:str|Path='.') -> Deployed:
+    "Gate the candidate, register it (accepted or rejected) with its lineage and card, promote it if it passed."
+    from mlops_nb.registry import Registry, data_hash, git_state
+    import datetime as dt
+    task, d = _task(params), _deploy_params(params)
+    reg = Registry(registry or d['registry'])
+    c = gate_candidate(params, prepared_dir, model_dir, evaluate_path, reg.root)
+    train, _ = load_split(prepared_dir, 'train')
+    mfile = Path(model_dir)/'model.skops'
+    run = read_json(Path(model_dir)/'run.json') if (Path(model_dir)/'run.json').exists() else {}
+    lineage = dict(git=git_state(project_dir), data=data_hash(prepared_dir, Path(project_dir)/'dvc.lock'),
+                   trained_at=dt.datetime.fromtimestamp(mfile.stat().st_mtime, dt.timezone.utc).isoformat(timespec='seconds'),
+                   training_seconds=run.get('fit_seconds'))
+    figures = {p.stem: p for p in sorted(Path(figures_dir).glob('*.png'))} if Path(figures_dir).is_dir() else {}
+    status = 'accepted' if c.gate['passed'] else 'rejected'
+    spec = c.spec
+    version = reg.register(c.model, features=c.features, task=task['type'], schema=Schema.infer(train[c.features]),
+                           metrics=c.metrics, params={k: params.get(k) for k in ('seed', 'task', 'prepare', 'train', 'evaluate', 'deploy') if k in params},
+                           threshold=c.threshold, X_test=c.test[c.features], onnx_tolerance=float(d['onnx_tolerance']), status=status,
+                           lineage=lineage, figures=figures, gate=c.gate,
+                           extra=dict(estimator=spec.get('estimator'), best_params=spec.get('best_params'), target=spec.get('target'),
+                                      numeric=spec.get('numeric'), categorical=spec.get('categorical'), rows=spec.get('rows')))
+    before, alias = c.champion, None
+    if c.gate['passed']:
+        alias = 'champion' if d['auto_promote'] else 'challenger'
+        why = 'deploy gate passed' + (f" against {before}" if before else ' (first model)') + ': ' + '; '.join(ch['reason'] for ch in c.gate['checks'])
+        reg.promote(version, alias, reason=why)
+    after = reg.aliases().get('champion')
+    onnx = reg.info(version).get('onnx') or {}
+    write_json(gate_path, dict(passed=c.gate['passed'], decision=c.gate['decision'], version=version, status=status, promoted_to=alias,
+                               champion_before=before, champion_after=after, reasons=c.gate['reasons'], failed=c.gate['failed'],
+                               checks=c.gate['checks'], candidate=c.metrics, champion_metrics=c.champion_metrics,
+                               champion_error=c.champion_error, onnx_kept=bool(onnx.get('kept')), onnx_max_abs_diff=onnx.get('max_abs_diff')))
+    log.info('deploy: %s registered as %s; %s', version, status, f'promoted to {alias}' if alias else f'champion stays {before}')
+    return Deployed(c, version, status, alias, before, after)
+
+# %% ../nbs/06_steps.ipynb #13636282
+def cli_gate(args) -> int:
+    "Handler of `mlops-nb gate`: exit 0 if the candidate passes the gate, 1 if it fails."
+    from mlops_nb.core import load_params
+    if args.from_file:
+        g = read_json(args.from_file)
+        if not isinstance(g, dict) or not isinstance(g.get('passed'), bool):
+            raise MlopsError(f"{args.from_file}: not a gate result (no boolean 'passed'); it is written by the deploy stage or `mlops-nb gate --out`")
+    else:
+        c = gate_candidate(load_params(args.params), args.prepared, args.model, args.evaluate, args.registry)
+        g = c.gate
+        if args.out: write_json(args.out, g)
+    if args.json:
+        import json
+        print(json.dumps(g, indent=2, sort_keys=True, default=str))
+    else:
+        print(f"gate {'PASSED' if g['passed'] else 'FAILED'}" + (f" (version {g['version']})" if g.get('version') else ''))
+        for r in g.get('reasons', []): print(f"  {r}")
+    return 0 if g['passed'] else 1

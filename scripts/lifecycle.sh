@@ -10,13 +10,15 @@ dvc repro "$@"
 echo
 echo "Lifecycle done in $(( $(date +%s) - start )) s."
 dvc metrics show --md metrics/evaluate.json
+mlops-nb gate --from metrics/gate.json || true
 cat <<MSG
 
 Where things are:
-  reports (executed notebooks)  reports/01_collect.ipynb ... reports/04_evaluate.ipynb
-  metrics (DVC metrics)         metrics/data_quality.json, metrics/train.json, metrics/evaluate.json
+  reports (executed notebooks)  reports/01_collect.ipynb ... reports/05_deploy.ipynb
+  metrics (DVC metrics)         metrics/data_quality.json, metrics/train.json, metrics/evaluate.json, metrics/gate.json
   plots (DVC plots)             plots/evaluate/  (dvc plots show)
   model                         models/candidate/model.skops (+ schema.json, model.json)
+  registry (versions, champion) registry/  (mlops-nb models list, mlops-nb models show champion)
   data                          data/raw/, data/prepared/, data/predictions/test.parquet
 Open them in JupyterLab:        .venv/bin/jupyter lab
 MSG

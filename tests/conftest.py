@@ -54,3 +54,15 @@ def project(tmp_path) -> Project:
     p.set_params(SMALL)
     p.run('git init -q && git add -A && git commit -qm init')
     return p
+
+def copy_project(dst:Path) -> Project:
+    "Copy the project into `dst` as the `project` fixture does (git repo, small params); for module-scoped fixtures."
+    for name in PROJECT_FILES:
+        src = ROOT/name
+        (dst/name).parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir(): shutil.copytree(src, dst/name, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))
+        else: shutil.copy2(src, dst/name)
+    p = Project(dst)
+    p.set_params(SMALL)
+    p.run('git init -q && git add -A && git commit -qm init')
+    return p

@@ -17,7 +17,7 @@ ARTIFACTS = Path(os.environ.get('DOCS_ARTIFACTS', ROOT/'test-artifacts'/'docs'))
 # ---------------------------------------------------------------- fixtures: a real run, its site, a server, a browser
 @pytest.fixture(scope='module')
 def proj(tmp_path_factory) -> Path:
-    "A copy of the project (with nbs/) after one small real `dvc repro`, plus a registry whose champion has a card."
+    "A copy of the project (with nbs/) after one small real `dvc repro`: reports, and a registry whose champion has a card."
     dst = tmp_path_factory.mktemp('docs')/'proj'
     for name in PROJECT_FILES + ['nbs']:
         (dst/name).parent.mkdir(parents=True, exist_ok=True)
@@ -26,19 +26,14 @@ def proj(tmp_path_factory) -> Path:
     params = yaml.safe_load((dst/'params.yaml').read_text())
     (dst/'params.yaml').write_text(yaml.safe_dump(merge(params, SMALL), sort_keys=False))
     run('git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init && dvc repro', dst, timeout=900)
-    # The registry's layout (see the registry contract): aliases.json names the champion, its folder holds card.md.
-    m = json.loads((dst/'metrics/evaluate.json').read_text())
-    v = dst/'registry/versions/v0001'; v.mkdir(parents=True)
-    (v/'card.md').write_text(f"# Model card: v0001\n\nFraud classifier trained by the test run.\n\n| metric | test |\n|---|---|\n"
-                             f"| ROC AUC | {m['roc_auc']:.3f} |\n| PR AUC | {m['pr_auc']:.3f} |\n")
-    (dst/'registry/aliases.json').write_text('{"champion": "v0001"}')
+    assert json.loads((dst/'registry/aliases.json').read_text())['champion'] == 'v0001'   # the deploy stage promoted it
     return dst
 
 @pytest.fixture(scope='module')
 def site(proj) -> Path:
     "The site, built by the command README gives (without executing the library's examples: see test_examples_*)."
     out = run('mlops-nb docs build --no-execute', proj, timeout=600).stdout
-    assert 'library pages, 4 reports, model card v0001' in out, out
+    assert 'library pages, 5 reports, model card v0001' in out, out
     return proj/'_site'
 
 def free_port() -> int:
@@ -120,7 +115,8 @@ def test_home_page(browser, server):
     assert browser.find_element(By.TAG_NAME, 'h1').text.strip().startswith('mlops-nb')
     assert 'dvc repro' in main_text(browser)           # README's text
     nav = {a.text.strip(): a.get_attribute('href') for a in browser.find_elements(By.CSS_SELECTOR, '.sidebar-tree a')}
-    assert {'core', 'data', 'evaluate', 'docs', '4. Evaluate', 'Model card: v0001'} <= set(nav), nav
+    assert {'core', 'data', 'evaluate', 'registry', 'docs', '4. Evaluate'} <= set(nav), nav
+    assert any(t.startswith('Model card') and t.endswith('v0001') for t in nav), nav
     assert errors(log) == [] and off_site_requests(browser, server) == []
     shot(browser, 'home')
 
@@ -135,7 +131,7 @@ def test_api_page_has_show_doc_entries(browser, server):
     assert errors(log) == [] and off_site_requests(browser, server) == []
     shot(browser, 'api-core')
 
-def test_report_page_shows_its_figures(browser, server):
+def test_report_page_shows_its_figures(browser, server, proj):
     from selenium.webdriver.common.by import By
     log = open_page(browser, server + 'reports/04_evaluate.html')
     assert browser.find_element(By.TAG_NAME, 'h1').text.strip().startswith('4. Evaluate')
@@ -147,8 +143,12 @@ def test_report_page_shows_its_figures(browser, server):
     assert browser.find_elements(By.CSS_SELECTOR, '.cell_output table.dataframe')   # the metrics table
     assert errors(log) == [] and off_site_requests(browser, server) == []
     shot(browser, 'report-evaluate')
-    log = open_page(browser, server + 'model-card.html')
-    assert 'Fraud classifier trained by the test run' in main_text(browser) and errors(log) == []
+    log = open_page(browser, server + 'model-card/index.html')                      # the champion's card, with its figures
+    card = (proj/'registry/versions/v0001/card.md').read_text().splitlines()[0].lstrip('# ')
+    assert browser.find_element(By.TAG_NAME, 'h1').text.strip().startswith(card) and 'roc_auc' in main_text(browser), card
+    imgs = browser.execute_script("return [...document.querySelectorAll('#furo-main-content img')].map(i => [i.complete, i.naturalWidth])")
+    assert imgs and all(ok and w > 100 for ok, w in imgs), imgs
+    assert errors(log) == []
 
 def test_navigation_links(browser, server):
     from selenium.webdriver.common.by import By
@@ -192,7 +192,7 @@ def test_every_internal_link_resolves(site, server):
         page, _, frag = full.partition('#')
         if frag and page in pages and frag not in pages[page].ids: broken.append(f'{src} -> {full}: no such id')
     assert broken == []
-    assert len([u for u in pages if u.endswith('.html')]) >= 14                     # 10 library pages, 4 reports, model card
+    assert len([u for u in pages if u.endswith('.html')]) >= 17                     # 11 library pages, 5 reports, model card
 
 def test_search_finds_a_function(browser, server):
     from selenium.webdriver.common.by import By
