@@ -90,7 +90,7 @@ def showdoc_markdown(md:str) -> str:
     md = re.sub(r'^\s*---\s*\n', '', md)
     return _SHOWDOC_ATTRS.sub('){.showdoc-source}', md).strip() + '\n'
 
-# %% ../nbs/13_docs.ipynb #bf3a7cc2
+# %% ../nbs/13_docs.ipynb #2c611029
 def anchor(name:str) -> str:
     "The slug MyST gives a heading `name` (GitHub's rule), which `page.ipynb#slug` links resolve to."
     return re.sub(r'[^\w\- ]', '', name.strip().lower().replace(' ', '-'))
@@ -99,10 +99,11 @@ def local_links(md:str, site_url:str, pages:set) -> str:
     "Point nbdev's links to the published docs (`site_url/page.html#sym`) at this site's own pages."
     if not site_url: return md
     def sub(m):
-        page, frag = m.group(1), m.group(2) or ''
+        text, page, frag = m.group(1), m.group(2), m.group(3) or ''
         if page not in pages: return m.group(0)
-        return f'({page}.ipynb' + (f'#{anchor(frag[1:])}' if frag else '') + ')'
-    return re.sub(r'\(' + re.escape(site_url.rstrip('/')) + r'/([\w./-]+?)\.html(#[^)\s]*)?\)', sub, md)
+        if any(p.startswith('_') for p in frag[1:].split('.')): return text    # a private name has no show_doc entry
+        return f'[{text}]({page}.ipynb' + (f'#{anchor(frag[1:])}' if frag else '') + ')'
+    return re.sub(r'\[([^\]]*)\]\(' + re.escape(site_url.rstrip('/')) + r'/([\w./-]+?)\.html(#[^)\s]*)?\)', sub, md)
 
 def repo_links(md:str, git_url:str, branch:str, pages:set) -> str:
     "Relative links to files of the repository become links to the repository at `git_url`."
