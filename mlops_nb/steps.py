@@ -19,7 +19,7 @@ from .data import Batch, Schema, ValidationReport, collect, quality_table, read_
 # %% auto #0
 __all__ = ['log', 'batch_summary', 'run_collect', 'reference_rows', 'Prepared', 'run_prepare', 'load_split', 'Trained',
            'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed',
-           'run_deploy', 'cli_gate']
+           'run_deploy', 'cli_gate', 'Monitored', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -390,3 +390,81 @@ def cli_gate(args) -> int:
         print(f"gate {'PASSED' if g['passed'] else 'FAILED'}" + (f" (version {g['version']})" if g.get('version') else ''))
         for r in g.get('reasons', []): print(f"  {r}")
     return 0 if g['passed'] else 1
+
+# %% ../nbs/06_steps.ipynb #8c192ca4
+@dataclass
+class Monitored:
+    "The monitor step's result, the profiled reference and the current window (for the report's figures)."
+    result: object
+    reference: object
+    current: pd.DataFrame
+    status: dict
+    reference_metrics: dict
+    drift_over_time: pd.DataFrame|None = None
+
+def current_window(params:dict, current:dict|None=None) -> pd.DataFrame:
+    "The raw rows of the monitored window described by `monitor.current` (simulator days, a file/folder, or captures)."
+    task, c = _task(params), dict(source='simulator', start_day=0, days=7, path='') | (current or {})
+    if c['source'] == 'simulator':
+        batches = collect([{'type': 'simulator'}], start_day=int(c['start_day']), days=int(c['days']), seed=int(params.get('seed', 0)),
+                          sim_params=params.get('sim') or {}, time_column=task['time_column'])
+    elif c['source'] == 'file':
+        if not c.get('path'): raise MlopsError("params monitor.current.path: a file source needs a path")
+        batches = collect([{'type': 'file', 'path': c['path']}], 0, int(c.get('days') or 0), 0, {}, task['time_column'])
+    elif c['source'] == 'captures':
+        try: from mlops_nb.capture import read_captures
+        except ImportError: raise MlopsError("params monitor.current.source 'captures': mlops_nb.capture is not available") from None
+        df = read_captures(c.get('path') or 'captures', start=c.get('start'), end=c.get('end'))
+        if 'label' in df.columns and task['target'] not in df.columns: df = df.rename(columns={'label': task['target']})
+        if 'ts' in df.columns and task['time_column'] and task['time_column'] not in df.columns: df = df.rename(columns={'ts': task['time_column']})
+        return df
+    else: raise MlopsError(f"params monitor.current.source: expected simulator, file or captures, got {c['source']!r}")
+    frames = [b.frame for b in batches if len(b.frame)]
+    return pd.concat(frames, ignore_index=True) if frames else batches[0].frame.iloc[:0]
+
+def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
+                predictions_path:str|Path='data/predictions/test.parquet', evaluation_path:str|Path='metrics/evaluate.json',
+                metrics_path:str|Path='metrics/monitor.json', status_path:str|Path='monitor/status.json',
+                plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None) -> Monitored:
+    "Compare the current window with the training reference: drift, quality, predictions, performance, alerts."
+    from mlops_nb import monitor as mon
+    from mlops_nb.features import add_features
+    task, m = _task(params), dict(params.get('monitor') or {})
+    cfg = mon.settings(m)
+    ref, spec = load_split(prepared_dir, 'train')
+    cols = spec['numeric'] + spec['categorical']
+    cur = current_window(params, m.get('current')) if current is None else current
+    if len(cur):
+        try: cur = add_features(Schema.load(Path(prepared_dir)/'schema.json').apply_dtypes(cur), (params.get('prepare') or {}).get('features') or {}, task['time_column'])
+        except MlopsError as e: log.warning(f"monitor: features not added to the current window ({e}); missing columns are reported")
+    profile = mon.Profile.of(ref, numeric=spec['numeric'], categorical=spec['categorical'], psi_bins=cfg['drift']['psi_bins'])
+    evaluation = read_json(evaluation_path) if Path(evaluation_path).exists() else {}
+    ref_pred = cur_pred = None
+    thr, clf = float(evaluation.get('threshold', 0.5)), task['type'] == 'classification'
+    if Path(predictions_path).exists() and len(cur):
+        p = pd.read_parquet(predictions_path)
+        ref_pred = dict(score=p['score'].to_numpy(), label=p['prediction'].to_numpy() if clf else None)
+        if 'prediction' in cur.columns:      # captured by the service: the scores it returned
+            scores = cur['prediction'].to_numpy(dtype='float64', na_value=np.nan)
+            labels = cur['predicted_label'].to_numpy() if clf and 'predicted_label' in cur.columns else ((scores >= thr).astype(int) if clf else None)
+            cur_pred = dict(score=scores, label=labels)
+        elif (Path(model_dir)/'model.skops').exists() and all(c in cur.columns for c in cols):
+            from mlops_nb.train import load_model
+            from mlops_nb.evaluate import predict_scores
+            scores = predict_scores(load_model(Path(model_dir)/'model.skops'), cur[cols], task['type'])
+            cur_pred = dict(score=scores, label=(scores >= thr).astype(int) if clf else None)
+        else: ref_pred = None
+    result = mon.monitor(profile, cur, cfg, columns=cols, ref_predictions=ref_pred, cur_predictions=cur_pred,
+                         target=task['target'], time_column=task['time_column'], task=task['type'],
+                         threshold=thr, reference_metrics=evaluation)
+    dot = None
+    if task['time_column'] and task['time_column'] in cur.columns and len(cur):
+        dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)
+    status = mon.deliver(result.status(), status_path, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
+    write_json(metrics_path, result.metrics())
+    with atomic_dir(plots_dir) as tmp:
+        if dot is not None: dot.to_csv(tmp/'drift_over_time.csv', index=False, float_format='%.6g')
+        result.drift.table.drop(columns=['new_categories']).to_csv(tmp/'drift.csv', index=False, float_format='%.6g')
+        result.quality.to_csv(tmp/'quality.csv', index=False, float_format='%.6g')
+        if result.performance is not None: result.performance.to_csv(tmp/'performance.csv', index=False, float_format='%.6g')
+    return Monitored(result, profile, cur, status, evaluation, dot)
