@@ -9,7 +9,7 @@ Measures, repeating each and quoting medians:
     durations in the executed report), and the same step run as a plain Python script (the baseline without
     papermill and a kernel). Overhead = papermill wall time - cell time;
   * reproducibility: two clean runs give byte-identical metrics files and identical test predictions.
-Results go to benchmarks/results/lifecycle.json; --write-readme puts the table into README.md between markers.
+Results go to benchmarks/results/lifecycle.json; --write-readme puts the table between markers into nbs/index.ipynb and README.md.
 """
 import argparse, hashlib, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -97,10 +97,9 @@ def main():
     out.write_text(json.dumps(res, indent=2) + '\n')
     table = render(res)
     print(table)
-    if a.write_readme:
-        readme = (ROOT/'README.md').read_text()
-        new = re.sub(r'(<!-- bench:lifecycle -->\n).*?(<!-- /bench:lifecycle -->)', lambda m: m.group(1) + table + m.group(2), readme, flags=re.S)
-        (ROOT/'README.md').write_text(new)
+    if a.write_readme:   # README.md is generated from nbs/index.ipynb: the figures go into the notebook, then README
+        from mlops_nb.docs import write_bench
+        write_bench('lifecycle', table, ROOT)
 
 def render(r:dict) -> str:
     lines = [f"Measured by `.venv/bin/python benchmarks/lifecycle.py --repeats {r['repeats']}` on {r['machine']['cpus']} cores, "

@@ -14,7 +14,7 @@ included), repeats the report and the medians are quoted:
   * Evidently 0.7 `Report([DataDriftPreset()]).run(current, reference)`, in its own venv (benchmarks/.venv-evidently,
     created on first use: Evidently needs pandas < 3).
 Both read the same Parquet files; loading them is not timed. Per-column verdicts (drift yes/no) are compared.
-Results go to benchmarks/results/monitor.json; --write-readme puts the table into README.md between markers.
+Results go to benchmarks/results/monitor.json; --write-readme puts the table between markers into nbs/index.ipynb and README.md.
 """
 import argparse, json, os, re, statistics, subprocess, sys, tempfile, textwrap
 from pathlib import Path
@@ -169,10 +169,7 @@ def write_readme(results, a):
     lines += ['', f"Targets at {big['rows']:,} rows: whole drift report < 2 s (ours: {fmt_s(big['ours_compare'])} with a saved profile, "
               f"{fmt_s(big['ours_whole'])} profiling included), ≥ 50x faster than Evidently ({big['speedup_compare']:.0f}x / {big['speedup_whole']:.0f}x), "
               f"peak memory < 1.5 GB ({big['ours_peak_mb']:,.0f} MB)."]
-    readme = ROOT/'README.md'
-    text = readme.read_text()
-    block = '<!-- bench:monitor -->\n' + '\n'.join(lines) + '\n<!-- /bench:monitor -->'
-    text = re.sub(r'<!-- bench:monitor -->.*?<!-- /bench:monitor -->', lambda m: block, text, flags=re.S) if '<!-- bench:monitor -->' in text else text.rstrip('\n') + '\n\n' + block + '\n'
-    readme.write_text(text)
+    from mlops_nb.docs import write_bench   # README.md is generated from nbs/index.ipynb: the figures go into the notebook
+    write_bench('monitor', '\n'.join(lines), ROOT)
 
 if __name__ == '__main__': main()

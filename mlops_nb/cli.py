@@ -11,7 +11,7 @@ from . import __version__
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_CHECK_FAILED', 'EXIT_BAD_INPUT', 'command_group', 'handler', 'build_parser', 'main']
+__all__ = ['EXIT_OK', 'EXIT_CHECK_FAILED', 'EXIT_BAD_INPUT', 'command_group', 'handler', 'build_parser', 'main', 'docs_commands']
 
 # %% ../nbs/12_cli.ipynb #94adb7c0
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -111,6 +111,25 @@ def _models_and_gate(sub):
     g.add_argument('--out', help='also write the gate result as JSON here')
     g.add_argument('--json', action='store_true', help='print JSON')
     g.set_defaults(func=handler('mlops_nb.steps:cli_gate'))
+
+# %% ../nbs/12_cli.ipynb #08bf5208
+@command_group
+def docs_commands(sub):
+    "`mlops-nb docs build|readme`: the documentation site and README (handlers in `mlops_nb.docs`)."
+    p = sub.add_parser('docs', help='build the documentation site; write README.md from nbs/index.ipynb')
+    acts = p.add_subparsers(dest='docs_command', metavar='ACTION')
+    b = acts.add_parser('build', help='build the static site (library notebooks, latest reports, champion model card) into a folder')
+    b.add_argument('--out', default='_site', help='folder the site is written to, replaced as a whole (default: _site)')
+    b.add_argument('--reports', help='folder of executed pipeline reports to include (default: reports/, when it exists)')
+    b.add_argument('--registry', help="model registry whose champion's card is included (default: registry/, when it exists)")
+    b.add_argument('--no-execute', action='store_true', help="don't run the library notebooks (pages show no example outputs)")
+    b.add_argument('--force', action='store_true', help='ignore the caches (_docs_cache/, _proc/) and redo everything')
+    b.add_argument('--workers', type=int, default=2, help='processes for executing notebooks and for Sphinx (default: 2)')
+    b.set_defaults(func=handler('mlops_nb.docs:build_cmd'))
+    r = acts.add_parser('readme', help='write README.md from nbs/index.ipynb')
+    r.add_argument('--check', action='store_true', help='write nothing; exit 1 if README.md is out of date')
+    r.add_argument('--from-readme', action='store_true', help='the other way: rewrite nbs/index.ipynb from README.md (after merging README edits)')
+    r.set_defaults(func=handler('mlops_nb.docs:readme_cmd'))
 
 # %% ../nbs/12_cli.ipynb #320ee1fc
 @command_group

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 bash scripts/check_sync.sh
+mlops-nb docs readme --check   # README.md is generated from nbs/index.ipynb
 nbdev_test --n_workers 2
 python -m pytest "$@"

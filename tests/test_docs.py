@@ -1,0 +1,282 @@
+"""The documentation site: `mlops-nb docs build` on this project's notebooks and a real run's reports, served on
+127.0.0.1 and checked in headless Chromium (Selenium + Debian's chromium/chromedriver); README made from nbs/index.ipynb.
+
+Screenshots of the pages go to test-artifacts/docs/ (or $DOCS_ARTIFACTS)."""
+import json, os, re, shutil, socket, subprocess, sys, time, urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import pytest, yaml
+
+from conftest import ROOT, PROJECT_FILES, SMALL, merge, run
+
+CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
+ARTIFACTS = Path(os.environ.get('DOCS_ARTIFACTS', ROOT/'test-artifacts'/'docs'))
+
+# ---------------------------------------------------------------- fixtures: a real run, its site, a server, a browser
+@pytest.fixture(scope='module')
+def proj(tmp_path_factory) -> Path:
+    "A copy of the project (with nbs/) after one small real `dvc repro`: reports, and a registry whose champion has a card."
+    dst = tmp_path_factory.mktemp('docs')/'proj'
+    for name in PROJECT_FILES + ['nbs']:
+        (dst/name).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT/name).is_dir(): shutil.copytree(ROOT/name, dst/name, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))
+        else: shutil.copy2(ROOT/name, dst/name)
+    params = yaml.safe_load((dst/'params.yaml').read_text())
+    (dst/'params.yaml').write_text(yaml.safe_dump(merge(params, SMALL), sort_keys=False))
+    run('git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init && dvc repro', dst, timeout=900)
+    assert json.loads((dst/'registry/aliases.json').read_text())['champion'] == 'v0001'   # the deploy stage promoted it
+    return dst
+
+@pytest.fixture(scope='module')
+def site(proj) -> Path:
+    "The site, built by the command README gives (without executing the library's examples: see test_examples_*)."
+    out = run('mlops-nb docs build --no-execute', proj, timeout=600).stdout
+    assert re.search(r'\d+ library pages, [5-9] reports, model card v0001', out), out
+    return proj/'_site'
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+@pytest.fixture(scope='module')
+def server(site):
+    "`python -m http.server` on a free port of 127.0.0.1, serving the site; yields its base URL."
+    port = free_port()
+    p = subprocess.Popen([sys.executable, '-m', 'http.server', str(port), '--bind', '127.0.0.1', '--directory', str(site)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f'http://127.0.0.1:{port}/'
+    for _ in range(100):
+        try: urllib.request.urlopen(base, timeout=1); break
+        except OSError: time.sleep(0.1)
+    yield base
+    p.terminate(); p.wait(10)
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    "Headless Debian Chromium driven by its chromedriver (no driver or browser download)."
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail('chromium and chromedriver are needed (bash scripts/setup.sh installs them as root: apt-get install chromium chromium-driver)')
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+              '--disable-sync', '--no-first-run', '--disable-quic', '--window-size=1280,1400',
+              f'--user-data-dir={tmp_path_factory.mktemp("chromium")}']:
+        opts.add_argument(a)
+    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    d.set_page_load_timeout(60)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield d
+    d.quit()
+
+def open_page(d, url):
+    "Load `url` and wait for the document and its images; return the console messages it produced."
+    d.get_log('browser')
+    d.get(url)
+    wait_loaded(d)
+    return d.get_log('browser')
+
+def wait_loaded(d):
+    "Wait until the page and all its images have loaded (so the layout no longer moves)."
+    for _ in range(200):
+        if d.execute_script("return document.readyState === 'complete' && [...document.images].every(i => i.complete)"): return
+        time.sleep(0.1)
+
+def click(d, el):
+    "Scroll `el` into view at once (the theme scrolls smoothly, which would move it under the pointer) and click it."
+    d.execute_script('arguments[0].scrollIntoView({block: "center", behavior: "instant"})', el)
+    el.click()
+    wait_loaded(d)
+
+def main_text(d) -> str: return d.find_element('css selector', '#furo-main-content').text
+
+def errors(log): return [e for e in log if e['level'] == 'SEVERE']
+
+def shot(d, name):
+    "Save a screenshot of the whole page as a test artefact."
+    h = d.execute_script('return Math.min(document.documentElement.scrollHeight, 6000)')
+    d.set_window_size(1280, max(800, h))
+    d.save_screenshot(str(ARTIFACTS/f'{name}.png'))
+    d.set_window_size(1280, 1400)
+    assert (ARTIFACTS/f'{name}.png').stat().st_size > 10_000
+
+def off_site_requests(d, base):
+    "Every resource the page fetched from somewhere other than the site's own server."
+    return [u for u in d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)") if not u.startswith(base)]
+
+# ---------------------------------------------------------------- the browser test
+def test_home_page(browser, server):
+    from selenium.webdriver.common.by import By
+    log = open_page(browser, server)
+    assert browser.find_element(By.TAG_NAME, 'h1').text.strip().startswith('mlops-nb')
+    assert 'dvc repro' in main_text(browser)           # README's text
+    nav = {a.text.strip(): a.get_attribute('href') for a in browser.find_elements(By.CSS_SELECTOR, '.sidebar-tree a')}
+    assert {'core', 'data', 'evaluate', 'registry', 'docs', '4. Evaluate'} <= set(nav), nav
+    assert any(t.startswith('Model card') and t.endswith('v0001') for t in nav), nav
+    assert errors(log) == [] and off_site_requests(browser, server) == []
+    shot(browser, 'home')
+
+def test_api_page_has_show_doc_entries(browser, server):
+    from selenium.webdriver.common.by import By
+    log = open_page(browser, server + 'core.html')
+    entry = browser.find_element(By.ID, 'atomic-write')                            # show_doc's heading, a section
+    assert entry.find_element(By.TAG_NAME, 'h3').text.strip().startswith('atomic_write')
+    assert 'def atomic_write(' in entry.find_element(By.CSS_SELECTOR, 'pre').text   # the signature
+    assert 'move it over path only if the block succeeds' in entry.text             # the docstring
+    assert re.search(r'/mlops_nb/core\.py#L\d+$', entry.find_element(By.LINK_TEXT, 'source').get_attribute('href'))
+    assert errors(log) == [] and off_site_requests(browser, server) == []
+    shot(browser, 'api-core')
+
+def test_report_page_shows_its_figures(browser, server, proj, site):
+    from selenium.webdriver.common.by import By
+    log = open_page(browser, server + 'reports/04_evaluate.html')
+    assert browser.find_element(By.TAG_NAME, 'h1').text.strip().startswith('4. Evaluate')
+    assert 'Executed by papermill on' in main_text(browser)
+    imgs = browser.execute_script("return [...document.querySelectorAll('.cell_output img')].map(i => "
+                                  "({src: i.src, ok: i.complete, w: i.naturalWidth, h: i.naturalHeight, shown: i.getBoundingClientRect().width}))")
+    assert len(imgs) >= 5, imgs                                                      # ROC, PR, calibration, confusion, importance
+    for i in imgs: assert i['ok'] and i['w'] > 100 and i['h'] > 100 and i['shown'] > 100, i
+    assert browser.find_elements(By.CSS_SELECTOR, '.cell_output table.dataframe')   # the metrics table
+    assert errors(log) == [] and off_site_requests(browser, server) == []
+    shot(browser, 'report-evaluate')
+    for page in sorted((site/'reports').glob('*.html')):                           # every report: images load, no errors
+        log = open_page(browser, server + f'reports/{page.name}')
+        bad = browser.execute_script("return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
+        assert bad == [] and errors(log) == [], (page.name, bad, errors(log))
+    log = open_page(browser, server + 'model-card/index.html')                      # the champion's card, with its figures
+    card = (proj/'registry/versions/v0001/card.md').read_text().splitlines()[0].lstrip('# ')
+    assert browser.find_element(By.TAG_NAME, 'h1').text.strip().startswith(card) and 'roc_auc' in main_text(browser), card
+    imgs = browser.execute_script("return [...document.querySelectorAll('#furo-main-content img')].map(i => [i.complete, i.naturalWidth])")
+    assert imgs and all(ok and w > 100 for ok, w in imgs), imgs
+    assert errors(log) == []
+
+def test_navigation_links(browser, server):
+    from selenium.webdriver.common.by import By
+    open_page(browser, server)
+    browser.find_element(By.CSS_SELECTOR, '.sidebar-tree').find_element(By.LINK_TEXT, 'data').click()
+    assert browser.current_url == server + 'data.html' and browser.find_element(By.TAG_NAME, 'h1').text.strip().startswith('data')
+    browser.find_element(By.CSS_SELECTOR, '.sidebar-tree').find_element(By.LINK_TEXT, '2. Prepare').click()
+    wait_loaded(browser)
+    assert browser.current_url == server + 'reports/02_prepare.html'
+    click(browser, browser.find_element(By.CSS_SELECTOR, 'a.next-page'))            # furo's "next" link, at the bottom
+    assert browser.current_url == server + 'reports/03_train.html'
+    browser.find_element(By.CSS_SELECTOR, '.sidebar-brand').click()
+    assert browser.current_url in (server, server + 'index.html')
+    # nbdev's links from backticked names go to this site's pages and headings
+    open_page(browser, server + 'data.html')
+    hrefs = [a.get_attribute('href') for a in browser.find_elements(By.CSS_SELECTOR, '#furo-main-content a.reference.internal')]
+    assert any(h.startswith(server + 'core.html#') for h in hrefs), hrefs
+
+def test_every_internal_link_resolves(site, server):
+    "Crawl the site over HTTP: every page linked from another page exists, and every #fragment is an id on it."
+    class Links(HTMLParser):
+        def __init__(self): super().__init__(); self.hrefs, self.ids = [], set()
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if a.get('id'): self.ids.add(a['id'])
+            for k in ('href', 'src'):
+                if a.get(k) and tag in ('a', 'img', 'script', 'link'): self.hrefs.append(a[k])
+    seen, todo, pages, broken = set(), [server + 'index.html'], {}, []
+    while todo:
+        url = todo.pop()
+        if url in seen: continue
+        seen.add(url)
+        try: body = urllib.request.urlopen(url, timeout=10).read()
+        except OSError as e: broken.append(f'{url}: {e}'); continue
+        if not url.endswith('.html'): continue
+        p = Links(); p.feed(body.decode('utf-8')); pages[url] = p
+        for h in p.hrefs:
+            full = urljoin(url, h)
+            if full.startswith(server): todo.append(full.split('#')[0]); pages.setdefault('#', []).append((url, full))
+    for src, full in pages.pop('#'):
+        page, _, frag = full.partition('#')
+        if frag and page in pages and frag not in pages[page].ids: broken.append(f'{src} -> {full}: no such id')
+    assert broken == []
+    assert len([u for u in pages if u.endswith('.html')]) >= 17                     # library pages, reports, model card
+
+def test_search_finds_a_function(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    open_page(browser, server)
+    box = browser.find_element(By.CSS_SELECTOR, 'form.sidebar-search-container input[name=q]')
+    box.send_keys('atomic_write', Keys.ENTER)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#search-results ul.search li'))
+    assert 'search.html?q=atomic_write' in browser.current_url
+    results = [a.get_attribute('href') for a in browser.find_elements(By.CSS_SELECTOR, '#search-results ul.search li a')]
+    assert any(urlsplit(h).path == '/core.html' for h in results), results
+    assert errors(browser.get_log('browser')) == []
+    shot(browser, 'search')
+
+# ---------------------------------------------------------------- without a browser
+def test_the_site_works_offline(site):
+    from mlops_nb.docs import offline_problems
+    assert offline_problems(site) == []
+    html = ''.join(p.read_text() for p in site.rglob('*.html'))
+    assert not re.search(r'<script[^>]+src="[^"]*(mathjax|require|jupyter-widgets)', html, re.I)   # what notebook exports usually load
+
+def test_build_keeps_the_last_good_site_on_bad_input(proj, site):
+    before = (site/'index.html').read_bytes()
+    bad = proj/'bad-registry'; (bad/'versions').mkdir(parents=True)
+    (bad/'aliases.json').write_text('{"champion": "v0009"}')
+    r = run('mlops-nb docs build --no-execute --registry bad-registry', proj, check=False)
+    assert r.returncode == 2 and 'v0009 has no model card' in r.stderr, r.stderr
+    assert (site/'index.html').read_bytes() == before
+    r = run('mlops-nb docs build --no-execute --out .', proj, check=False)
+    assert r.returncode == 2 and 'would replace the project' in r.stderr
+    r = run('mlops-nb docs build --no-execute --reports nowhere', proj, check=False)
+    assert r.returncode == 2 and '--reports nowhere: no such folder' in r.stderr
+    r = run('mlops-nb docs build --workers 0', proj, check=False)
+    assert r.returncode == 2 and '--workers must be at least 1, got 0' in r.stderr
+
+def test_examples_are_executed_and_cached(tmp_path):
+    "A one-module nbdev project: its example's table and figure are on the page; a second build runs nothing again."
+    def nb(*cells):
+        return {'cells': [dict(cell_type=t, id=f'{i:04x}', metadata={}, source=s, **({'outputs': [], 'execution_count': None} if t == 'code' else {}))
+                          for i, (t, s) in enumerate(cells)],
+                'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}}, 'nbformat': 4, 'nbformat_minor': 5}
+    (tmp_path/'nbs').mkdir()
+    shutil.copy(ROOT/'settings.ini', tmp_path/'settings.ini')
+    (tmp_path/'nbs/index.ipynb').write_text(json.dumps(nb(('markdown', '# tiny\n\n> A tiny project.'), ('markdown', '## Use\n\nCall `double`.'))))
+    (tmp_path/'nbs/00_maths.ipynb').write_text(json.dumps(nb(
+        ('markdown', '# maths\n\n> Arithmetic.'), ('code', '#| default_exp maths'),
+        ('code', '#| export\ndef double(x:int) -> int:\n    "Twice `x`, exactly."\n    return 2 * x'),
+        ('code', 'import pandas as pd\npd.DataFrame({"x": [1, 2], "doubled": [double(1), double(2)]})'),
+        ('code', 'import matplotlib.pyplot as plt\nplt.plot([1, 2], [double(1), double(2)]);'),
+        ('code', '#| slow\nraise RuntimeError("a slow cell is skipped, as nbdev_test skips it")'))))
+    out = run('mlops-nb docs build', tmp_path).stdout
+    assert '2 notebooks executed' in out, out
+    page = (tmp_path/'_site/maths.html').read_text()
+    assert 'Twice' in page and 'class="dataframe' in page and '<img' in page
+    img = re.search(r'<img[^>]+src="([^"]+)"', page).group(1)
+    assert (tmp_path/'_site'/img).stat().st_size > 1000
+    (tmp_path/'nbs/00_maths.ipynb').write_text((tmp_path/'nbs/00_maths.ipynb').read_text().replace('exactly', 'always'))
+    assert '1 notebooks executed' in run('mlops-nb docs build', tmp_path).stdout        # index.ipynb's run was cached
+    assert 'always' in (tmp_path/'_site/maths.html').read_text()
+    # a broken example stops the build and names the notebook; the last good site stays
+    (tmp_path/'nbs/00_maths.ipynb').write_text((tmp_path/'nbs/00_maths.ipynb').read_text().replace('double(2)]})', 'double(2)]}) + undefined_name'))
+    r = run('mlops-nb docs build', tmp_path, check=False)
+    assert r.returncode == 2 and '00_maths.ipynb: a cell failed' in r.stderr and 'NameError' in r.stderr, r.stderr
+    assert 'always' in (tmp_path/'_site/maths.html').read_text()
+
+# ---------------------------------------------------------------- README
+def test_readme_is_generated_from_the_home_page():
+    r = run('mlops-nb docs readme --check', ROOT, check=False)
+    assert r.returncode == 0, r.stdout
+
+def test_readme_check_and_round_trip(tmp_path):
+    (tmp_path/'nbs').mkdir()
+    for f in ['settings.ini', 'README.md', 'nbs/index.ipynb']: shutil.copy(ROOT/f, tmp_path/f)
+    (tmp_path/'README.md').write_text((tmp_path/'README.md').read_text() + '\n## A section added as text\n\nBy another branch.\n')
+    r = run('mlops-nb docs readme --check', tmp_path, check=False)
+    assert r.returncode == 1 and '+## A section added as text' not in r.stdout and '-## A section added as text' in r.stdout, r.stdout
+    run('mlops-nb docs readme --from-readme', tmp_path)                              # port README's edit into the notebook
+    assert run('mlops-nb docs readme --check', tmp_path).returncode == 0
+    assert any('## A section added as text' in ''.join(c['source']) for c in json.loads((tmp_path/'nbs/index.ipynb').read_text())['cells'])
+    (tmp_path/'nbs/index.ipynb').write_text('{not json')
+    r = run('mlops-nb docs readme', tmp_path, check=False)
+    assert r.returncode == 2 and 'index.ipynb: not a notebook' in r.stderr
