@@ -39,7 +39,7 @@ def tree_pipeline(num, cat, max_iter):
     return Pipeline([('preprocess', pre), ('model', HistGradientBoostingClassifier(max_iter=max_iter, random_state=0))])
 
 def build_registry(root:Path):
-    """v0001: served with ONNX Runtime; v0002: the project's pipeline (scaler in front), no ONNX -> served by the skops
+    """v0001: served with ONNX Runtime; v0002: the project's pipeline, registered without ONNX -> served by the skops
     fallback; v0003: registered, then its model file damaged. Champion: v0001."""
     from mlops_nb.features import feature_columns
     from mlops_nb.train import make_estimator, make_pipeline
@@ -50,8 +50,11 @@ def build_registry(root:Path):
     reg = Registry(root)
     pipes = [tree_pipeline(num, cat, 20), make_pipeline(num, cat, make_estimator('hist_gradient_boosting', 'classification', {'max_iter': 30}, seed=0)),
              tree_pipeline(num, cat, 30)]
-    versions = [reg.register(p.fit(X, y), features=num + cat, task='classification', threshold=0.3, X_test=X,
-                             metrics={'pr_auc': 0.5}, params={'i': i}) for i, p in enumerate(pipes)]
+    from mlops_nb.data import Schema
+    # v0002 is registered without test rows, so no ONNX export is made or kept: the server must use the skops fallback.
+    data = [dict(X_test=X), dict(X_test=None, schema=Schema.infer(X)), dict(X_test=X)]
+    versions = [reg.register(p.fit(X, y), features=num + cat, task='classification', threshold=0.3, **d,
+                             metrics={'pr_auc': 0.5}, params={'i': i}) for i, (p, d) in enumerate(zip(pipes, data))]
     assert (reg.version_dir(versions[0])/'model.onnx').exists() and not (reg.version_dir(versions[1])/'model.onnx').exists()
     reg.promote(versions[0], 'champion', reason='test', actor='test')
     (reg.version_dir(versions[2])/'model.onnx').write_bytes(b'not an onnx model')   # no longer matches its manifest
