@@ -14,9 +14,11 @@ mlops-nb gate --from metrics/gate.json || true
 cat <<MSG
 
 Where things are:
-  reports (executed notebooks)  reports/01_collect.ipynb ... reports/05_deploy.ipynb
-  metrics (DVC metrics)         metrics/data_quality.json, metrics/train.json, metrics/evaluate.json, metrics/gate.json
-  plots (DVC plots)             plots/evaluate/  (dvc plots show)
+  reports (executed notebooks)  reports/01_collect.ipynb ... reports/06_monitor.ipynb
+  metrics (DVC metrics)         metrics/data_quality.json, metrics/train.json, metrics/evaluate.json, metrics/gate.json, metrics/monitor.json
+  plots (DVC plots)             plots/evaluate/, plots/monitor/  (dvc plots show)
+  alerts (monitor)              monitor/status.json  (mlops-nb monitor --help)
+  docs site                     .venv/bin/mlops-nb docs build  (into _site/)
   model                         models/candidate/model.skops (+ schema.json, model.json)
   registry (versions, champion) registry/  (mlops-nb models list, mlops-nb models show champion)
   data                          data/raw/, data/prepared/, data/predictions/test.parquet
