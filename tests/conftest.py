@@ -44,16 +44,7 @@ class Project:
 @pytest.fixture
 def project(tmp_path) -> Project:
     "A fresh copy of the project (git repo, DVC initialised, small params) in a temporary folder."
-    dst = tmp_path/'proj'
-    for name in PROJECT_FILES:
-        src = ROOT/name
-        (dst/name).parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir(): shutil.copytree(src, dst/name, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))
-        else: shutil.copy2(src, dst/name)
-    p = Project(dst)
-    p.set_params(SMALL)
-    p.run('git init -q && git add -A && git commit -qm init')
-    return p
+    return copy_project(tmp_path/'proj')
 
 def copy_project(dst:Path) -> Project:
     "Copy the project into `dst` as the `project` fixture does (git repo, small params); for module-scoped fixtures."

@@ -201,17 +201,10 @@ def test_saved_profile_gives_the_same_report(tmp_path):
 @pytest.fixture(scope='module')
 def repro(tmp_path_factory):
     "One real `dvc repro` of a small project whose monitored window crosses the drift day."
-    import shutil
-    from conftest import Project, PROJECT_FILES, ROOT, SMALL, merge
-    dst = tmp_path_factory.mktemp('mon')/'proj'
-    for name in PROJECT_FILES:
-        src = ROOT/name
-        (dst/name).parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir(): shutil.copytree(src, dst/name, ignore=shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints'))
-        else: shutil.copy2(src, dst/name)
-    p = Project(dst)
-    p.set_params(merge(SMALL, {'monitor': {'current': {'start_day': 58, 'days': 6}}}))
-    p.run('git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init')
+    from conftest import copy_project
+    p = copy_project(tmp_path_factory.mktemp('mon')/'proj')
+    p.set_params({'monitor': {'current': {'start_day': 58, 'days': 6}}})
+    p.commit('monitored window crosses the drift day')
     p.run('dvc repro', timeout=1200)
     return p
 
