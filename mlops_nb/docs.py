@@ -100,7 +100,7 @@ def keep_unchanged_outputs(new:dict, old:dict) -> int:
             c['outputs'] = was; n += 1
     return n
 
-# %% ../nbs/13_docs.ipynb #b9596252
+# %% ../nbs/13_docs.ipynb #9b6bae12
 def _execute_in_place(path:str, flags:str='') -> tuple[bool, float]:
     "Execute the notebook at `path`, clean it with nbdev_clean, and replace it if it changed; `(changed, seconds)`."
     from nbdev.clean import nbdev_clean
@@ -123,7 +123,7 @@ def _has_code(path) -> bool: return any(c['cell_type'] == 'code' and _src(c).str
 
 def execute_nbs(paths, n_workers:int=2, flags=(), timeout:float=900, times_file=None, log=print) -> dict:
     "Execute the notebooks `paths` in place (fresh processes, `n_workers` at a time) and clean them; `{name: result}`."
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
     paths = [Path(p).resolve() for p in paths]
     for p in paths:
         if not p.is_file(): raise MlopsError(f"{p}: notebook not found")
@@ -146,7 +146,8 @@ def execute_nbs(paths, n_workers:int=2, flags=(), timeout:float=900, times_file=
         return p.name, dict(ok=True, changed=changed, seconds=secs)
     res = {}
     with ThreadPoolExecutor(max(1, n_workers)) as ex:
-        for name, r in ex.map(run, todo):
+        for fut in as_completed([ex.submit(run, p) for p in todo]):
+            name, r = fut.result()
             res[name] = r
             log(f"{name}: " + (f"{'outputs updated' if r['changed'] else 'unchanged'} ({r['seconds']:.1f} s)" if r['ok'] else f"FAILED: {r['error']}"))
     if times_file:
