@@ -144,6 +144,8 @@ def test_api_page_shows_its_examples_outputs(browser, server):
     assert tables and any(len(t.find_elements(By.TAG_NAME, 'tr')) > 1 for t in tables)
     assert errors(log) == [] and off_site_requests(browser, server) == []
     shot(browser, 'api-evaluate')
+    browser.execute_script("document.querySelector('.cell_output img').scrollIntoView({block: 'start', behavior: 'instant'})")
+    browser.save_screenshot(str(ARTIFACTS/'api-evaluate-figures.png'))             # the examples' figures, as a reader sees them
 
 def test_report_page_shows_its_figures(browser, server, proj, site):
     from selenium.webdriver.common.by import By
