@@ -54,7 +54,7 @@ def _column(parts:list, typ:pa.DataType) -> pa.Array:
         return pa.array(np.concatenate([np.asarray(p, dtype='datetime64[us]') for p in parts]), typ, from_pandas=True)
     return _to_arrow(np.concatenate([np.asarray(p, dtype='float64') for p in parts]), typ)
 
-# %% ../nbs/08_capture.ipynb #91db54f2
+# %% ../nbs/08_capture.ipynb #37e1d5a3
 _DAYS: dict[int, str] = {}
 def _day(ts:float) -> str:
     "The UTC date of the epoch time `ts` as 'YYYY-MM-DD' (cached per day: called once per captured request)."
@@ -69,8 +69,11 @@ def write_part(folder:str|Path, table:pa.Table) -> Path:
     name = f"part-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:12]}.parquet"
     tmp = folder/f'.{name}.tmp'
     try:
-        pq.write_table(table, tmp, compression='snappy',   # cheap to write: this runs beside the request path
-                       use_dictionary=[c for c in table.column_names if c != 'request_id'])   # unique ids gain nothing from a dictionary
+        # cheap to write, as this runs beside the request path: dictionaries only for repeated strings (versions, categories;
+        # not ids, not numbers), min/max statistics only for `ts`, the column readers filter on
+        strings = [f.name for f in table.schema if pa.types.is_string(f.type) and f.name != 'request_id']
+        pq.write_table(table, tmp, compression='snappy', use_dictionary=strings,
+                       write_statistics=['ts'] if 'ts' in table.column_names else False)
         os.replace(tmp, folder/name)
     except BaseException:
         tmp.unlink(missing_ok=True); raise
