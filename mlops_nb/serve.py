@@ -520,7 +520,7 @@ class Stats:
         i.add_metric([], dict(version=str(self.info.get('version')), runtime=str(self.info.get('runtime')), pid=str(os.getpid())))
         yield i
 
-# %% ../nbs/09_serve.ipynb #6a51dcbf
+# %% ../nbs/09_serve.ipynb #c747b45a
 class Service:
     "The state of one server process: the model being served, capture, stats, the alias watcher."
     def __init__(self, cfg:ServeConfig):
@@ -655,7 +655,7 @@ class Service:
                 else:
                     X = {k: np.concatenate([it[1][k] for it in items]) for k in items[0][1]}
                     score, label = m.predict(X)
-                    ends = np.cumsum([it[2] for it in items]).tolist()
+                    ends = list(itertools.accumulate(it[2] for it in items))
                     results = [(score[a:b], None if label is None else label[a:b]) for a, b in zip([0] + ends[:-1], ends)]
                     self.batched += len(items)
             except Exception as e:
