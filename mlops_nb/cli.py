@@ -115,17 +115,24 @@ def _models_and_gate(sub):
 # %% ../nbs/12_cli.ipynb #08bf5208
 @command_group
 def docs_commands(sub):
-    "`mlops-nb docs build|readme`: the documentation site and README (handlers in `mlops_nb.docs`)."
+    "`mlops-nb docs build|execute|readme`: the documentation site, the notebooks' stored outputs, and README (handlers in `mlops_nb.docs`)."
     p = sub.add_parser('docs', help='build the documentation site; write README.md from nbs/index.ipynb')
     acts = p.add_subparsers(dest='docs_command', metavar='ACTION')
     b = acts.add_parser('build', help='build the static site (library notebooks, latest reports, champion model card) into a folder')
     b.add_argument('--out', default='_site', help='folder the site is written to, replaced as a whole (default: _site)')
     b.add_argument('--reports', help='folder of executed pipeline reports to include (default: reports/, when it exists)')
     b.add_argument('--registry', help="model registry whose champion's card is included (default: registry/, when it exists)")
-    b.add_argument('--no-execute', action='store_true', help="don't run the library notebooks (pages show no example outputs)")
+    b.add_argument('--execute', action='store_true', help="run the library notebooks' examples (in _docs_cache/, nbs/ untouched) instead of rendering their stored outputs")
     b.add_argument('--force', action='store_true', help='ignore the caches (_docs_cache/, _proc/) and redo everything')
     b.add_argument('--workers', type=int, default=2, help='processes for executing notebooks and for Sphinx (default: 2)')
     b.set_defaults(func=handler('mlops_nb.docs:build_cmd'))
+    e = acts.add_parser('execute', help="run the notebooks of nbs/ in place and store their examples' outputs (then nbdev_clean them)")
+    e.add_argument('notebooks', nargs='*', help='notebooks to run (default: every notebook of nbs/)')
+    e.add_argument('--workers', type=int, default=2, help='notebooks run at a time, each in a fresh process (default: 2)')
+    e.add_argument('--skip', action='append', default=[], metavar='FLAG', help='also skip cells with this flag, e.g. slow (repeatable; default: run every cell but eval: false)')
+    e.add_argument('--timeout', type=float, default=900, help='seconds one notebook may run (default: 900)')
+    e.add_argument('--check', action='store_true', help='run nothing; exit 1 if an example cell that shows a value has no stored output')
+    e.set_defaults(func=handler('mlops_nb.docs:execute_cmd'))
     r = acts.add_parser('readme', help='write README.md from nbs/index.ipynb')
     r.add_argument('--check', action='store_true', help='write nothing; exit 1 if README.md is out of date')
     r.add_argument('--from-readme', action='store_true', help='the other way: rewrite nbs/index.ipynb from README.md (after merging README edits)')

@@ -10,10 +10,11 @@ from pathlib import Path
 from .core import MlopsError, atomic_dir, atomic_write, get_logger, project_root
 
 # %% auto #0
-__all__ = ['CONF', 'CSS', 'FAVICON', 'README_NOTE', 'split_directives', 'execute_nb', 'mark_mixed_cells', 'showdoc_markdown',
-           'anchor', 'local_links', 'repo_links', 'front_matter', 'myst_page', 'report_page', 'champion_card',
-           'offline_problems', 'stage_notebooks', 'build_site', 'render_readme', 'write_readme', 'readme_diff',
-           'readme_to_index', 'write_bench', 'build_cmd', 'readme_cmd']
+__all__ = ['CONF', 'CSS', 'FAVICON', 'README_NOTE', 'split_directives', 'execute_nb', 'keep_unchanged_outputs', 'execute_nbs',
+           'expects_output', 'missing_outputs', 'mark_mixed_cells', 'showdoc_markdown', 'anchor', 'local_links',
+           'repo_links', 'front_matter', 'myst_page', 'report_page', 'champion_card', 'offline_problems',
+           'stage_notebooks', 'build_site', 'render_readme', 'write_readme', 'readme_diff', 'readme_to_index',
+           'write_bench', 'build_cmd', 'execute_cmd', 'readme_cmd']
 
 # %% ../nbs/13_docs.ipynb #7c4243c8
 _DIRECTIVE = re.compile(r'^\s*#\s*\|\s*(.+?)\s*$')
@@ -43,29 +44,143 @@ def split_directives(source:str) -> tuple[dict, str]:
         i += 1
     return dirs, '\n'.join(lines[i:]).strip('\n')
 
-# %% ../nbs/13_docs.ipynb #fdf4f446
+# %% ../nbs/13_docs.ipynb #f08b83b6
 def _skip_cell(cell, flags:set) -> bool:
     "Whether `nbdev_test` would skip this cell (markdown, the export call, `eval: false`, a test flag)."
     if cell.cell_type != 'code' or 'nbdev_export' + '(' in cell.source: return True
     d, _ = split_directives(cell.source)
     return d.get('eval', '').lower() == 'false' or bool(flags & d.keys())
 
-def execute_nb(src:str|os.PathLike, dst:str|os.PathLike, flags=('notest', 'slow')) -> Path:
-    "Run notebook `src` in its own folder the way `nbdev_test` does and save it, with its outputs, as `dst`."
+def _skip_and_clear(cell, flags:set) -> bool:
+    "`_skip_cell`, and a skipped code cell loses any output stored from an earlier run (it would be stale)."
+    skip = _skip_cell(cell, flags)
+    if skip and cell.cell_type == 'code': cell['outputs'] = []
+    return skip
+
+def execute_nb(src:str|os.PathLike, dst:str|os.PathLike, flags=()) -> Path:
+    "Run notebook `src` in its own folder (every cell but `eval: false` and those with a test flag in `flags`) and save it, with its outputs, as `dst`."
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
     src, dst, flags = Path(src).resolve(), Path(dst), set(flags)
     nb = read_nb(src)
-    shell = CaptureShell(src)
+    shell = CaptureShell(src, mpl_format='png')
+    at = []
+    def pre(c): at[:] = [c]; return _skip_and_clear(c, flags)
     with contextlib.chdir(src.parent):
-        try: shell.run_all(nb, exc_stop=True, preproc=lambda c: _skip_cell(c, flags))
+        try: shell.run_all(nb, exc_stop=True, preproc=pre)
         except Exception as e:
-            raise MlopsError(f"{src.name}: a cell failed while executing the notebook for the docs ({type(e).__name__}: {e})") from None
+            c = at[0] if at else None
+            where = f"cell {nb.cells.index(c)} (`{split_directives(c.source)[1].strip().splitlines()[0][:60]}`)" if c is not None and c.source.strip() else 'a cell'
+            raise MlopsError(f"{src.name}: {where} failed while executing the notebook ({type(e).__name__}: {e})") from None
     for c in nb.cells:
         if c.cell_type == 'code' and 'execution_count' not in c: c['execution_count'] = None
     tmp = dst.with_name(f'.{dst.name}.tmp')
     write_nb(nb, tmp); os.replace(tmp, dst)
     return dst
+
+# %% ../nbs/13_docs.ipynb #38d40faa
+_NOISE = [(re.compile(r'\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:[+-]\d\d:?\d\d|Z)?'), '<time>'),   # timestamps
+          (re.compile(r'\btmp[\w-]{8}\b'), '<tmp>'),                                                   # tempfile's names
+          (re.compile(r'\b\d+(?:\.\d+)?(?= ?m?s\b)'), '<n>')]                                          # durations: 0.36 s, 12 ms
+
+def _denoised(outputs:list) -> str:
+    "The outputs as text with timestamps, temporary names and durations blanked out."
+    j = lambda o: ''.join(o) if isinstance(o, list) and all(isinstance(x, str) for x in o) else {k: j(v) for k, v in o.items()} if isinstance(o, dict) else [j(x) for x in o] if isinstance(o, list) else o
+    s = json.dumps(j(outputs), sort_keys=True)
+    for rx, to in _NOISE: s = rx.sub(to, s)
+    return s
+
+def keep_unchanged_outputs(new:dict, old:dict) -> int:
+    "Give each code cell of `new` whose outputs differ from those `old` stores only in noise (clock, temp names, durations) the stored ones; how many."
+    stored = {(c.get('id'), _src(c)): c.get('outputs', []) for c in old['cells'] if c['cell_type'] == 'code'}
+    n = 0
+    for c in new['cells']:
+        was = stored.get((c.get('id'), _src(c)))
+        if c['cell_type'] == 'code' and was and c.get('outputs') != was and _denoised(c.get('outputs', [])) == _denoised(was):
+            c['outputs'] = was; n += 1
+    return n
+
+# %% ../nbs/13_docs.ipynb #9b6bae12
+def _execute_in_place(path:str, flags:str='') -> tuple[bool, float]:
+    "Execute the notebook at `path`, clean it with nbdev_clean, and replace it if it changed; `(changed, seconds)`."
+    from nbdev.clean import nbdev_clean
+    t, path = time.perf_counter(), Path(path)
+    tmp = path.with_name(f'.{path.stem}.executed.ipynb')
+    try:
+        execute_nb(path, tmp, flags=[f for f in flags.split(',') if f])
+        clean = lambda: nbdev_clean.__wrapped__(fname=str(tmp))
+        with contextlib.redirect_stdout(sys.stderr): clean()
+        nb = _read_nb(tmp)
+        if keep_unchanged_outputs(nb, _read_nb(path)):
+            _write_nb(nb, tmp)
+            with contextlib.redirect_stdout(sys.stderr): clean()
+        changed = tmp.read_bytes() != path.read_bytes()
+        if changed: os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+    return changed, time.perf_counter() - t
+
+def _has_code(path) -> bool: return any(c['cell_type'] == 'code' and _src(c).strip() for c in _read_nb(path)['cells'])
+
+def execute_nbs(paths, n_workers:int=2, flags=(), timeout:float=900, times_file=None, log=print) -> dict:
+    "Execute the notebooks `paths` in place (fresh processes, `n_workers` at a time) and clean them; `{name: result}`."
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+    paths = [Path(p).resolve() for p in paths]
+    for p in paths:
+        if not p.is_file(): raise MlopsError(f"{p}: notebook not found")
+    todo = [p for p in paths if _has_code(p)]
+    times = json.loads(Path(times_file).read_text()) if times_file and Path(times_file).exists() else {}
+    todo.sort(key=lambda p: (-times.get(p.name, 0), -p.stat().st_size))
+    code = ('import sys, json\nfrom mlops_nb.docs import _execute_in_place\nfrom mlops_nb.core import MlopsError\n'
+            'try: print(json.dumps(_execute_in_place(sys.argv[1], sys.argv[2])))\n'
+            'except MlopsError as e: sys.exit(str(e))')
+    def run(p):
+        t = time.perf_counter()
+        try: r = subprocess.run([sys.executable, '-P', '-c', code, str(p), ','.join(flags)], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired: return p.name, dict(ok=False, seconds=time.perf_counter() - t, error=f"{p.name}: still running after {timeout:.0f} s (stopped)")
+        finally:         # a killed run leaves its scratch copies behind
+            for tmp in (p.with_name(f'.{p.stem}.executed.ipynb'), p.with_name(f'.{p.stem}.executed.ipynb.tmp')): tmp.unlink(missing_ok=True)
+        if r.returncode:
+            err = (r.stderr.strip().splitlines() or [f'exit code {r.returncode}'])[-1]
+            return p.name, dict(ok=False, seconds=time.perf_counter() - t, error=err if err.startswith(p.name) else f'{p.name}: {err}')
+        changed, secs = json.loads(r.stdout.strip().splitlines()[-1])
+        return p.name, dict(ok=True, changed=changed, seconds=secs)
+    res = {}
+    with ThreadPoolExecutor(max(1, n_workers)) as ex:
+        for fut in as_completed([ex.submit(run, p) for p in todo]):
+            name, r = fut.result()
+            res[name] = r
+            log(f"{name}: " + (f"{'outputs updated' if r['changed'] else 'unchanged'} ({r['seconds']:.1f} s)" if r['ok'] else f"FAILED: {r['error']}"))
+    if times_file:
+        times.update({n: round(r['seconds'], 1) for n, r in res.items()})
+        Path(times_file).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(times_file) as f: json.dump(times, f, indent=1, sort_keys=True)
+    return res
+
+# %% ../nbs/13_docs.ipynb #ae400b14
+_SHOWS = {'print', 'display', 'show', 'show_doc'}
+
+def expects_output(code:str) -> bool:
+    "Whether a cell's code always shows something: it ends with a bare expression (not `;`-silenced) or a call to print/display/show."
+    try: body = ast.parse(code).body
+    except SyntaxError: return False
+    if not body or code.rstrip().endswith(';') or not isinstance(body[-1], ast.Expr): return False
+    v = body[-1].value
+    if isinstance(v, ast.Constant) and isinstance(v.value, str) or isinstance(v, (ast.Await, ast.Yield, ast.YieldFrom)): return False
+    if isinstance(v, ast.Call):
+        f = v.func
+        return (f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else '') in _SHOWS
+    return True
+
+def missing_outputs(paths, flags=()) -> list[str]:
+    "The example cells of the notebooks `paths` that should show an output and have none stored (skipping cells with a flag in `flags`)."
+    bad = []
+    for p in map(Path, paths):
+        for i, c in enumerate(_read_nb(p)['cells']):
+            if c['cell_type'] != 'code' or c.get('outputs'): continue
+            d, code = split_directives(_src(c))
+            if d.keys() & ({'export', 'exports', 'exporti', 'hide', 'eval'} | set(flags)) or 'nbdev_export' + '(' in code: continue
+            if expects_output(code): bad.append(f"{p}: cell {i} (`{code.strip().splitlines()[-1][:60]}`) has no stored output")
+    return bad
 
 # %% ../nbs/13_docs.ipynb #a19e42fd
 def mark_mixed_cells(nb:dict) -> int:
@@ -199,13 +314,13 @@ def offline_problems(site:str|os.PathLike) -> list[str]:
                 bad.append(f"{p.relative_to(site)}: loads {m.group(2)}")
     return bad
 
-# %% ../nbs/13_docs.ipynb #c51cb7d7
+# %% ../nbs/13_docs.ipynb #65a2054f
 CONF = '''# Written by mlops_nb.docs.build_site: Sphinx + MyST-NB over the notebooks nbdev processed.
 project = {title!r}
 author = {author!r}
 copyright = {copyright!r}
 extensions = ['myst_nb']
-nb_execution_mode = 'off'                 # the library notebooks were executed (and cached) before; reports by papermill
+nb_execution_mode = 'off'                 # render the stored outputs (`mlops-nb docs execute` refreshes them); reports ran in papermill
 nb_render_markdown_format = 'myst'
 nb_ipywidgets_js = {{}}                    # no widget scripts from a CDN: the site works offline
 myst_enable_extensions = ['attrs_inline']
@@ -233,7 +348,7 @@ CSS = '''/* mlops-nb docs: show_doc entries in the nbdev style, readable DataFra
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#2b6cb0"/>'
            '<path d="M7 22V10l5 7 5-7v12M21 10v12h5" stroke="#fff" stroke-width="2.5" fill="none"/></svg>\n')
 
-# %% ../nbs/13_docs.ipynb #49e175a8
+# %% ../nbs/13_docs.ipynb #2571e81f
 def _digest(*paths) -> str:
     h = hashlib.sha256()
     for p in map(Path, paths):
@@ -249,8 +364,8 @@ def _stage_one(job):
     _write_nb(nb, dst)
     return Path(dst).name
 
-def stage_notebooks(root:Path, nbs:Path, cache:Path, execute:bool=True, n_workers:int=2) -> tuple[Path, list[str]]:
-    "Stage the notebooks of `nbs` in `cache/nbs` (executed unless `execute=False`); returns the folder and the names redone."
+def stage_notebooks(root:Path, nbs:Path, cache:Path, execute:bool=False, n_workers:int=2) -> tuple[Path, list[str]]:
+    "Stage the notebooks of `nbs` in `cache/nbs` (with their stored outputs, or executed afresh with `execute`); returns the folder and the names redone."
     from fastcore.parallel import parallel
     stage = cache/'nbs'; stage.mkdir(parents=True, exist_ok=True)
     keys_path = cache/'keys.json'
@@ -269,8 +384,8 @@ def stage_notebooks(root:Path, nbs:Path, cache:Path, execute:bool=True, n_worker
         with atomic_write(keys_path) as f: json.dump(keys, f, indent=1, sort_keys=True)
     return stage, todo
 
-# %% ../nbs/13_docs.ipynb #75bb79e3
-def build_site(root='.', out='_site', reports='reports', registry='registry', execute:bool=True,
+# %% ../nbs/13_docs.ipynb #f5e825bf
+def build_site(root='.', out='_site', reports='reports', registry='registry', execute:bool=False,
                cache='_docs_cache', n_workers:int=2, force:bool=False) -> dict:
     "Build the documentation site of the project at `root` into the folder `out`; returns what was built and how long it took."
     import importlib.util
@@ -434,7 +549,7 @@ def write_bench(name:str, markdown:str, root='.') -> Path:
     write_readme(index_nb, root/'README.md')
     return index_nb
 
-# %% ../nbs/13_docs.ipynb #17be8680
+# %% ../nbs/13_docs.ipynb #a23bed3f
 def build_cmd(args) -> int:
     "`mlops-nb docs build`: build the site into `--out`."
     root = project_root()
@@ -442,12 +557,36 @@ def build_cmd(args) -> int:
     for opt, value in (('--reports', args.reports), ('--registry', args.registry)):
         if value is not None and not (root/value).is_dir(): raise MlopsError(f"{opt} {value}: no such folder in {root}")
     r = build_site(root, out=args.out, reports=args.reports or 'reports', registry=args.registry or 'registry',
-                   execute=not args.no_execute, n_workers=args.workers, force=args.force)
+                   execute=args.execute, n_workers=args.workers, force=args.force)
     print(f"{len(r['pages'])} library pages, {len(r['reports'])} reports" + (f", model card {r['model_card']}" if r['model_card'] else '')
           + f" -> {r['out']}/index.html in {r['seconds']:.1f} s ({len(r['executed'])} notebooks executed; "
           f"execute {r['execute_s']:.1f} s, nbdev {r['nbdev_s']:.1f} s, Sphinx {r['sphinx_s']:.1f} s)")
     for w in r['warnings'][:20]: print(w)
     return 0
+
+def _library_nbs(root:Path) -> list[Path]:
+    from nbdev.config import get_config
+    nbs = get_config(path=root).nbs_path
+    return sorted(p for p in Path(nbs).glob('*.ipynb') if not p.name.startswith(('.', '_')))
+
+def execute_cmd(args) -> int:
+    "`mlops-nb docs execute`: run the notebooks in place and store their outputs (`--check`: only report example cells without one)."
+    root = project_root()
+    if args.workers < 1: raise MlopsError(f"--workers must be at least 1, got {args.workers}")
+    nbs = [Path(n) if Path(n).is_absolute() else Path.cwd()/n for n in args.notebooks] or _library_nbs(root)
+    for p in nbs:
+        if p.suffix != '.ipynb' or not p.is_file(): raise MlopsError(f"{p}: not a notebook file")
+    if args.check:
+        bad = missing_outputs(nbs, flags=args.skip)
+        for b in bad: print(b)
+        print(f"{len(bad)} example cell(s) without stored outputs in {len(nbs)} notebooks" + (": run `mlops-nb docs execute`" if bad else ''))
+        return 1 if bad else 0
+    t = time.perf_counter()
+    res = execute_nbs(nbs, n_workers=args.workers, flags=args.skip, timeout=args.timeout, times_file=root/'_docs_cache/execute-times.json')
+    failed = [r['error'] for r in res.values() if not r['ok']]
+    print(f"{len(res)} notebooks executed in {time.perf_counter() - t:.1f} s on {args.workers} workers: "
+          f"{sum(r['ok'] and r['changed'] for r in res.values())} updated, {len(failed)} failed" + (' (left as they were)' if failed else ''))
+    return 1 if failed else 0
 
 def readme_cmd(args) -> int:
     "`mlops-nb docs readme`: write README.md from nbs/index.ipynb (`--check`: exit 1 if it is out of date; `--from-readme`: the other way)."

@@ -7,5 +7,6 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 bash scripts/check_sync.sh
 mlops-nb docs readme --check   # README.md is generated from nbs/index.ipynb
+mlops-nb docs execute --check  # the notebooks hold their examples' outputs (the docs show them): else run `mlops-nb docs execute`
 nbdev_test --n_workers 2
 python -m pytest "$@"

@@ -31,8 +31,8 @@ def proj(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='module')
 def site(proj) -> Path:
-    "The site, built by the command README gives (without executing the library's examples: see test_examples_*)."
-    out = run('mlops-nb docs build --no-execute', proj, timeout=600).stdout
+    "The site, built by the command README gives: the library pages render the outputs stored in the notebooks."
+    out = run('mlops-nb docs build', proj, timeout=600).stdout
     assert re.search(r'\d+ library pages, [5-9] reports, model card v0001', out), out
     return proj/'_site'
 
@@ -131,6 +131,22 @@ def test_api_page_has_show_doc_entries(browser, server):
     assert errors(log) == [] and off_site_requests(browser, server) == []
     shot(browser, 'api-core')
 
+def test_api_page_shows_its_examples_outputs(browser, server):
+    "The outputs stored in nbs/05_evaluate.ipynb: the figures of its examples load and have size; its tables are there."
+    from selenium.webdriver.common.by import By
+    log = open_page(browser, server + 'evaluate.html')
+    assert browser.find_elements(By.CSS_SELECTOR, '.sig, h3')                        # an API page: show_doc entries
+    imgs = browser.execute_script("return [...document.querySelectorAll('.cell_output img')].map(i => "
+                                  "({src: i.src, ok: i.complete, w: i.naturalWidth, h: i.naturalHeight, shown: i.getBoundingClientRect().width}))")
+    assert len(imgs) >= 3, imgs                                                      # ROC, PR, calibration, ... of the example
+    for i in imgs: assert i['ok'] and i['w'] > 100 and i['h'] > 100 and i['shown'] > 100, i
+    tables = browser.find_elements(By.CSS_SELECTOR, '.cell_output table.dataframe')
+    assert tables and any(len(t.find_elements(By.TAG_NAME, 'tr')) > 1 for t in tables)
+    assert errors(log) == [] and off_site_requests(browser, server) == []
+    shot(browser, 'api-evaluate')
+    browser.execute_script("document.querySelector('.cell_output img').scrollIntoView({block: 'start', behavior: 'instant'})")
+    browser.save_screenshot(str(ARTIFACTS/'api-evaluate-figures.png'))             # the examples' figures, as a reader sees them
+
 def test_report_page_shows_its_figures(browser, server, proj, site):
     from selenium.webdriver.common.by import By
     log = open_page(browser, server + 'reports/04_evaluate.html')
@@ -223,45 +239,85 @@ def test_build_keeps_the_last_good_site_on_bad_input(proj, site):
     before = (site/'index.html').read_bytes()
     bad = proj/'bad-registry'; (bad/'versions').mkdir(parents=True)
     (bad/'aliases.json').write_text('{"champion": "v0009"}')
-    r = run('mlops-nb docs build --no-execute --registry bad-registry', proj, check=False)
+    r = run('mlops-nb docs build --registry bad-registry', proj, check=False)
     assert r.returncode == 2 and 'v0009 has no model card' in r.stderr, r.stderr
     assert (site/'index.html').read_bytes() == before
-    r = run('mlops-nb docs build --no-execute --out .', proj, check=False)
+    r = run('mlops-nb docs build --out .', proj, check=False)
     assert r.returncode == 2 and 'would replace the project' in r.stderr
-    r = run('mlops-nb docs build --no-execute --reports nowhere', proj, check=False)
+    r = run('mlops-nb docs build --reports nowhere', proj, check=False)
     assert r.returncode == 2 and '--reports nowhere: no such folder' in r.stderr
     r = run('mlops-nb docs build --workers 0', proj, check=False)
     assert r.returncode == 2 and '--workers must be at least 1, got 0' in r.stderr
 
-def test_examples_are_executed_and_cached(tmp_path):
-    "A one-module nbdev project: its example's table and figure are on the page; a second build runs nothing again."
-    def nb(*cells):
-        return {'cells': [dict(cell_type=t, id=f'{i:04x}', metadata={}, source=s, **({'outputs': [], 'execution_count': None} if t == 'code' else {}))
-                          for i, (t, s) in enumerate(cells)],
-                'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}}, 'nbformat': 4, 'nbformat_minor': 5}
+def nb(*cells):
+    "A notebook of (cell_type, source) cells, as nbdev_clean leaves one."
+    return {'cells': [dict(cell_type=t, id=f'{i:04x}', metadata={}, source=s, **({'outputs': [], 'execution_count': None} if t == 'code' else {}))
+                      for i, (t, s) in enumerate(cells)],
+            'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}}, 'nbformat': 4, 'nbformat_minor': 5}
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    "A one-module nbdev project whose example makes a table, a figure, and prints in a `notest` cell; no outputs stored yet."
     (tmp_path/'nbs').mkdir()
     shutil.copy(ROOT/'settings.ini', tmp_path/'settings.ini')
     (tmp_path/'nbs/index.ipynb').write_text(json.dumps(nb(('markdown', '# tiny\n\n> A tiny project.'), ('markdown', '## Use\n\nCall `double`.'))))
     (tmp_path/'nbs/00_maths.ipynb').write_text(json.dumps(nb(
         ('markdown', '# maths\n\n> Arithmetic.'), ('code', '#| default_exp maths'),
         ('code', '#| export\ndef double(x:int) -> int:\n    "Twice `x`, exactly."\n    return 2 * x'),
-        ('code', 'import pandas as pd\npd.DataFrame({"x": [1, 2], "doubled": [double(1), double(2)]})'),
+        ('code', 'import pandas as pd\ndf = pd.DataFrame({"x": [1, 2], "doubled": [double(1), double(2)]})\ndf'),
         ('code', 'import matplotlib.pyplot as plt\nplt.plot([1, 2], [double(1), double(2)]);'),
-        ('code', '#| slow\nraise RuntimeError("a slow cell is skipped, as nbdev_test skips it")'))))
-    out = run('mlops-nb docs build', tmp_path).stdout
-    assert '2 notebooks executed' in out, out
-    page = (tmp_path/'_site/maths.html').read_text()
-    assert 'Twice' in page and 'class="dataframe' in page and '<img' in page
+        ('code', '#| notest\nprint("a notest cell shows its output too:", double(21))')), indent=1))
+    return tmp_path
+
+def test_stored_outputs_are_made_checked_and_rendered(tiny):
+    "`docs execute` stores the examples' outputs (clean, idempotent); `--check` finds a missing one; the build renders them."
+    maths = tiny/'nbs/00_maths.ipynb'
+    r = run('mlops-nb docs execute --check', tiny, check=False)                     # nothing stored yet: the table is missing
+    assert r.returncode == 1 and '00_maths.ipynb: cell 3 (`df`) has no stored output' in r.stdout and '2 example cell(s) without' in r.stdout, r.stdout
+    out = run('mlops-nb docs execute', tiny).stdout
+    assert '00_maths.ipynb: outputs updated' in out and '1 notebooks executed' in out and '1 updated, 0 failed' in out, out
+    stored = json.loads(maths.read_text())['cells']
+    assert 'text/html' in stored[3]['outputs'][0]['data'] and 'image/png' in stored[4]['outputs'][0]['data']
+    assert stored[5]['outputs'][0]['text'] == ['a notest cell shows its output too: 42\n']   # notest cells run too (nbdev_test skips them)
+    assert all(c.get('execution_count') is None for c in stored)
+    assert run('mlops-nb docs execute --check', tiny).returncode == 0
+    before = maths.read_bytes()
+    run('nbdev_clean', tiny)                                                           # what scripts/check_sync.sh checks
+    assert maths.read_bytes() == before
+    assert '0 updated' in run('mlops-nb docs execute nbs/00_maths.ipynb', tiny).stdout   # a second run changes nothing
+    assert maths.read_bytes() == before and sorted(p.name for p in (tiny/'nbs').iterdir() if p.name != '.last_checked') == ['00_maths.ipynb', 'index.ipynb']
+    # the build renders what is stored, executing nothing
+    out = run('mlops-nb docs build', tiny).stdout
+    assert '0 notebooks executed' in out, out
+    page = (tiny/'_site/maths.html').read_text()
+    assert 'Twice' in page and 'class="dataframe' in page and 'notest cell shows its output too: 42' in page
     img = re.search(r'<img[^>]+src="([^"]+)"', page).group(1)
-    assert (tmp_path/'_site'/img).stat().st_size > 1000
-    (tmp_path/'nbs/00_maths.ipynb').write_text((tmp_path/'nbs/00_maths.ipynb').read_text().replace('exactly', 'always'))
-    assert '1 notebooks executed' in run('mlops-nb docs build', tmp_path).stdout        # index.ipynb's run was cached
-    assert 'always' in (tmp_path/'_site/maths.html').read_text()
+    assert (tiny/'_site'/img).stat().st_size > 1000
+    # a broken example: the command names the notebook and the cell, and leaves the notebook as it was
+    maths.write_text(maths.read_text().replace('double(2)]})', 'double(2)]}) + undefined_name'))
+    broken = maths.read_bytes()
+    r = run('mlops-nb docs execute', tiny, check=False)
+    assert r.returncode == 1 and '00_maths.ipynb: FAILED: 00_maths.ipynb: cell 3 (`import pandas as pd`) failed' in r.stdout and 'NameError' in r.stdout, r.stdout
+    assert maths.read_bytes() == broken
+    for bad, msg in [('--workers 0', '--workers must be at least 1'), ('nbs/nope.ipynb', 'nope.ipynb: not a notebook file')]:
+        r = run(f'mlops-nb docs execute {bad}', tiny, check=False)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+def test_build_can_execute_the_examples_itself(tiny):
+    "`docs build --execute` runs the examples in its cache (nbs/ untouched), again only for a notebook that changed."
+    before = (tiny/'nbs/00_maths.ipynb').read_bytes()
+    out = run('mlops-nb docs build --execute', tiny).stdout
+    assert '2 notebooks executed' in out, out
+    page = (tiny/'_site/maths.html').read_text()
+    assert 'class="dataframe' in page and '<img' in page and (tiny/'nbs/00_maths.ipynb').read_bytes() == before
+    (tiny/'nbs/00_maths.ipynb').write_text((tiny/'nbs/00_maths.ipynb').read_text().replace('exactly', 'always'))
+    assert '1 notebooks executed' in run('mlops-nb docs build --execute', tiny).stdout      # index.ipynb's run was cached
+    assert 'always' in (tiny/'_site/maths.html').read_text()
     # a broken example stops the build and names the notebook; the last good site stays
-    (tmp_path/'nbs/00_maths.ipynb').write_text((tmp_path/'nbs/00_maths.ipynb').read_text().replace('double(2)]})', 'double(2)]}) + undefined_name'))
-    r = run('mlops-nb docs build', tmp_path, check=False)
-    assert r.returncode == 2 and '00_maths.ipynb: a cell failed' in r.stderr and 'NameError' in r.stderr, r.stderr
-    assert 'always' in (tmp_path/'_site/maths.html').read_text()
+    (tiny/'nbs/00_maths.ipynb').write_text((tiny/'nbs/00_maths.ipynb').read_text().replace('double(2)]})', 'double(2)]}) + undefined_name'))
+    r = run('mlops-nb docs build --execute', tiny, check=False)
+    assert r.returncode == 2 and '00_maths.ipynb: cell 3' in r.stderr and 'NameError' in r.stderr, r.stderr
+    assert 'always' in (tiny/'_site/maths.html').read_text()
 
 # ---------------------------------------------------------------- README
 def test_readme_is_generated_from_the_home_page():
