@@ -333,6 +333,62 @@ def test_promote_and_rollback_under_load(world):
     assert 'mlops_nb_model_swaps_total 2.0' in text and 'mlops_nb_model_load_failures_total 1.0' in text
 
 
+# ---- concurrent requests: metrics counted in bulk, capture per micro-batch -----------------------------------------------
+def _metric_samples(text:str) -> dict:
+    "Prometheus text into {'name{labels}': value} (comments dropped)."
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith('#'):
+            k, v = line.rsplit(' ', 1); out[k] = float(v)
+    return out
+
+def test_concurrent_requests_metrics_and_capture(world):
+    """Requests from 8 connections at once (so the server may predict several in one model call): the score histogram,
+    class counts and row count in /metrics grow by exactly what was answered, and every request's rows are captured under
+    its own id with the score it was sent."""
+    from mlops_nb.capture import read_captures
+    from mlops_nb.serve import SCORE_BUCKETS
+    srv, X = world['srv'], world['X']
+    def metrics():
+        c = srv.conn(); c.request('GET', '/metrics'); return _metric_samples(c.getresponse().read().decode())
+    before = metrics()
+    answers, errors = {}, []
+    def client(t):
+        conn = srv.conn()
+        for i in range(25):
+            rid = f'conc-{t}-{i}'
+            rows = records(X, 1 + (t + i) % 4, start=(t * 25 + i) % 500)
+            status, obj, hdr = srv.request('POST', '/invocations?output=both', json.dumps({'dataframe_split': {
+                'columns': list(rows[0]), 'data': [list(r.values()) for r in rows]}}).encode(),
+                {'Content-Type': 'application/json', 'X-Request-ID': rid}, conn=conn)
+            if status != 200: errors.append((status, obj)); continue
+            answers[rid] = obj['predictions']
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert errors == [] and len(answers) == 200
+    after = metrics()
+    scores = np.array([p['score'] for ps in answers.values() for p in ps])
+    labels = np.array([p['label'] for ps in answers.values() for p in ps])
+    d = lambda k: after.get(k, 0) - before.get(k, 0)
+    assert d('mlops_nb_predicted_rows_total') == len(scores)
+    assert d('mlops_nb_predictions_by_class_total{label="1"}') == labels.sum()
+    assert d('mlops_nb_predictions_by_class_total{label="0"}') == len(labels) - labels.sum()
+    assert d('mlops_nb_requests_total{endpoint="/invocations",method="POST",status="200"}') == 200
+    for b in SCORE_BUCKETS:                                        # cumulative buckets, as Prometheus defines them
+        assert d(f'mlops_nb_prediction_score_bucket{{le="{b}"}}') == (scores <= b).sum(), b
+    assert d('mlops_nb_prediction_score_bucket{le="+Inf"}') == d('mlops_nb_prediction_score_count') == len(scores)
+    assert abs(d('mlops_nb_prediction_score_sum') - scores.sum()) < 1e-6
+    assert srv.post('/admin/flush', b'', headers={'Authorization': f'Bearer {TOKEN}'})[0] == 200
+    df = read_captures(world['root']/'captures', with_labels=False)
+    df = df[df.request_id.str.startswith('conc-')].set_index('request_id')
+    for rid, ps in answers.items():
+        ids = [rid] if len(ps) == 1 else [f'{rid}:{i}' for i in range(len(ps))]
+        np.testing.assert_allclose(df.loc[ids, 'prediction'].to_numpy(), [p['score'] for p in ps], err_msg=rid)
+        assert df.loc[ids, 'predicted_label'].tolist() == [p['label'] for p in ps], rid
+    assert len(df) == len(scores) and (df.latency_ms > 0).all()
+
+
 # ---- capture: everything on disk after SIGTERM; feedback joined; policies ---------------------------------------------
 def test_capture_after_sigterm_and_feedback(world, tmp_path):
     from mlops_nb.capture import read_captures
