@@ -38,5 +38,6 @@ setuptools.setup(
     entry_points={
         'console_scripts': console_scripts,
         'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d'],
+        'papermill.engine': cfg.get('papermill_engines', '').split(),
     },
 )
