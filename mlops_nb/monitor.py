@@ -833,7 +833,7 @@ def registry_reference(registry, ref:str='champion') -> tuple[Profile|None, dict
     d = reg.version_dir(info['version'], verify=False)
     return (Profile.load(d/'profile') if (d/'profile'/'profile.json').is_file() else None), info
 
-# %% ../nbs/10_monitor.ipynb #329ed8c5
+# %% ../nbs/10_monitor.ipynb #3d0cf051
 def read_window(path:str|Path) -> pd.DataFrame:
     "Read a CSV/Parquet file, a folder of them, or a capture store folder, as one frame."
     from mlops_nb.data import file_batches
@@ -865,9 +865,10 @@ def _registry_ref(args, params:dict):
     if p.is_dir() and (p/'model.json').is_file() and p.parent.name == 'versions':   # registry/versions/v0003
         return p.parent.parent, p.name
     if p.exists(): return None
+    if '/' in ref or '.' in p.name: raise MlopsError(f"{ref}: file or folder not found")
     root = getattr(args, 'registry', None) or (params.get('deploy') or {}).get('registry') or 'registry'
     if not (Path(root)/'versions').is_dir():
-        raise MlopsError(f"{ref}: file or folder not found" + (f" (and no model registry at {root} to resolve it as a version/alias)" if '/' not in ref else ''))
+        raise MlopsError(f"{ref}: file or folder not found (and no model registry at {root} to resolve it as a version/alias)")
     return Path(root), ref
 
 def cli_monitor(args) -> int:
