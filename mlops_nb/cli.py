@@ -52,19 +52,22 @@ def main(argv:list[str]|None=None) -> int:
         print(f"mlops-nb {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-# %% ../nbs/12_cli.ipynb #6b10d621
+# %% ../nbs/12_cli.ipynb #97b39acc
 @command_group
 def _monitor_commands(sub):
     p = sub.add_parser('monitor', help='compare a current window with a reference: drift, data quality, alerts',
                        description='Data drift, data quality and (with captured predictions and labels) performance of --current '
                                    'against --reference. Exits 1 when an alert fires (unless --report-only), 2 on bad input.')
-    p.add_argument('--reference', required=True, help='reference data: CSV/Parquet file or folder, or a saved Profile folder')
+    p.add_argument('--reference', required=True, help="a registered model ('champion', an alias, 'v0003', or a registry/versions/vNNNN folder: "
+                                                       "its profile saved at registration), reference data (CSV/Parquet file or folder), or a saved Profile folder")
+    p.add_argument('--registry', help="registry folder for a model --reference (default: deploy.registry of --params, else ./registry)")
     p.add_argument('--current', required=True, help='current window: CSV/Parquet file or folder, or a capture store folder')
     p.add_argument('--params', default='params.yaml', help="params file whose 'monitor' and 'task' sections apply, if it exists (default: params.yaml)")
     p.add_argument('--columns', help='comma-separated columns to compare (default: features.json beside the reference, else all but ids/target/time)')
     p.add_argument('--status', default='monitor/status.json', help='where to write the alert status JSON (default: monitor/status.json)')
     p.add_argument('--metrics', help='also write the monitor metrics JSON here')
-    p.add_argument('--evaluation', default='metrics/evaluate.json', help="the champion's evaluation metrics (threshold, metric to compare; default: metrics/evaluate.json if it exists)")
+    p.add_argument('--evaluation', help="evaluation metrics JSON (threshold, metric to compare; default: the registered model's metrics, "
+                                        "else metrics/evaluate.json if it exists)")
     p.add_argument('--webhook', help='POST the status JSON to this URL when an alert fires (overrides monitor.alerts.webhook)')
     p.add_argument('--min-rows', type=int, dest='min_rows', help='alert when the current window has fewer rows (overrides monitor.alerts.min_rows)')
     p.add_argument('--jobs', type=int, default=None, help='threads (default: all cores)')

@@ -12,8 +12,8 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['MlopsError', 'DataError', 'atomic_write', 'atomic_dir', 'to_jsonable', 'write_json', 'read_json', 'load_params',
-           'project_root', 'stage_params', 'get_logger']
+__all__ = ['TRUSTED_TYPES', 'MlopsError', 'DataError', 'atomic_write', 'atomic_dir', 'to_jsonable', 'write_json', 'read_json',
+           'load_params', 'project_root', 'stage_params', 'skops_bytes', 'save_skops', 'load_skops', 'get_logger']
 
 # %% ../nbs/00_core.ipynb #052e3259
 class MlopsError(Exception):
@@ -128,6 +128,41 @@ def stage_params(path:str|os.PathLike='params.yaml', **given) -> dict:
         if absent: raise MlopsError(f"{path}: no section {', '.join(map(repr, absent))}")
         given.update({k: params[k] for k in missing})
     return given
+
+# %% ../nbs/00_core.ipynb #b2169e15
+TRUSTED_TYPES = [
+    'numpy.dtype',
+    'sklearn.tree._tree.Tree',
+    'sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor',
+]
+
+def skops_bytes(model, trusted:list[str]|None=None, check:bool=True) -> bytes:
+    "`model` in the skops format; with `check`, refuse a model that could not be loaded back with the trusted types."
+    import skops.io as sio
+    data = sio.dumps(model)
+    if check:
+        bad = [t for t in sio.get_untrusted_types(data=data) if t not in set(TRUSTED_TYPES) | set(trusted or ())]
+        if bad: raise MlopsError(f"refusing to save a model holding type(s) {bad}, which are not trusted for loading back; "
+                                 "add them to trusted=[...] if they are safe")
+    return data
+
+def save_skops(model, path:str|os.PathLike, trusted:list[str]|None=None, check:bool=False) -> Path:
+    "Write `model` to `path` in the skops format, atomically (with `check`, only if it can be loaded back)."
+    data = skops_bytes(model, trusted, check)
+    with atomic_write(path, 'wb') as f: f.write(data)
+    return Path(path)
+
+def load_skops(path:str|os.PathLike, trusted:list[str]|None=None):
+    "Load a skops file, refusing any type outside `TRUSTED_TYPES` + `trusted` before anything in it runs."
+    import skops.io as sio
+    path = Path(path)
+    if not path.is_file(): raise MlopsError(f"{path}: model file not found")
+    try: found = sio.get_untrusted_types(file=path)
+    except Exception as e: raise MlopsError(f"{path}: not a readable skops model file ({type(e).__name__}: {e})") from None
+    bad = [t for t in found if t not in set(TRUSTED_TYPES) | set(trusted or ())]
+    if bad: raise MlopsError(f"{path}: refusing to load untrusted type(s) {bad}; pass trusted=[...] only if you trust whoever wrote the file")
+    try: return sio.load(path, trusted=found)
+    except Exception as e: raise MlopsError(f"{path}: could not load the model ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/00_core.ipynb #1951e5f6
 def get_logger(name:str='mlops_nb') -> logging.Logger:

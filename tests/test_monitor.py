@@ -179,6 +179,8 @@ def test_cli_bad_input_exit_2(tmp_path):
     assert p.returncode == 2 and 'nope.parquet: file or folder not found' in p.stderr
     p = run(f'mlops-nb monitor --reference {ref} --current {cur} --params none.yaml --columns mean_shift,ghost --status {tmp_path}/s.json', tmp_path, check=False)
     assert p.returncode == 2 and "column(s) ['ghost'] not in the reference" in p.stderr
+    p = run(f'mlops-nb monitor --reference champion --current {cur} --params none.yaml --status {tmp_path}/s.json', tmp_path, check=False)
+    assert p.returncode == 2 and 'champion: file or folder not found (and no model registry at registry' in p.stderr
     (tmp_path/'bad.yaml').write_text('monitor:\n  drift:\n    p_value: high\n')
     p = run(f'mlops-nb monitor --reference {ref} --current {cur} --params bad.yaml --status {tmp_path}/s.json', tmp_path, check=False)
     assert p.returncode == 2 and 'monitor.drift.p_value: expected a number >= 0' in p.stderr
@@ -229,3 +231,101 @@ def test_monitor_stage_detects_the_simulated_drift(repro):
     out = repro.run('dvc metrics show --json').stdout
     assert 'metrics/monitor.json' in out
     assert 'monitor' not in repro.run('dvc status').stdout               # up to date after the run
+
+# ----------------------------------------------- the champion as reference; real captures from the real service
+def test_monitor_stage_uses_the_champions_saved_profile(repro):
+    from mlops_nb.registry import Registry
+    reg = Registry(repro.path/'registry')
+    champ = reg.aliases()['champion']
+    s = json.loads((repro.path/'monitor/status.json').read_text())
+    assert s['reference']['source'] == 'registry' and s['reference']['version'] == champ, s['reference']
+    files = json.loads((reg.version_dir(champ)/'manifest.json').read_text())['files']
+    assert {'profile/profile.json', 'profile/profile.npz'} <= set(files)          # inside the immutable version
+    prof = mon.Profile.load(reg.version_dir(champ)/'profile')
+    train = pd.read_parquet(repro.path/'data/prepared/train.parquet')
+    assert prof.rows == len(train) and list(prof.columns) == reg.info(champ)['features']
+    test = pd.read_parquet(repro.path/'data/prepared/test.parquet')
+    assert prof.outputs['prediction'].rows == len(test)                             # held-out scores, not training ones
+    m = json.loads((repro.path/'metrics/monitor.json').read_text())
+    assert 'prediction_score' in m                                                  # prediction drift vs the saved scores
+
+class _Service:
+    "`mlops-nb serve` of the project's registry on a free port, capturing into `captures`."
+    def __init__(self, cwd:Path, captures:Path):
+        import subprocess, time, http.client
+        self.port, self.log = _free_port(), open(cwd/'serve.log', 'wb')
+        self.proc = subprocess.Popen([str(VENV_BIN/'mlops-nb'), 'serve', '--registry', 'registry', '--host', '127.0.0.1', '--port', str(self.port),
+                                      '--capture-dir', str(captures), '--capture-flush-seconds', '0.2'], cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
+        for _ in range(600):
+            assert self.proc.poll() is None, (cwd/'serve.log').read_text()[-3000:]
+            try:
+                if self.post_raw('GET', '/health', None)[0] == 200: return
+            except OSError: time.sleep(0.1)
+        raise AssertionError('service did not start in 60 s')
+    def post_raw(self, method, path, body, headers=None):
+        import http.client
+        c = http.client.HTTPConnection('127.0.0.1', self.port, timeout=60)
+        c.request(method, path, body=None if body is None else json.dumps(body).encode(), headers={'Content-Type': 'application/json', **(headers or {})})
+        r = c.getresponse(); data = r.read(); c.close()
+        return r.status, json.loads(data) if data.strip() else None
+    def stop(self):
+        import signal
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60); self.log.close()
+        return code
+
+@pytest.mark.e2e
+def test_monitor_over_real_captures_with_feedback(repro):
+    "Post-drift traffic through the real service, labels through /feedback, then `mlops-nb monitor --reference champion --current captures`."
+    from mlops_nb.capture import read_captures
+    from mlops_nb.features import add_features, clean
+    from mlops_nb.registry import Registry
+    from mlops_nb.sim import simulate
+    from sklearn.metrics import roc_auc_score
+    p, params = repro.path, repro.params
+    info = Registry(p/'registry').info('champion')
+    df = simulate(61, 4, params['seed'], **{k: v for k, v in params['sim'].items() if k in ('transactions_per_day', 'n_customers', 'fraud_rate', 'start_date', 'drift')})
+    df = add_features(clean(df, 'is_fraud', 'timestamp', ['transaction_id', 'customer_id']), params['prepare']['features'], 'timestamp')
+    X, y = df[info['features']], df['is_fraud'].to_numpy()
+    labelled = {}
+    svc = _Service(p, p/'captures')
+    try:
+        for b, start in enumerate(range(0, len(X), 200)):
+            rows = json.loads(X.iloc[start:start + 200].to_json(orient='records'))
+            status, obj = svc.post_raw('POST', '/invocations', {'dataframe_records': rows}, {'X-Request-ID': f'b{b}'})
+            assert status == 200, obj
+            for i in range(len(rows)):
+                if (start + i) % 5: labelled[f'b{b}:{i}'] = int(y[start + i])   # every 5th row never gets a label
+        items = [{'request_id': k, 'label': v} for k, v in labelled.items()]
+        for i in range(0, len(items), 500):
+            assert svc.post_raw('POST', '/feedback', {'feedback': items[i:i + 500]})[0] == 200
+    finally:
+        code = svc.stop()
+    assert code == 0, (p/'serve.log').read_text()[-2000:]
+    cap = read_captures(p/'captures')
+    assert len(cap) == len(X) and cap['label'].notna().sum() == len(labelled)
+    assert set(cap['model_version']) == {info['version']}
+    cmd = f'mlops-nb monitor --reference champion --current captures --status cap/status.json --metrics cap/monitor.json'
+    r = repro.run(cmd, check=False)
+    assert r.returncode == 1, r.stdout + r.stderr                                   # drift: an alert fires
+    s, m = json.loads((p/'cap/status.json').read_text()), json.loads((p/'cap/monitor.json').read_text())
+    assert s['reference']['source'] == 'registry' and s['reference']['version'] == info['version']
+    assert m['rows_current'] == len(X) and m['tested_features'] == len(info['features'])
+    for f in ('amount', 'log_amount', 'merchant_category'): assert m['features'][f]['drift'] is True, (f, m['features'][f])
+    for f in ('country', 'timestamp_hour'): assert m['features'][f]['drift'] is False, (f, m['features'][f])
+    assert {'feature_drift', 'data_quality'} <= {a['rule'] for a in s['alerts']}
+    assert any(b['column'] == 'merchant_category' and b['rule'] == 'new_categories' for a in s['alerts'] for b in a.get('breaches', []))
+    # performance from the joined labels: the same numbers as computed here from the captures
+    ok = cap['label'].notna()
+    perf = m['performance']
+    assert perf['n'] == len(labelled) and perf['positives'] == int(cap.loc[ok, 'label'].sum())
+    assert abs(perf['roc_auc'] - roc_auc_score(cap.loc[ok, 'label'], cap.loc[ok, 'prediction'])) < 1e-12
+    assert perf['roc_auc_lo'] <= perf['roc_auc'] <= perf['roc_auc_hi']
+    assert 'prediction_score' in m                                                  # captured scores vs the champion's saved ones
+    assert repro.run(f'{cmd} --report-only', check=False).returncode == 0
+    # the stage notices a champion change made outside DVC (registry/aliases.json is one of its deps)
+    aliases = (p/'registry/aliases.json').read_bytes()
+    repro.run(f"mlops-nb models promote {info['version']} --alias challenger --reason test")
+    assert 'monitor' in repro.run('dvc status monitor').stdout
+    (p/'registry/aliases.json').write_bytes(aliases)
+    assert 'monitor' not in repro.run('dvc status monitor').stdout
