@@ -13,7 +13,7 @@ What it does:
    100-row requests at 8 connections, alternating the two servers run by run, `--repeats` times; reports medians;
 5. measures the resident memory of each serving worker, and batch scoring (`mlops-nb predict`) on a file of
    `--batch-rows` rows: peak memory and rows/s, beside a file of a tenth of the rows;
-6. writes the table to README.md between `<!-- bench:serve -->` markers (with `--write-readme`).
+6. writes the table between the `<!-- bench:serve -->` markers of nbs/index.ipynb and README.md (with `--write-readme`).
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -239,15 +239,6 @@ def report(res, mem, batches, args, loads) -> str:
     return '\n'.join(lines)
 
 
-def write_readme(text:str):
-    readme = ROOT/'README.md'
-    s = readme.read_text()
-    start, end = '<!-- bench:serve -->', '<!-- /bench:serve -->'
-    block = f"{start}\n{text}\n{end}"
-    s = re.sub(re.escape(start) + '.*?' + re.escape(end), lambda _: block, s, flags=re.S) if start in s else s.rstrip() + '\n\n' + block + '\n'
-    readme.write_text(s)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--repeats', type=int, default=3)
@@ -292,7 +283,9 @@ def main():
     (ROOT/'benchmarks'/'results').mkdir(exist_ok=True)
     (ROOT/'benchmarks'/'results'/'serve.json').write_text(json.dumps(dict(runs=res, memory=mem, batch=batches, load=loads), indent=1))
     print(text)
-    if args.write_readme: write_readme(text)
+    if args.write_readme:   # README.md is generated from nbs/index.ipynb: the figures go into the notebook, then README
+        from mlops_nb.docs import write_bench
+        write_bench('serve', text, ROOT)
 
 
 if __name__ == '__main__':
