@@ -90,16 +90,20 @@ def _request_ids(ids:Sequence[str], counts:Sequence[int]) -> pa.Array:
     joined = pc.binary_join_element_wise(rows, pa.array(pos).cast(pa.string()), ':')
     return pc.if_else(pa.array(np.repeat(counts > 1, counts)), joined, rows)
 
-# %% ../nbs/08_capture.ipynb #58b629f6
+# %% ../nbs/08_capture.ipynb #b05ea59a
 class CaptureWriter:
     "Queue predictions and labels in memory; a background thread writes them to day-partitioned Parquet in `root`."
     def __init__(self, root:str|Path, features:dict[str, str], classification:bool=True, flush_rows:int=5000,
-                 flush_seconds:float=1.0, max_pending:int=1_000_000):
+                 flush_seconds:float=1.0, max_pending:int=1_000_000, convert_seconds:float=0.05):
         self.root, self.classification = Path(root), classification
         self.features = {k: arrow_type(v) for k, v in features.items()}
         self.flush_rows, self.flush_seconds, self.max_pending = int(flush_rows), float(flush_seconds), int(max_pending)
+        self.convert_seconds = min(float(convert_seconds), self.flush_seconds)
+        self._tables: dict[str, list[pa.Table]] = {}   # converted, not yet written: day -> Arrow tables
+        self._converted = 0                             # rows in self._tables
+        self._last_write = time.monotonic()
         self._q, self._fb = deque(), deque()
-        self._pending = 0                  # rows queued and not yet taken by the thread (approximate under races)
+        self._pending = 0                  # rows queued or converted, not yet written (approximate under races)
         self.written = self.dropped = self.labels_written = self.files = 0
         self.errors = 0
         self._wake, self._stop = threading.Event(), threading.Event()
@@ -130,9 +134,14 @@ class CaptureWriter:
 
     def _run(self):
         while not self._stop.is_set():
-            self._wake.wait(self.flush_seconds)
+            self._wake.wait(self.convert_seconds)
             self._wake.clear()
-            try: self.flush()
+            try:
+                with self._lock:
+                    self._convert()
+                    if self._converted >= self.flush_rows or time.monotonic() - self._last_write >= self.flush_seconds:
+                        self._write()
+                    if self._fb: self._write_feedback(self._take(self._fb))
             except Exception as e:  # a full disk must not kill the thread; the rows of that flush are counted lost
                 self.errors += 1
                 _log.error('capture: could not write to %s (%s: %s)', self.root, type(e).__name__, e)
@@ -146,36 +155,52 @@ class CaptureWriter:
     def flush(self) -> int:
         "Write everything queued now; returns the number of prediction rows written."
         with self._lock:
-            recs, fbs = self._take(self._q), self._take(self._fb)
-            n = sum(r[4] for r in recs)
-            self._pending = max(0, self._pending - n)
-            if recs: self._write_predictions(recs)
+            self._convert()
+            n = self._write()
+            fbs = self._take(self._fb)
             if fbs: self._write_feedback(fbs)
             return n
 
-    def _write_predictions(self, recs:list):
+    def _convert(self):
+        "Turn the queued rows into Arrow tables, one per day, kept until the next write."
+        recs = self._take(self._q)
+        if not recs: return
         by_day: dict[str, list] = {}
         for r in recs: by_day.setdefault(_day(r[1]), []).append(r)
-        for day, rs in by_day.items():
-            ids, cnt, lat, ts = [], [], [], []   # per request: id, rows, latency; one Arrow call makes the row ids
-            for rid, t, v, l, n, _, _, _, counts in rs:
-                if counts is not None: ids.extend(rid); cnt.extend(counts); lat.extend(l)
-                elif isinstance(rid, str): ids.append(rid); cnt.append(n); lat.append(l)
-                else: ids.extend(map(str, rid)); cnt.extend([1] * n); lat.extend([l] * n)   # one id per row, kept as given
-                ts.append(t)
-            ts = np.repeat(np.asarray(ts, dtype='float64'), [r[4] for r in rs])
-            versions = [r[2] for r in rs]
-            ver = pc.take(pa.array(versions, pa.string()), np.repeat(np.arange(len(rs)), [r[4] for r in rs]))
-            cols = dict(request_id=_request_ids(ids, cnt),
-                        ts=pa.array((ts * 1e6).astype('int64'), pa.timestamp('us', tz='UTC')),
-                        model_version=ver, latency_ms=pa.array(np.repeat(np.asarray(lat, dtype='float64'), cnt), pa.float64()),
-                        prediction=pa.array(np.concatenate([np.asarray(r[6], dtype='float64').ravel() for r in rs]), pa.float64()))
-            if self.classification:
-                cols['predicted_label'] = pa.array(np.concatenate([np.asarray(r[7], dtype='int64').ravel() for r in rs]), pa.int64())
-            for name, typ in self.features.items():
-                cols[name] = _column([r[5][name] if r[5].get(name) is not None else [None] * r[4] for r in rs], typ)
-            write_part(self.root/'predictions'/f'date={day}', pa.table(cols))
-            self.written += len(ver); self.files += 1
+        for day, rs in by_day.items(): self._tables.setdefault(day, []).append(self._predictions_table(rs))
+        self._converted += sum(r[4] for r in recs)
+
+    def _write(self) -> int:
+        "Write the converted rows as one file per day; on failure they are lost (and counted in `errors` by the caller)."
+        tables, n = self._tables, self._converted
+        self._tables, self._converted, self._last_write = {}, 0, time.monotonic()
+        self._pending = max(0, self._pending - n)
+        for day, tabs in tables.items():
+            t = pa.concat_tables(tabs)
+            write_part(self.root/'predictions'/f'date={day}', t)
+            self.written += len(t); self.files += 1
+        return n
+
+    def _predictions_table(self, rs:list) -> pa.Table:
+        "The Arrow table of queued records `rs` (all of one day)."
+        ids, cnt, lat, ts = [], [], [], []   # per request: id, rows, latency; one Arrow call makes the row ids
+        for rid, t, v, l, n, _, _, _, counts in rs:
+            if counts is not None: ids.extend(rid); cnt.extend(counts); lat.extend(l)
+            elif isinstance(rid, str): ids.append(rid); cnt.append(n); lat.append(l)
+            else: ids.extend(map(str, rid)); cnt.extend([1] * n); lat.extend([l] * n)   # one id per row, kept as given
+            ts.append(t)
+        ts = np.repeat(np.asarray(ts, dtype='float64'), [r[4] for r in rs])
+        versions = [r[2] for r in rs]
+        ver = pc.take(pa.array(versions, pa.string()), np.repeat(np.arange(len(rs)), [r[4] for r in rs]))
+        cols = dict(request_id=_request_ids(ids, cnt),
+                    ts=pa.array((ts * 1e6).astype('int64'), pa.timestamp('us', tz='UTC')),
+                    model_version=ver, latency_ms=pa.array(np.repeat(np.asarray(lat, dtype='float64'), cnt), pa.float64()),
+                    prediction=pa.array(np.concatenate([np.asarray(r[6], dtype='float64').ravel() for r in rs]), pa.float64()))
+        if self.classification:
+            cols['predicted_label'] = pa.array(np.concatenate([np.asarray(r[7], dtype='int64').ravel() for r in rs]), pa.int64())
+        for name, typ in self.features.items():
+            cols[name] = _column([r[5][name] if r[5].get(name) is not None else [None] * r[4] for r in rs], typ)
+        return pa.table(cols)
 
     def _write_feedback(self, fbs:list):
         by_day: dict[str, tuple] = {}
