@@ -183,11 +183,13 @@ SCENARIOS = [('single row, 1 connection', 'one', 1), ('single row, 8 connections
              ('single row, 32 connections', 'one', 32), ('100 rows, 8 connections', 'hundred', 8)]
 
 
-# The issue's targets (ratios to MLflow in the same run), and what they are on a quiet machine, where MLflow serves about
-# 80 single-row requests/s and 5,900 rows/s with 100-row requests: 50 x 80 = 4,000 req/s, 20 x 5,900 = 118,000 rows/s.
-TARGETS = {'single row, 8 connections': dict(ratio=50, rps=4000, p99_ms=5.0),
-           'single row, 32 connections': dict(ratio=50, rps=4000),
-           '100 rows, 8 connections': dict(ratio=20, rows=118_000)}
+# The issue's targets: ratios to MLflow measured in the same run, and our p99 at 8 connections.
+TARGETS = {'single row, 8 connections': dict(ratio=50, p99_ms=5.0),
+           'single row, 32 connections': dict(ratio=50),
+           '100 rows, 8 connections': dict(ratio=20)}
+# The issue's reference figures for MLflow on this machine when it was written (single-row requests/s at 8 connections,
+# rows/s with 100-row requests): the absolute figures the ratios would mean, reported beside the same-run ratios.
+ISSUE_MLFLOW = dict(rps=80, rows=5_900)
 
 
 def target_check(label:str, ours_rps:float, mlflow_rps:float, ours_p99:float) -> tuple[str, str]:
@@ -195,9 +197,7 @@ def target_check(label:str, ours_rps:float, mlflow_rps:float, ours_p99:float) ->
     t = TARGETS.get(label)
     if t is None: return '', ''
     rows = 100 if label.startswith('100 rows') else 1
-    checks = [(f"≥ {t['ratio']}x MLflow", ours_rps / mlflow_rps >= t['ratio'])]
-    if 'rps' in t: checks.append((f"≥ {t['rps']:,} req/s", ours_rps >= t['rps']))
-    if 'rows' in t: checks.append((f"≥ {t['rows']:,} rows/s", ours_rps * rows >= t['rows']))
+    checks = [(f"≥ {t['ratio']}x MLflow" + (' rows/s' if rows > 1 else ''), ours_rps / mlflow_rps >= t['ratio'])]
     if 'p99_ms' in t: checks.append((f"p99 < {t['p99_ms']:g} ms", ours_p99 < t['p99_ms']))
     short = [c for c, ok in checks if not ok]
     return '; '.join(c for c, _ in checks), 'met' if not short else 'not met: ' + ', '.join(short)
@@ -224,9 +224,16 @@ def report(res, mem, batches, args, loads) -> str:
         lines.append(f"| {label} | {o:,.0f} | {m:,.0f} | **{o / m:.0f}x**{extra} | {med('ours', label, 'p50_ms'):.2f} / {p99:.2f} "
                      f"| {med('mlflow', label, 'p50_ms'):.1f} / {med('mlflow', label, 'p99_ms'):.1f} | {target} | {met} |")
     errs = {n: sum(r['non2xx'] for s in res[n].values() for r in s) for n in res}
-    lines += ['', "Targets (issue #4): at least 50x MLflow's single-row throughput at 8 and 32 connections with our p99 under 5 ms at 8, "
-              "and at least 20x MLflow's rows/s with 100-row requests; on a quiet machine, where MLflow serves about 80 single-row "
-              "requests/s and 5,900 rows/s, that is at least 4,000 requests/s and 118,000 rows/s, checked here too."]
+    one8, hundred8 = med('ours', 'single row, 8 connections', 'rps'), med('ours', '100 rows, 8 connections', 'rps') * 100
+    ml8, mlrows = med('mlflow', 'single row, 8 connections', 'rps'), med('mlflow', '100 rows, 8 connections', 'rps') * 100
+    lines += ['', "Targets (issue #4), judged in the same run: at least 50x MLflow's single-row throughput at 8 and 32 connections "
+              "with our p99 under 5 ms at 8, and at least 20x MLflow's rows/s with 100-row requests. "
+              f"In absolute terms: the issue quotes MLflow at about {ISSUE_MLFLOW['rps']} single-row requests/s and "
+              f"{ISSUE_MLFLOW['rows']:,} rows/s on this machine, which would make the targets "
+              f"{50 * ISSUE_MLFLOW['rps']:,} requests/s and {20 * ISSUE_MLFLOW['rows']:,} rows/s; in this run MLflow served "
+              f"{ml8:,.0f} requests/s and {mlrows:,.0f} rows/s, and we served {one8:,.0f} requests/s "
+              f"({one8 / (50 * ISSUE_MLFLOW['rps']):.0%} of that figure) and {hundred8:,.0f} rows/s "
+              f"({hundred8 / (20 * ISSUE_MLFLOW['rows']):.0%})."]
     lines += ['', f"Non-2xx answers during the runs: ours {errs['ours']}, MLflow {errs['mlflow']}. "
               f"Resident memory of the serving worker after the runs: ours {mem['ours']['worker']:.0f} MB "
               f"(one process); MLflow {mem['mlflow']['worker']:.0f} MB for its worker, {mem['mlflow']['total']:.0f} MB for its "
@@ -245,7 +252,9 @@ def main():
     ap.add_argument('--duration', type=int, default=10)
     ap.add_argument('--batch-rows', type=int, default=0, help='also time batch scoring on a Parquet file of this many rows')
     ap.add_argument('--write-readme', action='store_true')
+    ap.add_argument('--from-results', action='store_true', help='render benchmarks/results/serve.json again (same flags as its run) instead of measuring')
     args = ap.parse_args()
+    if args.from_results: return publish(args, **json.loads((ROOT/'benchmarks'/'results'/'serve.json').read_text()))
     loads = [load_avg()]
     print('load average before:', loads[0], flush=True)
     wrk, mlpy = ensure_wrk(), ensure_mlflow()
@@ -279,9 +288,14 @@ def main():
         ours.stop(); ml.stop()
     batches = batch(WORK, X, WORK/'registry', args.batch_rows) if args.batch_rows else []
     loads.append(load_avg())
-    text = report(res, mem, batches, args, loads)
     (ROOT/'benchmarks'/'results').mkdir(exist_ok=True)
     (ROOT/'benchmarks'/'results'/'serve.json').write_text(json.dumps(dict(runs=res, memory=mem, batch=batches, load=loads), indent=1))
+    publish(args, res, mem, batches, loads)
+
+
+def publish(args, runs, memory, batch, load):
+    "Print the report of a run (and put it into README with --write-readme)."
+    text = report(runs, memory, batch, args, load)
     print(text)
     if args.write_readme:   # README.md is generated from nbs/index.ipynb: the figures go into the notebook, then README
         from mlops_nb.docs import write_bench
