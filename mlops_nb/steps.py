@@ -333,19 +333,19 @@ class Deployed:
         "One row per gate check."
         return pd.DataFrame(self.gate['checks'], columns=['metric', 'kind', 'value', 'limit', 'passed', 'reason'])
 
-# %% ../nbs/06_steps.ipynb #28061e84
-def reference_profile_of(c:Candidate, train:pd.DataFrame, task:str):
-    "The monitor `Profile` registered with candidate `c`: its input columns of `train`, its scores/labels on the test rows."
+# %% ../nbs/06_steps.ipynb #eb09b3d0
+def reference_profile_of(model, features:list[str], numeric:list[str], train:pd.DataFrame, test:pd.DataFrame,
+                         task:str, threshold:float|None):
+    "The monitor `Profile` of a model: its input `features` of `train`, its scores/labels on the `test` rows."
     from mlops_nb import monitor as mon
     from mlops_nb.evaluate import predict_scores
-    spec = c.spec
-    numeric = [f for f in c.features if f in (spec.get('numeric') or [])]
-    categorical = [f for f in c.features if f not in numeric]
-    scores = predict_scores(c.model, c.test[c.features], task)
-    labels = (scores >= (c.threshold if c.threshold is not None else 0.5)).astype(int) if task == 'classification' else None
-    return mon.reference_profile(train, numeric, categorical, scores, labels, psi_bins=mon.DEFAULTS['drift']['psi_bins'])
+    num = [f for f in features if f in (numeric or [])]
+    scores = predict_scores(model, test[features], task)
+    labels = (scores >= (threshold if threshold is not None else 0.5)).astype(int) if task == 'classification' else None
+    return mon.reference_profile(train, num, [f for f in features if f not in num], scores, labels,
+                                 psi_bins=mon.DEFAULTS['drift']['psi_bins'])
 
-# %% ../nbs/06_steps.ipynb #f4023799
+# %% ../nbs/06_steps.ipynb #013b90bf
 def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
                evaluate_path:str|Path='metrics/evaluate.json', figures_dir:str|Path='plots/evaluate/figures',
                gate_path:str|Path='metrics/gate.json', registry:str|Path|None=None, project_dir:str|Path='.') -> Deployed:
@@ -364,7 +364,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     figures = {p.stem: p for p in sorted(Path(figures_dir).glob('*.png'))} if Path(figures_dir).is_dir() else {}
     status = 'accepted' if c.gate['passed'] else 'rejected'
     spec = c.spec
-    profile = reference_profile_of(c, train, task['type'])
+    profile = reference_profile_of(c.model, c.features, spec.get('numeric'), train, c.test, task['type'], c.threshold)
     with tempfile.TemporaryDirectory(prefix='mlops-nb-profile-') as td:
         version = reg.register(c.model, features=c.features, task=task['type'], schema=Schema.infer(train[c.features]),
                                metrics=c.metrics, params={k: params.get(k) for k in ('seed', 'task', 'prepare', 'train', 'evaluate', 'deploy') if k in params},
@@ -407,7 +407,7 @@ def cli_gate(args) -> int:
         for r in g.get('reasons', []): print(f"  {r}")
     return 0 if g['passed'] else 1
 
-# %% ../nbs/06_steps.ipynb #1362538f
+# %% ../nbs/06_steps.ipynb #8ee6d158
 @dataclass
 class Monitored:
     "The monitor step's result, the reference profile and the current window (for the report's figures)."
@@ -460,12 +460,7 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
         test, _ = load_split(prepared_dir, 'test')
         lost = [f for f in info['features'] if f not in train.columns]
         if lost: raise MlopsError(f"{reg.root}: champion {champ} has no saved profile and {prepared_dir} lacks its input column(s) {lost}")
-        from mlops_nb.evaluate import predict_scores
-        scores = predict_scores(reg.load(champ), test[info['features']], task['type'])
-        thr = info.get('threshold') if info.get('threshold') is not None else 0.5
-        num = [f for f in info['features'] if f in spec['numeric']]
-        prof = mon.reference_profile(train, num, [f for f in info['features'] if f not in num], scores,
-                                     (scores >= thr).astype(int) if task['type'] == 'classification' else None)
+        prof = reference_profile_of(reg.load(champ), info['features'], spec['numeric'], train, test, task['type'], info.get('threshold'))
         return MonitorReference(prof, metrics, info.get('threshold'), 'registry', champ,
                                 f"champion {champ} of {reg.root} was registered without a reference profile: profiled "
                                 f"{Path(prepared_dir)/'train.parquet'} (the current training split) and scored its test split instead",

@@ -249,6 +249,28 @@ def test_monitor_stage_uses_the_champions_saved_profile(repro):
     m = json.loads((repro.path/'metrics/monitor.json').read_text())
     assert 'prediction_score' in m                                                  # prediction drift vs the saved scores
 
+def test_champion_without_saved_profile_is_profiled_from_the_prepared_data(repro, tmp_path):
+    "A champion registered before profiles existed: the reference is built from data/prepared with the champion's own model."
+    from mlops_nb.core import load_params
+    from mlops_nb.data import Schema
+    from mlops_nb.registry import Registry
+    from mlops_nb.steps import monitor_reference
+    src = Registry(repro.path/'registry')
+    info = src.info('champion')
+    train = pd.read_parquet(repro.path/'data/prepared/train.parquet')
+    test = pd.read_parquet(repro.path/'data/prepared/test.parquet')
+    reg = Registry(tmp_path/'registry')
+    v = reg.register(src.load('champion'), features=info['features'], task='classification', metrics=info['metrics'],
+                     threshold=info['threshold'], schema=Schema.infer(train[info['features']]))   # no artifacts: no profile
+    reg.promote(v, reason='old champion')
+    P = load_params(repro.path/'params.yaml')
+    ref = monitor_reference(P, repro.path/'data/prepared', registry=tmp_path/'registry')
+    assert (ref.source, ref.version) == ('registry', v) and 'registered without a reference profile' in ref.note
+    assert list(ref.profile.columns) == info['features'] and ref.profile.rows == len(train)
+    assert ref.profile.outputs['prediction'].rows == len(test)       # the champion's scores on the held-out rows
+    saved = mon.Profile.load(src.version_dir('champion')/'profile')
+    assert np.allclose(ref.profile.outputs['prediction'].values, saved.outputs['prediction'].values)   # same model, same rows
+
 class _Service:
     "`mlops-nb serve` of the project's registry on a free port, capturing into `captures`."
     def __init__(self, cwd:Path, captures:Path):
