@@ -17,8 +17,9 @@ from .core import MlopsError, DataError, atomic_dir, write_json, read_json, to_j
 
 # %% auto #0
 __all__ = ['FILE_FORMATS', 'SOURCE_TYPES', 'KINDS', 'DEFAULT_RULES', 'Batch', 'number_mask', 'strict_numbers', 'parse_numbers',
-           'apply_null_tokens', 'read_table_file', 'file_batches', 'sql_batches', 'simulator_batches', 'collect',
-           'write_batches', 'read_batches', 'ColumnSchema', 'Schema', 'ValidationReport', 'validate', 'quality_table']
+           'apply_null_tokens', 'read_table_file', 'file_batches', 'expand_env', 'sql_batches', 'simulator_batches',
+           'collect', 'write_batches', 'read_batches', 'ColumnSchema', 'Schema', 'ValidationReport', 'validate',
+           'quality_table']
 
 # %% ../nbs/02_data.ipynb #62648fbf
 _log = get_logger('mlops_nb.data')
@@ -141,12 +142,22 @@ def _sql_where(url:str, query:str|None, table:str|None) -> str:
     what = f"table={table}" if table else 'query="' + (q if len(q := ' '.join(query.split())) <= 80 else q[:77] + '...') + '"'
     return f"{_mask_url(url)} {what}"
 
+# %% ../nbs/02_data.ipynb #a9d2b7c3
+def expand_env(s:str) -> str:
+    "`s` with every `${NAME}` replaced by the environment variable NAME; an unset one is an error naming it (never its value)."
+    import os
+    def sub(m):
+        if m.group(1) not in os.environ: raise MlopsError(f"environment variable {m.group(1)} is not set (named as ${{{m.group(1)}}} in {_mask_url(s)})")
+        return os.environ[m.group(1)]
+    return re.sub(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}', sub, s)
+
 # %% ../nbs/02_data.ipynb #e2adeccd
 def sql_batches(url:str, query:str|None=None, table:str|None=None, name:str|None=None) -> list[Batch]:
-    "Read a `table` or the rows of a `query` from the database at SQLAlchemy `url` as one `Batch`."
+    "Read a `table` or the rows of a `query` from the database at SQLAlchemy `url` (`${VAR}`s taken from the environment) as one `Batch`."
     import sqlalchemy as sa
+    template, url = url, expand_env(url)
     if (query is None) == (table is None): raise MlopsError(f"{_mask_url(url)}: give exactly one of `query` or `table`")
-    masked, where = _mask_url(url), _sql_where(url, query, table)
+    masked, where = _mask_url(template), _sql_where(template, query, table)
     def _clean(e):
         msg = _first_line(getattr(e, 'orig', None) or e)
         try: pw = sa.engine.make_url(url).password
@@ -157,6 +168,9 @@ def sql_batches(url:str, query:str|None=None, table:str|None=None, name:str|None
         if u.get_backend_name() == 'sqlite' and u.database not in (None, '', ':memory:') and not u.database.startswith('file:'):
             if not Path(u.database).is_file(): raise FileNotFoundError(f"database file {u.database} does not exist")
         engine = sa.create_engine(u)
+    except (ImportError, sa.exc.NoSuchModuleError) as e:
+        raise DataError(masked, 'sql_driver_missing', detail=f"{_clean(e)}; install the database's driver"
+                        + (", e.g. pip install 'mlops-nb[postgres]'" if u.get_backend_name() == 'postgresql' else '')) from None
     except Exception as e: raise DataError(masked, 'sql_unreachable', detail=_clean(e)) from None
     try:
         try: conn = engine.connect()
