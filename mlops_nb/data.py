@@ -19,7 +19,7 @@ from .core import MlopsError, DataError, atomic_dir, write_json, read_json, to_j
 __all__ = ['FILE_FORMATS', 'SOURCE_TYPES', 'KINDS', 'DEFAULT_RULES', 'Batch', 'number_mask', 'strict_numbers', 'parse_numbers',
            'apply_null_tokens', 'read_table_file', 'file_batches', 'expand_env', 'sql_batches', 'simulator_batches',
            'collect', 'write_batches', 'read_batches', 'ColumnSchema', 'Schema', 'ValidationReport', 'validate',
-           'quality_table']
+           'schema_changes', 'quality_table']
 
 # %% ../nbs/02_data.ipynb #62648fbf
 _log = get_logger('mlops_nb.data')
@@ -516,6 +516,30 @@ def validate(df:pd.DataFrame, schema:Schema, source:str, rules:dict|None=None) -
     for c in df.columns:
         if str(c) not in schema.columns: add('unexpected_column', str(c), detail='not in the schema; ignored', severity='warning')
     return ValidationReport(source, n, violations)
+
+# %% ../nbs/02_data.ipynb #a9d2b7d1
+def _fits(s:pd.Series, kind:str) -> bool:
+    "Do most present values of `s` fit the schema `kind`?"
+    present = s.notna()
+    if not present.any(): return True
+    if kind in ('numeric', 'integer'): return bool(number_mask(s)[present].mean() >= 0.5)
+    if kind == 'datetime': return bool(_to_datetime(s)[present].notna().mean() >= 0.5)
+    if kind == 'boolean':
+        return ptypes.is_bool_dtype(s) or bool(s[present].astype(str).str.strip().str.lower().isin(_TRUE | _FALSE).mean() >= 0.5)
+    return not (ptypes.is_numeric_dtype(s) or ptypes.is_datetime64_any_dtype(s))   # categorical: text, not numbers or times
+
+def schema_changes(contract:Schema, df:pd.DataFrame, source:str, ignore:tuple|list=(), name:str='the contract') -> list[dict]:
+    "Violations (`schema_change` errors, `new_column` warnings) of `df`'s columns and kinds against `contract`; `ignore` names derived columns."
+    out, n = [], len(df)
+    def add(rule, column, detail, severity='error'):
+        out.append(dict(source=source, column=column, rule=rule, count=None, total=n, detail=detail, severity=severity))
+    for c, col in contract.columns.items():
+        if c in ignore: continue
+        if c not in df.columns: add('schema_change', c, f"column removed: {name} has '{c}' ({col.kind})")
+        elif not _fits(df[c], col.kind): add('schema_change', c, f"kind changed: {name} has {col.kind}, the batch has {_kind(df[c])} ({df[c].dtype})")
+    for c in df.columns:
+        if str(c) not in contract.columns: add('new_column', str(c), f"column added: not in {name}", 'warning')
+    return out
 
 # %% ../nbs/02_data.ipynb #2a9ac644
 def quality_table(df:pd.DataFrame, schema:Schema|None=None) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from .core import MlopsError, load_params
 # %% auto #0
 __all__ = ['PARAMS_SCHEMA', 'TASK_METRICS', 'scorer_task', 'params_problems', 'check_params', 'check_params_file', 'cli_check']
 
-# %% ../nbs/15_params.ipynb #d0a4a726
+# %% ../nbs/15_params.ipynb #d7d0f772
 def _obj(props:dict, required:list[str]|None=None, extra=False) -> dict:
     "A closed JSON Schema object."
     return dict(type='object', properties=props, additionalProperties=extra, **({'required': required} if required else {}))
@@ -40,7 +40,7 @@ PARAMS_SCHEMA = _obj({
     'collect': _obj({'start_day': {'type': 'integer', 'minimum': 0}, 'days': {'type': 'integer', 'minimum': 0},
                      'sources': {'type': 'array', 'minItems': 1, 'items': _source}}),
     'prepare': _obj({'schema': {'type': ['string', 'null']},
-                     'null_tokens': _strs,
+                     'null_tokens': _strs, 'schema_evolution': {'enum': ['refuse', 'allow']},
                      'validation': _obj({'max_null_rate_increase': _frac, 'range_margin': {'type': 'number', 'minimum': 0},
                                          'max_out_of_range_rate': _frac, 'max_unseen_category_rate': _frac, 'max_null_rate': _frac}),
                      'features': _obj({'time_parts': _strs,

@@ -12,16 +12,16 @@ import numpy as np
 import pandas as pd
 
 from .core import DataError, MlopsError, atomic_dir, atomic_write, read_json, write_json, get_logger
-from .data import Batch, Schema, ValidationReport, apply_null_tokens, collect, quality_table, read_batches, validate, write_batches
+from .data import Batch, Schema, ValidationReport, apply_null_tokens, collect, schema_changes, quality_table, read_batches, validate, write_batches
 from .params import check_params
 # features, train and evaluate pull in scikit-learn, skops and matplotlib (about 4 s of imports): each step imports
 # them when it runs, so a stage that does not need them (collect) starts fast.
 
 # %% auto #0
-__all__ = ['log', 'batch_summary', 'recorded_failure', 'run_collect', 'reference_rows', 'Prepared', 'run_prepare', 'load_split',
-           'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed',
-           'reference_profile_of', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference', 'monitor_reference',
-           'current_window', 'run_monitor']
+__all__ = ['log', 'batch_summary', 'recorded_failure', 'run_collect', 'reference_rows', 'Prepared', 'champion_contract',
+           'run_prepare', 'load_split', 'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms',
+           'gate_candidate', 'Deployed', 'reference_profile_of', 'run_deploy', 'cli_gate', 'Monitored',
+           'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -139,6 +139,21 @@ def _check_task_columns(task:dict, prep:dict, batches:list[Batch]) -> None:
         raise DataError('data/raw', 'missing_column', column=missing[0][1],
                         detail='; '.join(f"{k} names '{c}'" for k, c in missing) + f", not a column of the data (columns: {', '.join(sorted(have))})")
 
+# %% ../nbs/06_steps.ipynb #b3e1c0d3
+def champion_contract(params:dict) -> tuple[Schema, str, list[str]]|None:
+    "The registry champion's schema, its version and the columns its prepare step derives (not in raw data); None without a champion."
+    root = Path((params.get('deploy') or {}).get('registry') or 'registry')
+    if not (root/'aliases.json').exists(): return None
+    from mlops_nb.registry import Registry
+    reg = Registry(root)
+    if 'champion' not in reg.aliases(): return None
+    info = reg.info('champion')
+    derived = []
+    for prm in (info.get('params') or {}, params):
+        f, t = (prm.get('prepare') or {}).get('features') or {}, (prm.get('task') or {}).get('time_column')
+        derived += [f'{t}_{x}' for x in f.get('time_parts') or []] + [f'log_{x}' for x in f.get('log') or []] + list(f.get('ratios') or {})
+    return Schema.load(reg.version_dir('champion')/'schema.json'), info['version'], sorted(set(derived))
+
 # %% ../nbs/06_steps.ipynb #10d437f1
 def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data/prepared',
                 quality_path:str|Path='metrics/data_quality.json') -> Prepared:
@@ -155,6 +170,12 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
             ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
             schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'], id_columns=task['id_columns'])
         reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
+        evolution = p.get('schema_evolution') or 'refuse'
+        contract = champion_contract(params) if evolution != 'allow' else None
+        if contract is not None:   # the production contract: a change of columns or kinds is refused
+            cschema, cversion, derived = contract
+            for b, r in zip(batches, reports):
+                r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema")
         result = Prepared(schema, reports)
         if not result.ok:
             write_json(quality_path, _quality_report(schema, reports, None))

@@ -225,3 +225,55 @@ def test_dvc_repro_prepare_shows_the_real_error_and_keeps_the_last_good_data(tmp
     r = proj.run('dvc repro prepare', check=False)
     assert r.returncode != 0 and "prepare.null_token: unknown key (did you mean 'null_tokens'?)" in r.stdout + r.stderr
     assert checksum(proj.path/'data') == good_data
+
+# --- the production contract: once a champion exists, its schema is not rewritten by the data ----------------------
+
+CHAMP = merge(CLS, {'train': {'estimator': 'logistic_regression', 'estimator_params': {},
+                              'search': {'method': 'grid', 'scoring': 'roc_auc', 'cv_splits': 2, 'space': {'C': [1.0]}}},
+                    'deploy': {'gates': {'roc_auc': {'threshold': 0.5}}}})
+
+@pytest.fixture(scope='module')
+def champion(tmp_path_factory):
+    "A project folder whose registry has a champion trained on the classification Parquet."
+    from mlops_nb.steps import run_train, run_evaluate, run_deploy
+    d = tmp_path_factory.mktemp('champ')
+    f = classification_parquet(d/'churn.parquet')
+    p = params_for(CHAMP, f)
+    p['deploy']['registry'] = str(d/'registry')
+    p['train']['estimator_params'] = {}
+    p['train']['search']['space'] = {'C': [1.0]}
+    run_collect(p, d/'data/raw')
+    run_prepare(p, d/'data/raw', d/'data/prepared', d/'metrics/data_quality.json')
+    run_train(p, d/'data/prepared', d/'models/candidate', d/'metrics/train.json')
+    run_evaluate(p, d/'data/prepared', d/'models/candidate', d/'metrics/evaluate.json', d/'plots/evaluate', d/'data/predictions/test.parquet')
+    dep = run_deploy(p, d/'data/prepared', d/'models/candidate', d/'metrics/evaluate.json', d/'plots/evaluate/figures', d/'metrics/gate.json', project_dir=d)
+    assert json.loads((d/'registry/aliases.json').read_text())['champion'] == 'v0001'
+    return d, p
+
+@pytest.mark.parametrize('change,column,detail', [
+    ('removed', 'plan', "column removed: champion v0001's schema has 'plan' (categorical)"),
+    ('kind', 'tenure_months', "kind changed: champion v0001's schema has integer, the batch has categorical")])
+def test_a_schema_change_against_the_champion_is_refused_unless_allowed(champion, tmp_path, change, column, detail):
+    d, p = champion
+    df = pd.read_parquet(d/'churn.parquet')
+    df = df.drop(columns=['plan']) if change == 'removed' else df.assign(tenure_months=df.tenure_months.map(lambda x: f'{x} months'))
+    f = tmp_path/'churn.parquet'
+    df.to_parquet(f, index=False)
+    q = dict(p, collect=dict(p['collect'], sources=[{'type': 'file', 'path': str(f)}]))
+    run_collect(q, tmp_path/'raw')
+    kept = checksum(d/'data', d/'models', d/'registry', d/'metrics')
+    with pytest.raises(DataError) as e: run_prepare(q, tmp_path/'raw', d/'data/prepared', d/'metrics/data_quality.json')
+    msg = str(e.value)
+    assert f"{f}: column '{column}' breaks rule 'schema_change'" in msg and detail in msg, msg
+    rep = json.loads((d/'metrics/data_quality.json').read_text())
+    assert rep['ok'] is False and any(v['rule'] == 'schema_change' for b in rep['per_batch'] for v in b['violations'])
+    assert {k: v for k, v in checksum(d/'data', d/'models', d/'registry', d/'metrics').items() if 'data_quality' not in k} == \
+           {k: v for k, v in kept.items() if 'data_quality' not in k}   # everything good is kept
+    if change == 'removed':   # the user may allow it, explicitly
+        q2 = merge(q, {'prepare': {'schema_evolution': 'allow'}})
+        assert run_prepare(q2, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json').ok
+
+def test_the_same_data_passes_the_champion_contract(champion, tmp_path):
+    d, p = champion
+    res = run_prepare(p, d/'data/raw', tmp_path/'prepared', tmp_path/'quality.json')
+    assert res.ok and not [v for r in res.reports for v in r.violations if v['rule'] in ('schema_change', 'new_column')]
