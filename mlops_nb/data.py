@@ -528,8 +528,8 @@ def _fits(s:pd.Series, kind:str) -> bool:
         return ptypes.is_bool_dtype(s) or bool(s[present].astype(str).str.strip().str.lower().isin(_TRUE | _FALSE).mean() >= 0.5)
     return not (ptypes.is_numeric_dtype(s) or ptypes.is_datetime64_any_dtype(s))   # categorical: text, not numbers or times
 
-def schema_changes(contract:Schema, df:pd.DataFrame, source:str, ignore:tuple|list=(), name:str='the contract') -> list[dict]:
-    "Violations (`schema_change` errors, `new_column` warnings) of `df`'s columns and kinds against `contract`; `ignore` names derived columns."
+def schema_changes(contract:Schema, df:pd.DataFrame, source:str, ignore:tuple|list=(), name:str='the contract', expected:tuple|list=()) -> list[dict]:
+    "Violations (`schema_change` errors, `new_column` warnings) of `df`'s columns and kinds against `contract`; `ignore` names derived columns,\n    `expected` columns the batch may have beyond the contract (target, ids, time)."
     out, n = [], len(df)
     def add(rule, column, detail, severity='error'):
         out.append(dict(source=source, column=column, rule=rule, count=None, total=n, detail=detail, severity=severity))
@@ -538,7 +538,7 @@ def schema_changes(contract:Schema, df:pd.DataFrame, source:str, ignore:tuple|li
         if c not in df.columns: add('schema_change', c, f"column removed: {name} has '{c}' ({col.kind})")
         elif not _fits(df[c], col.kind): add('schema_change', c, f"kind changed: {name} has {col.kind}, the batch has {_kind(df[c])} ({df[c].dtype})")
     for c in df.columns:
-        if str(c) not in contract.columns: add('new_column', str(c), f"column added: not in {name}", 'warning')
+        if str(c) not in contract.columns and str(c) not in expected: add('new_column', str(c), f"column added: not in {name}", 'warning')
     return out
 
 # %% ../nbs/02_data.ipynb #2a9ac644

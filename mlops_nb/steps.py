@@ -175,7 +175,8 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
         if contract is not None:   # the production contract: a change of columns or kinds is refused
             cschema, cversion, derived = contract
             for b, r in zip(batches, reports):
-                r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema")
+                r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema",
+                                               expected=[task['target'], task['time_column'], *task['id_columns']])
         result = Prepared(schema, reports)
         if not result.ok:
             write_json(quality_path, _quality_report(schema, reports, None))
