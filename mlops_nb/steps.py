@@ -19,8 +19,8 @@ from .params import check_params
 
 # %% auto #0
 __all__ = ['log', 'batch_summary', 'recorded_failure', 'run_collect', 'reference_rows', 'Prepared', 'champion_contract',
-           'run_prepare', 'load_split', 'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms',
-           'gate_candidate', 'Deployed', 'reference_profile_of', 'run_deploy', 'cli_gate', 'Monitored',
+           'quarantine', 'run_prepare', 'load_split', 'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate',
+           'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of', 'run_deploy', 'cli_gate', 'Monitored',
            'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
@@ -154,10 +154,22 @@ def champion_contract(params:dict) -> tuple[Schema, str, list[str]]|None:
         derived += [f'{t}_{x}' for x in f.get('time_parts') or []] + [f'log_{x}' for x in f.get('log') or []] + list(f.get('ratios') or {})
     return Schema.load(reg.version_dir('champion')/'schema.json'), info['version'], sorted(set(derived))
 
+# %% ../nbs/06_steps.ipynb #b3e1c0d4
+def quarantine(batches:list[Batch], reports:list[ValidationReport], folder:str|Path) -> list[Path]:
+    "Keep each rejected batch aside for inspection: `folder/<name>.parquet` with `folder/<name>.json` (its source and violations)."
+    folder, out = Path(folder), []
+    for b, r in zip(batches, reports):
+        if r.ok: continue
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(folder/f'{b.name}.parquet', 'wb', encoding=None) as f: b.frame.to_parquet(f, index=False)
+        out.append(write_json(folder/f'{b.name}.json', dict(source=b.source, rows=r.rows, violations=r.violations)))
+    if out: log.error('rejected batches kept in %s: %s', folder, ', '.join(p.stem for p in out))
+    return out
+
 # %% ../nbs/06_steps.ipynb #10d437f1
 def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data/prepared',
                 quality_path:str|Path='metrics/data_quality.json') -> Prepared:
-    "Validate every raw batch against the schema, then clean, add features and split by time into `out_dir`."
+    "Validate every raw batch against the schema, then clean, add features and split by time into `out_dir`.\n    Rejected batches are copied, each with its violations, to `quarantine/` beside `raw_dir`."
     with recorded_failure('prepare', quality_path):
         check_params(params)
         from mlops_nb.features import add_features, clean, feature_columns, time_split
@@ -181,6 +193,7 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
         if not result.ok:
             write_json(quality_path, _quality_report(schema, reports, None))
             bad = [r for r in reports if not r.ok]
+            quarantine(batches, reports, Path(raw_dir).parent/'quarantine')
             log.error('%d of %d batches break the schema; nothing was written to %s', len(bad), len(reports), out_dir)
             bad[0].raise_for_errors()
         frame = pd.concat([schema.apply_dtypes(b.frame) for b in batches], ignore_index=True)

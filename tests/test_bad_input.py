@@ -63,6 +63,11 @@ def test_bad_batch_stops_prepare(good, tmp_path, kind, column, count):
     assert q['ok'] is False and q['failed_batches'] == 1
     seen = [v for b in q['per_batch'] for v in b['violations'] if v['severity'] == 'error']
     assert [(v['source'], v['column'], v['rule']) for v in seen][0] == (str(bad_file), column, kind)
+    kept = sorted(p.name for p in (tmp_path/'quarantine').iterdir())   # the rejected batch is kept aside with its report
+    assert kept == [f'file_{kind}.json', f'file_{kind}.parquet'], kept
+    qr = json.loads((tmp_path/'quarantine'/f'file_{kind}.json').read_text())
+    assert qr['source'] == str(bad_file) and qr['violations'][0]['rule'] == kind
+    assert len(pd.read_parquet(tmp_path/'quarantine'/f'file_{kind}.parquet')) == 300
 
 def test_a_good_external_batch_passes(good, tmp_path):
     f = tmp_path/'fine.parquet'
