@@ -12,7 +12,7 @@ from .core import MlopsError, load_params
 # %% auto #0
 __all__ = ['PARAMS_SCHEMA', 'TASK_METRICS', 'scorer_task', 'params_problems', 'check_params', 'check_params_file', 'cli_check']
 
-# %% ../nbs/15_params.ipynb #d7d0f772
+# %% ../nbs/15_params.ipynb #0b20728c
 def _obj(props:dict, required:list[str]|None=None, extra=False) -> dict:
     "A closed JSON Schema object."
     return dict(type='object', properties=props, additionalProperties=extra, **({'required': required} if required else {}))
@@ -36,7 +36,9 @@ PARAMS_SCHEMA = _obj({
     'task': _obj({'type': {'enum': ['classification', 'regression']}, 'target': {'type': 'string', 'minLength': 1},
                   'time_column': {'type': ['string', 'null']}, 'id_columns': _strs}, ['type', 'target']),
     'sim': _obj({'n_customers': _int, 'transactions_per_day': _int, 'start_date': _str, 'fraud_rate': _frac,
-                 'drift': _obj({'day': _int, 'amount_scale': _num, 'new_category': _str, 'new_category_share': _frac, 'fraud_pattern': _str})}),
+                 'drift': _obj({'day': {'type': ['integer', 'null']}, 'amount_scale': _num, 'new_category': {'type': ['string', 'null']},
+                               'new_category_share': _frac, 'fraud_pattern': _str, 'schedule': {'enum': ['abrupt', 'gradual', 'recurring', 'none']},
+                               'span_days': _int, 'period_days': _int, 'duration_days': _int, 'covariate': _bool, 'concept': _bool})}),
     'collect': _obj({'start_day': {'type': 'integer', 'minimum': 0}, 'days': {'type': 'integer', 'minimum': 0},
                      'sources': {'type': 'array', 'minItems': 1, 'items': _source}}),
     'prepare': _obj({'schema': {'type': ['string', 'null']},
