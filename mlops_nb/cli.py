@@ -74,7 +74,7 @@ def _monitor_commands(sub):
     p.add_argument('--current', required=True, help='current window: CSV/Parquet file or folder, or a capture store folder')
     p.add_argument('--params', default='params.yaml', help="params file whose 'monitor' and 'task' sections apply, if it exists (default: params.yaml)")
     p.add_argument('--columns', help='comma-separated columns to compare (default: features.json beside the reference, else all but ids/target/time)')
-    p.add_argument('--status', default='monitor/status.json', help='where to write the alert status JSON (default: monitor/status.json)')
+    p.add_argument('--status', help="also write the alert status JSON here (default: none; the monitor stage's own monitor/status.json is never overwritten unless named)")
     p.add_argument('--metrics', help='also write the monitor metrics JSON here')
     p.add_argument('--evaluation', help="evaluation metrics JSON (threshold, metric to compare; default: the registered model's metrics, "
                                         "else metrics/evaluate.json if it exists)")
@@ -96,6 +96,7 @@ def _models_and_gate(sub):
     def add(name, help, *args_):
         q = s.add_parser(name, help=help, description=help)
         q.add_argument('--json', action='store_true', help='print JSON')
+        q.add_argument('--registry', default=argparse.SUPPRESS, help='registry folder (also accepted before the action)')
         for a, kw in args_: q.add_argument(*a, **kw)
         return q
     ref = (('ref',), dict(help="a version (v0003 or 3) or an alias (champion)"))

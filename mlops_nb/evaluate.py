@@ -15,9 +15,9 @@ from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, average_pre
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['LOWER_IS_BETTER', 'predict_scores', 'choose_threshold', 'classification_metrics', 'regression_metrics', 'evaluate',
-           'curves', 'feature_importance', 'plot_roc', 'plot_pr', 'plot_confusion', 'plot_calibration',
-           'plot_residuals', 'plot_importance', 'gate']
+__all__ = ['LOWER_IS_BETTER', 'PAIRED_METRICS', 'predict_scores', 'choose_threshold', 'classification_metrics',
+           'regression_metrics', 'evaluate', 'curves', 'feature_importance', 'plot_roc', 'plot_pr', 'plot_confusion',
+           'plot_calibration', 'plot_residuals', 'plot_importance', 'gate', 'evidence_gate']
 
 # %% ../nbs/05_evaluate.ipynb #b8f5afc0
 def predict_scores(model, X, task:str) -> np.ndarray:
@@ -237,8 +237,9 @@ def _rule(metric:str, rule) -> dict:
             raise MlopsError(f"gate rule for '{metric}': {k} must be a number, got {v!r}")
     return dict(rule, greater_is_better=rule.get('greater_is_better', metric not in LOWER_IS_BETTER))
 
-def gate(candidate:dict, rules:dict, champion:dict|None=None, champion_version:str|None=None, champion_error:str|None=None) -> dict:
-    "Check `candidate` metrics against the `rules` (per metric) and, if there is one, the `champion`'s metrics on the same data."
+def gate(candidate:dict, rules:dict, champion:dict|None=None, champion_version:str|None=None, champion_error:str|None=None,
+         evidence:dict|None=None) -> dict:
+    "Check `candidate` metrics against the `rules` (per metric) and the `champion`'s on the same rows; with `evidence`, by a paired test."
     checks = []
     def add(metric, kind, value, limit, ok, reason): checks.append(dict(metric=metric, kind=kind, value=value, limit=limit, passed=bool(ok), reason=reason))
     has_champion = champion is not None or champion_error is not None
@@ -259,7 +260,13 @@ def gate(candidate:dict, rules:dict, champion:dict|None=None, champion_version:s
         if not isinstance(b, (int, float)) or isinstance(b, bool) or not np.isfinite(b):
             add(metric, 'champion', c, None, False, f"{metric}: the champion {champion_version} has no value for it"); continue
         gain = (c - b) if up else (b - c)       # positive = the candidate is better
-        if 'min_absolute_change' in wants:
+        if 'min_absolute_change' in wants and evidence is not None and metric in PAIRED_METRICS:
+            m = wants['min_absolute_change']
+            e = evidence_gate(metric=metric, min_absolute_change=m, greater_is_better=up, **evidence)
+            checks.append(dict(metric=metric, kind='evidence', value=e['ci_low'], limit=m, passed=e['passed'],
+                               reason=e['reason'].replace('vs champion', f'vs champion {champion_version}', 1),
+                               **{k: e[k] for k in ('method', 'n', 'difference', 'ci_low', 'ci_high', 'p_value', 'confidence', 'lacks_evidence')}))
+        elif 'min_absolute_change' in wants:
             m = wants['min_absolute_change']; ok = gain >= m
             add(metric, 'absolute_change', gain, m, ok, f"{metric} {c:.4g} vs champion {champion_version} {b:.4g}: better by {gain:+.4g} "
                 f"({'≥' if ok else '<'} min_absolute_change {m:g})")
@@ -274,3 +281,83 @@ def gate(candidate:dict, rules:dict, champion:dict|None=None, champion_version:s
     if not has_champion: reasons.append('no champion yet: only the thresholds apply')
     return dict(passed=passed, decision='promote' if passed else 'reject', champion=champion_version,
                 failed=[ch['reason'] for ch in checks if not ch['passed']], reasons=reasons, checks=checks)
+
+# %% ../nbs/05_evaluate.ipynb #259e528b
+def _grouped(W:np.ndarray, y:np.ndarray, s:np.ndarray, descending:bool):
+    "Per bootstrap row of weights `W`: positive and negative weight of each group of tied scores, in score order."
+    order = np.argsort(-s if descending else s, kind='mergesort')
+    ss, yo, Wo = s[order], y[order], W[:, order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ss) != 0) + 1]
+    return np.add.reduceat(Wo * yo, starts, axis=1), np.add.reduceat(Wo * (1 - yo), starts, axis=1)
+
+def _div(a, b): return np.divide(a, b, out=np.full(np.broadcast(a, b).shape, np.nan), where=b != 0)
+
+def _weighted_metric(metric:str, y:np.ndarray, s:np.ndarray, t:float|None, W:np.ndarray) -> np.ndarray:
+    "`metric` of scores `s` against `y` for each row of row weights `W` (a bootstrap resample is a row of counts)."
+    N = W.sum(1).astype('float64')
+    if metric in ('f1', 'recall', 'precision', 'accuracy'):
+        p = (s >= t).astype('float64')
+        tp, fp, fn, tn = W @ (y * p), W @ ((1 - y) * p), W @ (y * (1 - p)), W @ ((1 - y) * (1 - p))
+        zero = lambda a, b: np.divide(a, b, out=np.zeros_like(a, dtype='float64'), where=b != 0)   # sklearn's zero_division=0
+        return dict(f1=lambda: zero(2 * tp, 2 * tp + fp + fn), recall=lambda: zero(tp, tp + fn),
+                    precision=lambda: zero(tp, tp + fp), accuracy=lambda: (tp + tn) / N)[metric]()
+    if metric == 'brier': return W @ ((s - y) ** 2) / N
+    if metric == 'mae': return W @ np.abs(y - s) / N
+    if metric == 'rmse': return np.sqrt(W @ ((y - s) ** 2) / N)
+    if metric == 'r2': return 1 - _div(W @ ((y - s) ** 2), W @ (y ** 2) - (W @ y) ** 2 / N)
+    if metric == 'roc_auc':                  # Mann-Whitney: P(score of a positive > score of a negative), ties count half
+        pos, neg = _grouped(W, y, s, descending=False)
+        below = np.cumsum(neg, 1) - neg
+        return _div((pos * (below + 0.5 * neg)).sum(1), pos.sum(1) * neg.sum(1))
+    if metric == 'pr_auc':                   # average precision as scikit-learn computes it: sum (R_n - R_n-1) P_n
+        pos, neg = _grouped(W, y, s, descending=True)
+        tps, fps = np.cumsum(pos, 1), np.cumsum(neg, 1)
+        prec = np.divide(tps, tps + fps, out=np.zeros_like(tps, dtype='float64'), where=(tps + fps) > 0)
+        rec = _div(tps, tps[:, -1:])
+        return (np.diff(rec, axis=1, prepend=0.0) * prec).sum(1)
+    raise MlopsError(f"evidence_gate: no paired test for metric {metric!r}; use one of {sorted(PAIRED_METRICS)}")
+
+PAIRED_METRICS = ('roc_auc', 'pr_auc', 'brier', 'f1', 'recall', 'precision', 'accuracy', 'mae', 'rmse', 'r2')
+
+def evidence_gate(y, candidate_scores, champion_scores, metric:str, min_absolute_change:float=0.0,
+                  candidate_threshold:float|None=None, champion_threshold:float|None=None, greater_is_better:bool|None=None,
+                  n_boot:int=1000, confidence:float=0.95, min_rows:int=200, min_class_rows:int=10, seed:int=0) -> dict:
+    "Paired bootstrap of `metric`(candidate) - `metric`(champion) on the same rows: passes only when the CI's lower bound > `min_absolute_change`."
+    if metric not in PAIRED_METRICS: raise MlopsError(f"evidence_gate: no paired test for metric {metric!r}; use one of {sorted(PAIRED_METRICS)}")
+    binary = metric not in ('mae', 'rmse', 'r2')
+    y, a = _check(y, candidate_scores, 'candidate_scores', binary=binary)
+    _, b = _check(y, champion_scores, 'champion_scores', binary=binary)
+    if not 0 < confidence < 1: raise MlopsError(f"evidence_gate: confidence must be in (0, 1), got {confidence!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 100:
+        raise MlopsError(f"evidence_gate: n_boot must be an integer >= 100, got {n_boot!r}")
+    needs_t = metric in ('f1', 'recall', 'precision', 'accuracy')
+    ta = _threshold(candidate_threshold if candidate_threshold is not None else 0.5) if needs_t else None
+    tb = _threshold(champion_threshold if champion_threshold is not None else ta) if needs_t else None
+    up = metric not in LOWER_IS_BETTER if greater_is_better is None else bool(greater_is_better)
+    sign, n = (1.0 if up else -1.0), len(y)
+    out = dict(metric=metric, method='paired bootstrap', n=int(n), n_boot=int(n_boot), confidence=float(confidence),
+               min_absolute_change=float(min_absolute_change), candidate=None, champion=None, difference=None,
+               ci_low=None, ci_high=None, p_value=None, passed=False, lacks_evidence=False)
+    small = n < min_rows or (binary and min(int(y.sum()), int(n - y.sum())) < min_class_rows)
+    if small:
+        cls = f" ({int(y.sum())} positive)" if binary else ''
+        need = f"{min_rows} rows" + (f" and {min_class_rows} of each class" if binary else '')
+        return out | dict(lacks_evidence=True, reason=f"{metric}: lacks evidence: {n} rows{cls} are too few for a paired test (need {need}); not promoted")
+    one = np.ones((1, n))
+    ca, cb = float(_weighted_metric(metric, y, a, ta, one)[0]), float(_weighted_metric(metric, y, b, tb, one)[0])
+    diff = sign * (ca - cb)                                  # positive = the candidate is better
+    rng, diffs = np.random.default_rng(seed), []
+    step = max(1, min(n_boot, 2_000_000 // n))               # resamples per block: bounded memory on a large test set
+    for k in range(0, n_boot, step):
+        W = rng.multinomial(n, np.full(n, 1 / n), size=min(step, n_boot - k)).astype('float64')
+        diffs.append(sign * (_weighted_metric(metric, y, a, ta, W) - _weighted_metric(metric, y, b, tb, W)))
+    diffs = np.concatenate(diffs)
+    diffs = diffs[np.isfinite(diffs)]                        # a resample without both classes has no ROC/PR AUC
+    alpha = 1 - confidence
+    lo, hi = (float(v) for v in np.quantile(diffs, [alpha / 2, 1 - alpha / 2]))
+    p = float((1 + np.sum(diffs <= min_absolute_change)) / (len(diffs) + 1))   # one-sided; H0: no better than the margin
+    ok = lo > min_absolute_change
+    reason = (f"{metric} {ca:.4g} vs champion {cb:.4g}: better by {diff:+.4g}, {confidence:.0%} CI [{lo:+.4g}, {hi:+.4g}] on {n} paired rows, "
+              f"p={p:.3g} (lower bound {'>' if ok else '≤'} min_absolute_change {min_absolute_change:g}; paired bootstrap)")
+    return out | dict(candidate=ca, champion=cb, difference=float(diff), ci_low=lo, ci_high=hi, p_value=p, passed=bool(ok), reason=reason)
+

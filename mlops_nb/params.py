@@ -56,7 +56,10 @@ PARAMS_SCHEMA = _obj({
                       'calibration_bins': {'type': 'integer', 'minimum': 2}, 'importance_repeats': {'type': 'integer', 'minimum': 0},
                       'importance_max_rows': {'type': 'integer', 'minimum': 1}}),
     'deploy': _obj({'registry': {'type': 'string', 'minLength': 1}, 'auto_promote': _bool, 'onnx_tolerance': _num,
-                    'latency_rows': {'type': 'integer', 'minimum': 1}, 'gates': {'type': 'object', 'additionalProperties': _rule}}),
+                    'latency_rows': {'type': 'integer', 'minimum': 1}, 'gates': {'type': 'object', 'additionalProperties': _rule},
+                    'release_branch': {'type': 'string', 'minLength': 1},
+                    'evidence': _obj({'n_boot': {'type': 'integer', 'minimum': 100}, 'confidence': {'type': 'number', 'exclusiveMinimum': 0, 'exclusiveMaximum': 1},
+                                      'min_rows': {'type': 'integer', 'minimum': 1}, 'min_class_rows': {'type': 'integer', 'minimum': 1}, 'seed': _int})}),
     'monitor': _obj({
         'current': _obj({'source': {'enum': ['simulator', 'file', 'captures']}, 'start_day': _int, 'days': _int, 'path': _str}),
         'drift': _obj({'num_method': {'enum': ['auto', 'ks', 'wasserstein', 'psi']}, 'cat_method': {'enum': ['auto', 'chi2', 'jensenshannon']},

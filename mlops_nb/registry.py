@@ -739,7 +739,8 @@ def _list(self, verify:bool=False) -> list[dict]:
     aliases, st, rows = self.aliases(), self._statuses(), []
     for v in self.versions():
         try: info = read_json(self.versions_dir/v/'model.json') if not verify else self.info(v)
-        except MlopsError as e: rows.append(dict(version=v, status='damaged', error=str(e))); continue
+        except MlopsError as e:
+            rows.append(dict(version=v, status='damaged', aliases=','.join(sorted(a for a, x in aliases.items() if x == v)), error=str(e))); continue
         m = info.get('metrics') or {}
         rows.append(dict(version=v, status=st.get(v, info.get('status')), aliases=','.join(sorted(a for a, x in aliases.items() if x == v)),
                          created_at=info.get('created_at'), estimator=info.get('estimator'),
@@ -803,7 +804,7 @@ def cli_models(args) -> int:
     reg, cmd = registry_from_args(args), args.models_command
     if not reg.versions_dir.is_dir(): raise MlopsError(f"{reg.root}: no model registry here (run the deploy stage, or pass --registry)")
     if cmd == 'list':
-        rows = reg.list()
+        rows = reg.list(verify=True)             # every version's manifest checked: a damaged one is flagged, not listed as fine
         _out(args, rows, _table(rows, [c for c in ['version', 'status', 'aliases', 'created_at', 'estimator', *KEY_METRICS, 'onnx']
                                        if any(c in r for r in rows)]))
     elif cmd == 'show':

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_steps.ipynb #e6be836b
 from __future__ import annotations
-import tempfile, time
+import os, subprocess, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from .params import check_params
 # %% auto #0
 __all__ = ['log', 'batch_summary', 'recorded_failure', 'run_collect', 'reference_rows', 'Prepared', 'champion_contract',
            'quarantine', 'run_prepare', 'load_split', 'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate',
-           'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of', 'run_deploy', 'cli_gate', 'Monitored',
-           'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
+           'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate',
+           'Monitored', 'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -349,9 +349,20 @@ def latency_ms(model, X:pd.DataFrame, n:int=50) -> float:
 # %% ../nbs/06_steps.ipynb #c8d494d0
 def _deploy_params(params:dict) -> dict:
     "The `deploy` section with its defaults."
-    d = dict(registry='registry', auto_promote=True, onnx_tolerance=1e-4, latency_rows=50, gates={}) | (params.get('deploy') or {})
+    d = dict(registry='registry', auto_promote=True, release_branch='main', onnx_tolerance=1e-4, latency_rows=50, gates={},
+             evidence={}) | (params.get('deploy') or {})
+    if not isinstance(d['evidence'], dict): raise MlopsError(f"params deploy.evidence must be a mapping (n_boot, confidence, min_rows, seed), got {d['evidence']!r}")
+    bad = sorted(set(d['evidence']) - {'n_boot', 'confidence', 'min_rows', 'min_class_rows', 'seed'})
+    if bad: raise MlopsError(f"params deploy.evidence: unknown key(s) {bad}; use n_boot, confidence, min_rows, min_class_rows, seed")
     if not isinstance(d['gates'], dict): raise MlopsError(f"params deploy.gates must be a mapping of metric to rule, got {d['gates']!r}")
     return d
+
+def _is_registered(reg, version:str, model_file:Path) -> bool:
+    "Whether `model_file` is the model `version` was registered from (its sha256 in the lineage, or the same bytes)."
+    from mlops_nb.registry import sha256_file
+    info, h = reg.info(version), sha256_file(model_file)
+    man = read_json(reg.version_dir(version)/'manifest.json')
+    return info.get('model_sha256') == h or (man.get('files') or {}).get('model.skops', {}).get('sha256') == h
 
 def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
                    evaluate_path:str|Path='metrics/evaluate.json', registry:str|Path|None=None) -> Candidate:
@@ -369,9 +380,10 @@ def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir
     if task['type'] == 'classification':
         threshold = read_json(evaluate_path).get('threshold')
         if threshold is None: raise MlopsError(f"{evaluate_path}: no 'threshold'; run the evaluate stage first")
-    metrics = ev.evaluate(model, test[features], y, task['type'], threshold if threshold is not None else 0.5, n_bins)
+    scores = ev.predict_scores(model, test[features], task['type'])
+    metrics = (ev.classification_metrics(y, scores, threshold, n_bins) if task['type'] == 'classification' else ev.regression_metrics(y, scores))
     metrics['latency_ms'] = latency_ms(model, test[features], n_lat)
-    champ, champ_metrics, champ_error = reg.aliases().get('champion'), None, None
+    champ, champ_metrics, champ_error, evidence = reg.aliases().get('champion'), None, None, None
     if champ:
         try:
             info = reg.info(champ)
@@ -379,10 +391,19 @@ def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir
             lost = [c for c in info['features'] if c not in test.columns]
             if lost: raise MlopsError(f"the test split lacks its input column(s) {lost}")
             cm = reg.load(champ)
-            champ_metrics = ev.evaluate(cm, test[info['features']], y, task['type'], info.get('threshold') or 0.5, n_bins)
+            champ_scores = ev.predict_scores(cm, test[info['features']], task['type'])
+            champ_metrics = (ev.classification_metrics(y, champ_scores, info.get('threshold') or 0.5, n_bins) if task['type'] == 'classification'
+                             else ev.regression_metrics(y, champ_scores))
             champ_metrics['latency_ms'] = latency_ms(cm, test[info['features']], n_lat)
+            evidence = dict(y=y, candidate_scores=scores, champion_scores=champ_scores, candidate_threshold=threshold,
+                            champion_threshold=info.get('threshold')) | d['evidence']
         except MlopsError as err: champ_error = str(err)
-    g = ev.gate(metrics, d['gates'], champ_metrics, champ, champ_error)
+    g = ev.gate(metrics, d['gates'], champ_metrics, champ, champ_error, evidence=evidence)
+    same = champ is not None and champ_error is None and _is_registered(reg, champ, Path(model_dir)/'model.skops')
+    g['candidate_is_champion'] = same
+    if same:
+        g['reasons'].insert(0, f"the candidate already is the champion {champ} (same model file): nothing to promote")
+        g.update(passed=False, decision='reject', failed=[f"the candidate already is the champion {champ}"] + g['failed'])
     return Candidate(model, spec, features, test, threshold, metrics, champ, champ_metrics, champ_error, g)
 
 # %% ../nbs/06_steps.ipynb #51c3b6d3
@@ -416,6 +437,20 @@ def reference_profile_of(model, features:list[str], numeric:list[str], train:pd.
                                  psi_bins=mon.DEFAULTS['drift']['psi_bins'])
 
 # %% ../nbs/06_steps.ipynb #013b90bf
+def release_line(project_dir:str|Path='.', release_branch:str='main') -> dict:
+    "Whether a deploy here may move `champion`: not inside `dvc exp run` (`DVC_EXP_NAME`), only on `release_branch`."
+    exp = os.environ.get('DVC_EXP_NAME') or None
+    r = subprocess.run(['git', 'symbolic-ref', '--quiet', '--short', 'HEAD'], cwd=project_dir, capture_output=True, text=True)
+    branch = r.stdout.strip() or None
+    if branch is None and subprocess.run(['git', 'rev-parse', '--git-dir'], cwd=project_dir, capture_output=True).returncode == 0:
+        branch = os.environ.get('GITHUB_REF_NAME') or None      # a CI checkout may be a detached HEAD of the branch
+        if branch is None: return dict(release=False, experiment=exp, branch=None, why='detached HEAD: not the release branch, so champion stays')
+    if exp: return dict(release=False, experiment=exp, branch=branch, why=f'experiment {exp} (dvc exp run): an experiment is not a release, so champion stays')
+    if branch is None: return dict(release=True, experiment=None, branch=None, why='not a git repository: deploys here are releases')
+    if branch != release_branch:
+        return dict(release=False, experiment=None, branch=branch, why=f'branch {branch} is not the release branch {release_branch}, so champion stays')
+    return dict(release=True, experiment=None, branch=branch, why=f'release branch {branch}')
+
 def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
                evaluate_path:str|Path='metrics/evaluate.json', figures_dir:str|Path='plots/evaluate/figures',
                gate_path:str|Path='metrics/gate.json', registry:str|Path|None=None, project_dir:str|Path='.') -> Deployed:
@@ -428,9 +463,11 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     train, _ = load_split(prepared_dir, 'train')
     mfile = Path(model_dir)/'model.skops'
     run = read_json(Path(model_dir)/'run.json') if (Path(model_dir)/'run.json').exists() else {}
-    lineage = dict(git=git_state(project_dir), data=data_hash(prepared_dir, Path(project_dir)/'dvc.lock'),
+    release = release_line(project_dir, d['release_branch'])
+    from mlops_nb.registry import sha256_file
+    lineage = dict(git=git_state(project_dir), data=data_hash(prepared_dir, Path(project_dir)/'dvc.lock'), release=release,
                    trained_at=dt.datetime.fromtimestamp(mfile.stat().st_mtime, dt.timezone.utc).isoformat(timespec='seconds'),
-                   training_seconds=run.get('fit_seconds'))
+                   training_seconds=run.get('fit_seconds'), model_sha256=sha256_file(mfile))
     figures = {p.stem: p for p in sorted(Path(figures_dir).glob('*.png'))} if Path(figures_dir).is_dir() else {}
     status = 'accepted' if c.gate['passed'] else 'rejected'
     spec = c.spec
@@ -445,16 +482,16 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
                                artifacts={'profile': profile.save(Path(td)/'profile')})
     before, alias = c.champion, None
     if c.gate['passed']:
-        alias = 'champion' if d['auto_promote'] else 'challenger'
+        alias = 'champion' if d['auto_promote'] and release['release'] else 'challenger'
         why = 'deploy gate passed' + (f" against {before}" if before else ' (first model)') + ': ' + '; '.join(ch['reason'] for ch in c.gate['checks'])
         reg.promote(version, alias, reason=why)
     after = reg.aliases().get('champion')
     onnx = reg.info(version).get('onnx') or {}
     write_json(gate_path, dict(passed=c.gate['passed'], decision=c.gate['decision'], version=version, status=status, promoted_to=alias,
                                champion_before=before, champion_after=after, reasons=c.gate['reasons'], failed=c.gate['failed'],
-                               checks=c.gate['checks'], candidate=c.metrics, champion_metrics=c.champion_metrics,
+                               release=release, checks=c.gate['checks'], candidate=c.metrics, champion_metrics=c.champion_metrics,
                                champion_error=c.champion_error, onnx_kept=bool(onnx.get('kept')), onnx_max_abs_diff=onnx.get('max_abs_diff')))
-    log.info('deploy: %s registered as %s; %s', version, status, f'promoted to {alias}' if alias else f'champion stays {before}')
+    log.info('deploy: %s registered as %s; %s (%s)', version, status, f'promoted to {alias}' if alias else f'champion stays {before}', release['why'])
     return Deployed(c, version, status, alias, before, after)
 
 # %% ../nbs/06_steps.ipynb #13636282

@@ -55,5 +55,5 @@ def copy_project(dst:Path) -> Project:
         else: shutil.copy2(src, dst/name)
     p = Project(dst)
     p.set_params(SMALL)
-    p.run('git init -q && git add -A && git commit -qm init')
+    p.run('git init -q -b main && git add -A && git commit -qm init')
     return p

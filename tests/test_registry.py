@@ -373,3 +373,24 @@ def test_cli_models_and_gate_exit_codes(deployed, reg_copy, tmp_path):
     r = cli(['gate', '--registry', str(tmp_path/'empty-registry')], p, check=0)   # no champion: thresholds only
     assert 'no champion yet' in r.stdout
     cli(['gate', '--from', 'no/such.json'], p, check=2)
+
+
+def test_commands_leave_pipeline_outputs_alone_and_say_what_they_see(deployed, reg_copy):
+    "`mlops-nb monitor` writes no stage output unless told; `gate` says when the candidate is the champion; options after the action."
+    p = deployed.path
+    status = p/'monitor/status.json'
+    before, dvc_before = status.read_bytes(), deployed.run('dvc status').stdout
+    r = cli(['monitor', '--reference', 'champion', '--current', 'data/prepared/test.parquet', '--report-only'], p, check=0)
+    assert 'features drifted' in r.stdout
+    assert status.read_bytes() == before and deployed.run('dvc status').stdout == dvc_before
+    # the exp run reran deploy only: models/candidate is the very model registered as v0001, the champion
+    r = cli(['gate'], p, check=1)
+    assert 'the candidate already is the champion v0001' in r.stdout
+    out = cli(['models', 'list', '--registry', str(reg_copy)], p, check=0).stdout
+    assert 'v0001' in out and 'champion' in out
+    assert cli(['models', 'show', 'champion', '--registry', str(reg_copy), '--json'], p, check=0).stdout.lstrip().startswith('{')
+    # `models list` checks every manifest: a tampered champion is listed as damaged, not as accepted
+    with open(reg_copy/'versions'/'v0003'/'schema.json', 'a') as f: f.write(' ')
+    rows = {r['version']: r for r in json.loads(cli(['models', 'list', '--json', '--registry', str(reg_copy)], p, check=0).stdout)}
+    assert rows['v0003']['status'] == 'damaged' and rows['v0003']['aliases'] == 'champion' and 'schema.json' in rows['v0003']['error']
+    assert 'damaged' in cli(['models', 'list', '--registry', str(reg_copy)], p, check=0).stdout
