@@ -15,7 +15,8 @@ from filelock import FileLock
 from .core import MlopsError, get_logger
 
 # %% auto #0
-__all__ = ['log', 'ENV_VARS', 'scheduler_address', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore', 'search']
+__all__ = ['log', 'ENV_VARS', 'scheduler_address', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore', 'search',
+           'parquet_tasks', 'parquet_drift']
 
 # %% ../nbs/16_dask.ipynb #2a8e4e08
 log = get_logger('mlops_nb.distributed')
@@ -157,3 +158,238 @@ def search(pipeline, X:pd.DataFrame, y, space:dict, method:str='random', n_iter:
     table = T._cv_table(res, cv_splits, list(grid))
     log.info(f"search: best {scoring or 'score'} {means[best]:.4f} with {({k.removeprefix('model__'): v for k, v in cands[best].items()})}")
     return model, table, dict(candidates=len(cands), from_store=len(cands) - len(todo), ran=len(todo))
+
+# %% ../nbs/16_dask.ipynb #ebe99dc6
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+def _parquet_files(path) -> list[Path]:
+    path = Path(path)
+    if path.is_dir(): files = sorted(p for p in path.rglob('*.parquet') if p.is_file())
+    elif path.exists(): files = [path]
+    else: raise MlopsError(f"{path}: no such Parquet file or folder")
+    if not files: raise MlopsError(f"{path}: no .parquet files in the folder")
+    return files
+
+def _arrow_kind(t:pa.DataType) -> str|None:
+    "'num' / 'cat' / None (not compared), as `monitor.column_kind` for the pandas dtype of `t`."
+    if pa.types.is_boolean(t): return 'cat'
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t): return 'num'
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t): return 'cat'
+    return None
+
+def parquet_tasks(path, columns:list[str]|None=None, column_chunk:int=64) -> tuple[list[tuple], dict[str, str]]:
+    "The tasks `(file, row_group, columns)` over the Parquet data at `path`, and the kind of each compared column."
+    files = _parquet_files(path)
+    schema = pq.read_schema(files[0])
+    kinds = {f.name: _arrow_kind(f.type) for f in schema}
+    if columns is not None:
+        missing = [c for c in columns if c not in kinds]
+        if missing: raise MlopsError(f"{files[0]}: column(s) {missing} not in the Parquet schema (have {list(kinds)})")
+        kinds = {c: kinds[c] for c in columns}
+    kinds = {c: k for c, k in kinds.items() if k}
+    names = list(kinds)
+    tasks = []
+    for f in files:
+        have = set(pq.read_schema(f).names)
+        gone = [c for c in names if c not in have]
+        if gone: raise MlopsError(f"{f}: column(s) {gone} missing (the first file {files[0].name} has them)")
+        for rg in range(pq.ParquetFile(f).num_row_groups):
+            for i in range(0, len(names), column_chunk): tasks.append((str(f), rg, names[i:i + column_chunk]))
+    return tasks, kinds
+
+def _floats_of(col) -> np.ndarray:
+    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False) if col.null_count == 0 else \
+           pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+def _cat_counts(col) -> dict[str, int]:
+    if pa.types.is_dictionary(col.type): col = pc.cast(col, col.type.value_type)
+    vc = pc.value_counts(col)
+    keys, counts = vc.field('values').to_pylist(), vc.field('counts').to_pylist()
+    if pa.types.is_boolean(col.type): keys = [None if k is None else str(k) for k in keys]
+    return {k: int(c) for k, c in zip(keys, counts) if k is not None}
+
+def _read(task):
+    f, rg, cols = task
+    return pq.ParquetFile(f).read_row_group(rg, columns=cols, use_threads=False)
+
+def _pass1(task, kinds:dict) -> dict:
+    "Exact summaries of one task: rows, missing, infinities, min, max (numerical), category counts."
+    t, out = _read(task), {}
+    for c in task[2]:
+        col = t.column(c)
+        if kinds[c] == 'num':
+            x = _floats_of(col); fin = np.isfinite(x); nan = int(np.isnan(x).sum())
+            v = x[fin]
+            out[c] = dict(rows=len(x), missing=nan, inf=int(len(x) - nan - len(v)), n=len(v),
+                          min=float(v.min()) if len(v) else None, max=float(v.max()) if len(v) else None)
+        else: out[c] = dict(rows=len(col), missing=int(col.null_count), counts=_cat_counts(col))
+    return out
+
+def _pass2(task, grid:dict) -> dict:
+    "The histogram on the grid, mean/M2 and the out-of-range count of each numerical column of one task."
+    t, out = _read(task), {}
+    for c in task[2]:
+        if c not in grid: continue
+        edges, lo, hi = grid[c]
+        x = _floats_of(t.column(c)); v = x[np.isfinite(x)]
+        hist = np.bincount(np.searchsorted(edges[1:-1], v, side='left'), minlength=len(edges) - 1).astype('int64')
+        mean = float(v.mean()) if len(v) else 0.0
+        out[c] = dict(hist=hist, n=len(v), mean=mean, m2=float(((v - mean) ** 2).sum()) if len(v) else 0.0,
+                      out_of_range=int(((v < lo) | (v > hi)).sum()) if lo is not None else 0)
+    return out
+
+def _run(fn, tasks:list, client=None, **kw) -> list:
+    "`[fn(t, **kw) for t in tasks]`, in task order; on the Dask cluster of `client` when given."
+    if client is None: return [fn(t, **kw) for t in tasks]
+    futures = client.map(fn, tasks, **kw, pure=False)
+    try: return client.gather(futures)
+    finally: client.cancel(futures)
+
+def _merge1(parts:list[dict], kinds:dict) -> dict:
+    out = {}
+    for part in parts:
+        for c, s in part.items():
+            o = out.get(c)
+            if o is None: out[c] = dict(s, counts=dict(s['counts'])) if kinds[c] == 'cat' else dict(s); continue
+            o['rows'] += s['rows']; o['missing'] += s['missing']
+            if kinds[c] == 'num':
+                o['inf'] += s['inf']; o['n'] += s['n']
+                for k, f in (('min', min), ('max', max)):
+                    if s[k] is not None: o[k] = s[k] if o[k] is None else f(o[k], s[k])
+            else:
+                for k, n in s['counts'].items(): o['counts'][k] = o['counts'].get(k, 0) + n
+    return out
+
+def _merge2(parts:list[dict]) -> dict:
+    out = {}
+    for part in parts:
+        for c, s in part.items():
+            o = out.get(c)
+            if o is None: out[c] = dict(s, hist=s['hist'].copy()); continue
+            n = o['n'] + s['n']
+            if n:   # Chan et al.'s parallel mean and M2
+                d = s['mean'] - o['mean']
+                o['m2'] += s['m2'] + d * d * o['n'] * s['n'] / n
+                o['mean'] += d * s['n'] / n
+            o['n'] = n; o['hist'] += s['hist']; o['out_of_range'] += s['out_of_range']
+    return out
+
+# %% ../nbs/16_dask.ipynb #a655b71c
+def _grid_scores(hr:np.ndarray, hc:np.ndarray, edges:np.ndarray) -> dict:
+    "KS (lower bound), Wasserstein (trapezoid) and their error bounds from two histograms on the same edges."
+    pr, pcur = hr / hr.sum(), hc / hc.sum()
+    g = np.concatenate([[0.0], np.cumsum(pr) - np.cumsum(pcur)])      # F_ref - F_cur at each edge
+    w = np.diff(edges)
+    return dict(ks_stat=float(np.abs(g).max()), ks_error=float(np.maximum(pr, pcur).max()),
+                wasserstein=float(np.sum(w * (np.abs(g[:-1]) + np.abs(g[1:])) / 2)),
+                wasserstein_error=float(np.sum(w * (pr + pcur))))
+
+def _psi_grid_edges(hist:np.ndarray, edges:np.ndarray, psi_bins:int) -> np.ndarray:
+    "Interior PSI edges: for each reference decile, the grid edge where the reference CDF first reaches it."
+    if psi_bins <= 1 or not hist.sum(): return np.array([])
+    cdf = np.cumsum(hist) / hist.sum()
+    idx = np.searchsorted(cdf, np.linspace(0, 1, psi_bins + 1)[1:-1], side='left')
+    return np.unique(edges[1:][np.minimum(idx, len(edges) - 2)])
+
+def parquet_drift(reference, current, cfg:dict|None=None, quality:dict|None=None, columns:list[str]|None=None,
+                  bins:int=2048, client=None, column_chunk:int=64) -> dict:
+    """Drift and data quality of the Parquet data `current` against `reference`, out of core (see above).
+    Returns `drift` (a `monitor.DriftReport`, with error columns), `quality` (the table of `monitor.quality_drift`),
+    `breaches`, and the merged `summaries`."""
+    from scipy import stats
+    from mlops_nb import monitor as M
+    st = M.settings({'drift': cfg or {}, 'quality': quality or {}})
+    cfg, q = st['drift'], st['quality']
+    rtasks, kinds = parquet_tasks(reference, columns, column_chunk)
+    ctasks, ckinds = parquet_tasks(current, [c for c in kinds if c in _schema_names(current)], column_chunk)
+    r1 = _merge1(_run(_pass1, rtasks, client, kinds=kinds), kinds)
+    c1 = _merge1(_run(_pass1, ctasks, client, kinds=ckinds), ckinds)
+    grid = {}
+    for c, k in kinds.items():
+        if k != 'num' or ckinds.get(c) != 'num': continue
+        lo = [s[m] for s in (r1[c], c1.get(c, {})) for m in ('min',) if s.get(m) is not None]
+        hi = [s[m] for s in (r1[c], c1.get(c, {})) for m in ('max',) if s.get(m) is not None]
+        if not lo: continue
+        a, b = min(lo), max(hi)
+        edges = np.linspace(a, b, bins + 1) if b > a else np.array([a - 0.5, a + 0.5])
+        m = (r1[c]['max'] - r1[c]['min']) * q['range_margin'] if r1[c]['n'] else None
+        grid[c] = (edges, r1[c]['min'] - m if m is not None else None, r1[c]['max'] + m if m is not None else None)
+    r2 = _merge2(_run(_pass2, rtasks, client, grid=grid))
+    c2 = _merge2(_run(_pass2, ctasks, client, grid=grid))
+    rows, qrows, breaches = [], [], []
+    def breach(col, rule, value, limit, detail):
+        breaches.append(dict(column=col, rule=rule, value=round(float(value), 6), limit=limit, detail=detail))
+    for c, k in kinds.items():
+        r, cur = r1[c], c1.get(c)
+        n_ref = r['n'] if k == 'num' else sum(r['counts'].values())
+        row = dict(column=c, kind=k, method=None, score=None, threshold=None, drift=None, status='ok', n_ref=n_ref, n_cur=0)
+        qr = dict(column=c, kind=k, ref_null_rate=r['missing'] / r['rows'] if r['rows'] else 0.0, cur_null_rate=None,
+                  inf_rate=None, out_of_range_rate=None, new_category_rate=None, wrong_dtype_rate=None, status='ok')
+        if cur is None:
+            rows.append(row | dict(status='missing_in_current')); qrows.append(qr | dict(status='missing'))
+            breach(c, 'missing_column', 1, 0, f"column '{c}' is not in the current window"); continue
+        if ckinds[c] != k: row['status'] = f'dtype_changed:{ckinds[c]}'
+        n = cur['rows']
+        qr['cur_null_rate'] = cur['missing'] / n if n else None
+        if k == 'num' and ckinds[c] == 'num':
+            row['n_cur'] = cur['n']
+            if n:
+                qr['wrong_dtype_rate'] = 0.0; qr['inf_rate'] = cur['inf'] / n
+                if r['n']:
+                    qr['out_of_range_rate'] = c2[c]['out_of_range'] / n
+                    if qr['out_of_range_rate'] > q['max_out_of_range_rate']:
+                        _, lo, hi = grid[c]
+                        breach(c, 'out_of_range', qr['out_of_range_rate'], q['max_out_of_range_rate'],
+                               f"outside [{lo:.6g}, {hi:.6g}] (reference range {r['min']:.6g} .. {r['max']:.6g} ± {q['range_margin']} x range)")
+                if qr['inf_rate'] > 0: breach(c, 'infinite_values', qr['inf_rate'], 0, f"{cur['inf']} of {n} values are infinite")
+            if not r['n'] or not cur['n']:
+                row['status'] = 'empty_reference' if not r['n'] else 'empty_current'
+            else:
+                edges = grid[c][0]; hr, hc = r2[c]['hist'], c2[c]['hist']
+                sc = _grid_scores(hr, hc, edges)
+                std = max(float(np.sqrt(r2[c]['m2'] / r2[c]['n'])), 1e-3)
+                pe = _psi_grid_edges(hr, edges, cfg['psi_bins'])
+                cut = np.searchsorted(edges[1:-1], pe)          # PSI bins are unions of grid bins
+                psi_counts = lambda h: np.add.reduceat(h, np.concatenate([[0], cut + 1])) if len(pe) else np.array([h.sum()])
+                big, small = max(r['n'], cur['n']), min(r['n'], cur['n'])
+                sc.update(wasserstein_norm=sc['wasserstein'] / std, wasserstein_error=sc['wasserstein_error'] / std,
+                          psi=M.psi(psi_counts(hr), psi_counts(hc)),
+                          ks_pvalue=float(stats.kstwo.sf(sc['ks_stat'], np.round(big * small / (big + small)))))
+                method = M._method('num', r['n'], cfg)
+                score, thr, drift = M._verdict(method, sc, cfg)
+                row |= dict(method=method, score=score, threshold=thr, drift=drift, psi_edges=pe) | sc
+        elif k == 'cat' and ckinds[c] == 'cat':
+            ck = list(cur['counts']); cc = np.array([cur['counts'][x] for x in ck], dtype='int64')
+            rk = list(r['counts']); rc = np.array([r['counts'][x] for x in rk], dtype='int64')
+            row['n_cur'] = int(cc.sum())
+            if n:
+                new = [x for x in ck if x not in r['counts']]
+                qr['new_category_rate'] = sum(cur['counts'][x] for x in new) / n
+                if qr['new_category_rate'] > q['max_new_category_rate']:
+                    top = ', '.join(f"'{x}' ({cur['counts'][x]})" for x in sorted(new, key=lambda x: -cur['counts'][x])[:5])
+                    breach(c, 'new_categories', qr['new_category_rate'], q['max_new_category_rate'], f"unseen in the reference: {top}")
+            if not rc.sum() or not cc.sum(): row['status'] = 'empty_reference' if not rc.sum() else 'empty_current'
+            else:
+                keys, a, b = M.align_counts(np.array(rk, dtype=object), rc, ck, cc)
+                sc = M.categorical_scores(a, b)
+                sc['new_categories'] = sorted(str(x) for x in keys[len(rk):][b[len(rk):] > 0])
+                method = M._method('cat', n_ref, cfg)
+                score, thr, drift = M._verdict(method, sc, cfg)
+                row |= dict(method=method, score=score, threshold=thr, drift=drift) | sc
+        if qr['cur_null_rate'] is not None and qr['cur_null_rate'] - qr['ref_null_rate'] > q['max_null_rate_increase']:
+            breach(c, 'null_rate', qr['cur_null_rate'], round(qr['ref_null_rate'] + q['max_null_rate_increase'], 6),
+                   f"null rate {qr['cur_null_rate']:.3f} > reference {qr['ref_null_rate']:.3f} + {q['max_null_rate_increase']}")
+        rows.append(row); qrows.append(qr)
+    table = pd.DataFrame(rows).reindex(columns=M.COLUMNS + ['ks_error', 'wasserstein_error', 'psi_edges'])
+    tested = table['drift'].notna()
+    n_drifted, n_tested = int((table['drift'] == True).sum()), int(tested.sum())
+    share = n_drifted / n_tested if n_tested else 0.0
+    rows_ref = r1[next(iter(kinds))]['rows'] if kinds else 0
+    rows_cur = c1[next(iter(c1))]['rows'] if c1 else 0
+    report = M.DriftReport(table, n_drifted, n_tested, share, bool(n_tested and share >= cfg['drift_share']),
+                           cfg['drift_share'], rows_ref, rows_cur)
+    return dict(drift=report, quality=pd.DataFrame(qrows), breaches=breaches, summaries=dict(reference=r1, current=c1))
+
+def _schema_names(path) -> set[str]: return set(pq.read_schema(_parquet_files(path)[0]).names)
