@@ -76,6 +76,7 @@ PARAMS_SCHEMA = _obj({
                    'unseen_categories': {'enum': ['allow', 'error']}, 'unknown_columns': {'enum': ['error', 'ignore']},
                    'output': {'enum': ['label', 'score', 'both']}, 'poll_seconds': _num, 'access_log': _bool,
                    'micro_batch': _bool, 'registry': _str}),
+    'dask': _obj({'scheduler': _str, 'trial_store': _str}),   # where the work runs (mlops_nb.distributed)
 })
 
 # %% ../nbs/15_params.ipynb #47520525

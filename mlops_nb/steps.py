@@ -240,9 +240,16 @@ def run_train(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|
     est = make_estimator(t.get('estimator', 'hist_gradient_boosting'), task['type'], t.get('estimator_params'), seed)
     s = dict(method='random', n_iter=10, cv_splits=3, scoring=None, space={}) | (t.get('search') or {})
     start = time.perf_counter()
-    model, cv = search(make_pipeline(spec['numeric'], spec['categorical'], est), train[cols], train[task['target']],
-                       s['space'], method=s['method'], n_iter=int(s['n_iter']), cv_splits=int(s['cv_splits']),
-                       scoring=s['scoring'], seed=seed)
+    args = (make_pipeline(spec['numeric'], spec['categorical'], est), train[cols], train[task['target']], s['space'])
+    kw = dict(method=s['method'], n_iter=int(s['n_iter']), cv_splits=int(s['cv_splits']), scoring=s['scoring'], seed=seed)
+    dk = params.get('dask') or {}
+    if dk or any(os.environ.get(v) for v in ('MLOPS_NB_DASK_SCHEDULER', 'DASK_SCHEDULER_ADDRESS')):
+        # a Dask scheduler and/or a trial store (mlops_nb.distributed): the same search, resumable, maybe on a cluster
+        from mlops_nb.distributed import joblib_backend, scheduler_address, search as resumable_search
+        address = scheduler_address(dk)
+        with joblib_backend(address):
+            model, cv, _ = resumable_search(*args, **kw, n_jobs=-1 if address else 1, trials=dk.get('trial_store') or None)
+    else: model, cv = search(*args, **kw)
     seconds = time.perf_counter() - start
     best = cv.head(1).to_dict('records')[0] if len(cv) else {}  # records keep each column's dtype
     metrics = dict(estimator=t.get('estimator', 'hist_gradient_boosting'), scoring=s['scoring'], n_train=len(train),
