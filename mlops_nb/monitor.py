@@ -24,7 +24,8 @@ __all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'SCORE', 'COLUMNS', 
            'DriftReport', 'data_drift', 'drift_over_time', 'prediction_drift', 'class_rates', 'quality_drift', 'wilson',
            'auc_interval', 'window_metrics', 'performance_over_time', 'evaluate_alerts', 'post_json', 'deliver',
            'MonitorResult', 'monitor', 'plot_drift_scores', 'plot_distributions', 'plot_drift_over_time',
-           'plot_performance', 'registry_reference', 'read_window', 'cli_monitor']
+           'plot_performance', 'needs_calibration', 'expected_roc_auc', 'expected_pr_auc', 'CBPE', 'DLE',
+           'estimated_performance', 'registry_reference', 'read_window', 'cli_monitor']
 
 # %% ../nbs/10_monitor.ipynb #cf15682f
 log = get_logger('mlops_nb.monitor')
@@ -823,6 +824,170 @@ def plot_performance(perf:pd.DataFrame, metric:str, reference:float|None=None):
     ax.set_ylabel(metric); ax.legend(fontsize=8); ax.set_title(f'{metric} over time')
     fig.tight_layout(); plt.close(fig)
     return fig
+
+# %% ../nbs/10_monitor.ipynb #08747acd
+def _ece(y:np.ndarray, p:np.ndarray, bins:int=10) -> float:
+    "Expected calibration error over `bins` equal-count bins of the sorted scores (the last bin takes the remainder)."
+    o = np.argsort(p); y, p = y[o], p[o]
+    bins = min(bins, max(len(y) // 2, 1))
+    edges = np.asarray(range(0, len(y) + 1, max(len(y) // bins, 1))); edges[-1] = len(y)
+    return float(sum((b - a) / len(y) * abs(y[a:b].mean() - p[a:b].mean()) for a, b in zip(edges[:-1], edges[1:]) if b > a))
+
+def needs_calibration(y, scores, bins:int=10, splits:int=10, seed:int=42) -> bool:
+    "Whether isotonic calibration lowers the expected calibration error on held-out reference rows (as NannyML decides)."
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.metrics import roc_auc_score
+    y, s = np.asarray(y, dtype='int64'), np.asarray(scores, dtype='float64')
+    if len(np.unique(y)) < 2 or s.max() - s.min() == 0 or roc_auc_score(y, s) > 0.999: return False
+    ys, raw, cal = [], [], []
+    for tr, te in StratifiedShuffleSplit(n_splits=splits, test_size=0.1, random_state=seed).split(s, y):
+        iso = IsotonicRegression(out_of_bounds='clip', increasing=True).fit(s[tr], y[tr])
+        ys.append(y[te]); raw.append(s[te]); cal.append(iso.predict(s[te]))
+    ys, raw, cal = np.concatenate(ys), np.concatenate(raw), np.concatenate(cal)
+    return _ece(ys, cal, bins) < _ece(ys, raw, bins)
+
+def _expected_curve(p:np.ndarray, scores:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Expected true and false positives when the rows, ranked by the model's `scores`, are called positive one by one."
+    o = np.argsort(scores)[::-1]
+    tp = np.cumsum(p[o]); fp = np.arange(1, len(p) + 1) - tp
+    return np.round(np.r_[0, tp], 5), np.round(np.r_[0, fp], 5)
+
+def expected_roc_auc(p, scores=None) -> float:
+    "ROC AUC expected from calibrated probabilities `p` for the ranking by `scores` (default `p`): CBPE's expected TPR against FPR."
+    p = np.asarray(p, dtype='float64'); tp, fp = _expected_curve(p, p if scores is None else np.asarray(scores, dtype='float64'))
+    if tp[-1] <= 0 or fp[-1] <= 0: return np.nan
+    tpr, fpr = tp / tp[-1], fp / fp[-1]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+def expected_pr_auc(p, scores=None) -> float:
+    "Average precision expected from calibrated probabilities `p` for the ranking by `scores` (default `p`)."
+    p = np.asarray(p, dtype='float64'); tp, _ = _expected_curve(p, p if scores is None else np.asarray(scores, dtype='float64'))
+    if tp[-1] <= 0: return np.nan
+    precision = np.r_[1, tp[1:] / np.arange(1, len(p) + 1)]
+    return float(np.sum(np.diff(tp / tp[-1]) * precision[1:]))
+
+def _ranked_auc(y:np.ndarray, ranks:np.ndarray) -> np.ndarray:
+    "ROC AUC of each row of the label matrix `y` (samples x rows) for scores with `ranks` (average ranks, 1-based)."
+    npos = y.sum(axis=1); nneg = y.shape[1] - npos
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return (y @ ranks - npos*(npos + 1)/2) / (npos*nneg)
+
+@dataclass
+class CBPE:
+    "Confidence-based performance estimation: a calibrator fitted on labelled reference scores, metrics expected on unlabelled ones."
+    threshold: float = 0.5
+    calibrate: str = 'auto'          # auto (isotonic when it lowers the calibration error) | isotonic | none
+    samples: int = 200               # label draws for the uncertainty
+    confidence: float = 0.95
+    seed: int = 42
+    calibrated_: bool = False
+    calibrator_: object = None
+
+    def fit(self, y, scores) -> CBPE:
+        "Fit the calibrator on the reference's labels `y` and scores."
+        from sklearn.isotonic import IsotonicRegression
+        if self.calibrate not in ('auto', 'isotonic', 'none'):
+            raise MlopsError(f"CBPE calibrate: expected auto, isotonic or none, got {self.calibrate!r}")
+        y, s = np.asarray(y, dtype='int64'), np.asarray(scores, dtype='float64')
+        if len(y) != len(s) or not len(y): raise MlopsError(f"CBPE: {len(y)} labels for {len(s)} scores")
+        self.calibrated_ = self.calibrate == 'isotonic' or (self.calibrate == 'auto' and needs_calibration(y, s, seed=self.seed))
+        self.calibrator_ = IsotonicRegression(out_of_bounds='clip', increasing=True).fit(s, y) if self.calibrated_ else None
+        return self
+
+    def proba(self, scores) -> np.ndarray:
+        "Calibrated probabilities of the positive class."
+        s = np.clip(np.asarray(scores, dtype='float64'), 0, 1)
+        return self.calibrator_.predict(s) if self.calibrator_ is not None else s
+
+    def estimate(self, scores) -> dict:
+        "Expected ROC AUC, PR AUC, precision, recall and F1 (at `threshold`) of one chunk, each with `_lo`/`_hi` and `_std`."
+        s = np.asarray(scores, dtype='float64'); s = s[np.isfinite(s)]
+        p = self.proba(s); n = len(p)
+        out = dict(n=n, expected_positive_rate=float(p.mean()) if n else np.nan)
+        if n < 2: return out | {k: np.nan for k in ('roc_auc', 'pr_auc', 'precision', 'recall', 'f1')}
+        pred = s >= self.threshold
+        tp, fp, fn = p[pred].sum(), (1 - p[pred]).sum(), p[~pred].sum()
+        out |= dict(roc_auc=expected_roc_auc(p, s), pr_auc=expected_pr_auc(p, s),
+                    precision=tp / (tp + fp) if pred.any() else np.nan, recall=tp / (tp + fn) if tp + fn > 0 else np.nan,
+                    f1=2*tp / (2*tp + fp + fn) if tp + fp + fn > 0 else np.nan)
+        # uncertainty: the realised metric's spread when labels are drawn from the calibrated probabilities
+        y = (np.random.default_rng(self.seed).random((self.samples, n)) < p).astype('float64')
+        a = 0.5 - self.confidence / 2
+        with np.errstate(invalid='ignore', divide='ignore'):
+            tps, pos = y[:, pred].sum(axis=1), y.sum(axis=1)
+            draws = dict(roc_auc=_ranked_auc(y, stats.rankdata(s)), precision=tps / pred.sum() if pred.any() else np.full(self.samples, np.nan),
+                         recall=tps / pos)
+        for k, v in draws.items():
+            v = v[np.isfinite(v)]
+            out[f'{k}_std'] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
+            lo, hi = (np.quantile(v, [a, 1 - a]) if len(v) > 1 else (np.nan, np.nan))
+            shift = out[k] - float(v.mean()) if len(v) else 0.0    # centre the interval on the point estimate
+            out[f'{k}_lo'], out[f'{k}_hi'] = float(lo + shift), float(hi + shift)
+        return out
+
+@dataclass
+class DLE:
+    "Direct loss estimation for regression: models of the absolute and squared error, fitted on labelled reference rows."
+    features: list
+    prediction: str = 'prediction'
+    confidence: float = 0.95
+    seed: int = 42
+    models_: tuple = ()
+    ref_std_: float = np.nan
+
+    def _X(self, df:pd.DataFrame) -> np.ndarray:
+        lost = [c for c in self.features + [self.prediction] if c not in df.columns]
+        if lost: raise MlopsError(f"DLE: the window lacks column(s) {lost}")
+        return np.column_stack([pd.to_numeric(df[c], errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
+                                for c in self.features + [self.prediction]])
+
+    def fit(self, reference:pd.DataFrame, y) -> DLE:
+        "Fit the loss models on reference rows (features and the model's `prediction`) and their targets `y`."
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        X, e = self._X(reference), np.asarray(y, dtype='float64') - reference[self.prediction].to_numpy(dtype='float64')
+        self.models_ = tuple(HistGradientBoostingRegressor(max_iter=100, random_state=self.seed).fit(X, t) for t in (np.abs(e), e*e))
+        self.ref_std_ = float(np.abs(e).std(ddof=1))
+        return self
+
+    def estimate(self, df:pd.DataFrame) -> dict:
+        "Expected MAE and RMSE of the rows of `df`, with `_lo`/`_hi` from the reference's spread of errors."
+        n = len(df)
+        if not n: return dict(n=0, mae=np.nan, rmse=np.nan)
+        X = self._X(df)
+        mae, mse = (float(np.clip(m.predict(X), 0, None).mean()) for m in self.models_)
+        h = stats.norm.ppf(0.5 + self.confidence/2) * self.ref_std_ / math.sqrt(n)
+        return dict(n=n, mae=mae, mae_lo=mae - h, mae_hi=mae + h, mae_std=self.ref_std_ / math.sqrt(n), rmse=math.sqrt(mse))
+
+def estimated_performance(estimator, df:pd.DataFrame, score:str, time_column:str|None=None, freq:str='D',
+                          target:str|None=None, task:str='classification', threshold:float=0.5, conf:float=0.95,
+                          metric:str|None=None, tolerance:float=0.02) -> pd.DataFrame:
+    """Per chunk (time window, and 'all'): the metrics estimated without labels, beside the realised ones where labels
+    are in; `gap` = realised - estimated of `metric`, and `concept_drift` when the realised value is outside the
+    estimate's interval widened by `tolerance` (the estimate cannot see a changed relation between inputs and target)."""
+    if score not in df.columns: raise MlopsError(f"estimated performance: column '{score}' is not in the window")
+    metric = metric or ('roc_auc' if task == 'classification' else 'mae')
+    chunks = []
+    if time_column and time_column in df.columns and len(df):
+        t = pd.to_datetime(df[time_column], errors='coerce')
+        chunks = [(str(pd.Timestamp(k).date()) if freq == 'D' else str(k), g) for k, g in df.groupby(t.dt.floor(freq))]
+    chunks.append(('all', df))
+    rows = []
+    for name, g in chunks:
+        est = estimator.estimate(g[score].to_numpy(dtype='float64') if task == 'classification' else g) 
+        r = dict(window=name, n=len(g)) | {f'estimated_{k}': v for k, v in est.items() if k != 'n'}
+        labelled = g[g[target].notna()] if target and target in g.columns else g.iloc[:0]
+        r['labelled'] = len(labelled)
+        if len(labelled):
+            real = window_metrics(labelled[target], labelled[score], task, threshold, conf)
+            r |= {f'realised_{k}': real.get(k, np.nan) for k in (metric,)}
+            lo, hi = r.get(f'estimated_{metric}_lo', np.nan), r.get(f'estimated_{metric}_hi', np.nan)
+            rv = r[f'realised_{metric}']
+            r['gap'] = rv - r[f'estimated_{metric}']
+            r['concept_drift'] = bool(np.isfinite(rv) and np.isfinite(lo) and (rv < lo - tolerance or rv > hi + tolerance))
+        else: r |= {f'realised_{metric}': np.nan, 'gap': np.nan, 'concept_drift': False}
+        rows.append(r)
+    return pd.DataFrame(rows)
 
 # %% ../nbs/10_monitor.ipynb #7b0ac817
 def registry_reference(registry, ref:str='champion') -> tuple[Profile|None, dict]:

@@ -14,8 +14,8 @@ from scipy.special import expit
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['CATEGORIES', 'HOME_COUNTRIES', 'COUNTRIES', 'COLUMNS', 'FRAUD_PATTERNS', 'check_drift', 'fraud_risk',
-           'calibrated_intercept', 'TransactionSimulator', 'simulate']
+__all__ = ['CATEGORIES', 'HOME_COUNTRIES', 'COUNTRIES', 'COLUMNS', 'FRAUD_PATTERNS', 'DRIFT_SCHEDULES', 'check_drift',
+           'drift_weight', 'fraud_risk', 'calibrated_intercept', 'TransactionSimulator', 'simulate']
 
 # %% ../nbs/01_sim.ipynb #99ccc501
 CATEGORIES = ['grocery', 'restaurants', 'fuel', 'electronics', 'travel', 'fashion', 'entertainment', 'health', 'cash']
@@ -41,12 +41,14 @@ COLUMNS = ['transaction_id', 'timestamp', 'customer_id', 'amount', 'merchant_cat
 FRAUD_PATTERNS = ('none', 'card_testing')
 
 # %% ../nbs/01_sim.ipynb #4a615b36
-_DRIFT_DEFAULTS = dict(day=None, amount_scale=1.0, new_category=None, new_category_share=0.0, fraud_pattern='none')
+_DRIFT_DEFAULTS = dict(day=None, amount_scale=1.0, new_category=None, new_category_share=0.0, fraud_pattern='none',
+                       schedule='abrupt', span_days=14, period_days=28, duration_days=14, covariate=True, concept=True)
+DRIFT_SCHEDULES = ('abrupt', 'gradual', 'recurring', 'none')
 
 def _is_int(x) -> bool: return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 def check_drift(drift:dict|None) -> dict:
-    "Validate a drift schedule and fill in the defaults (no drift when `day` is None)."
+    "Validate a drift schedule and fill in the defaults (no drift when `day` is None or `schedule` is 'none')."
     if drift is None: return dict(_DRIFT_DEFAULTS)
     if not isinstance(drift, dict): raise MlopsError(f"sim drift: expected a dict, got {type(drift).__name__}")
     unknown = sorted(set(drift) - set(_DRIFT_DEFAULTS))
@@ -54,6 +56,14 @@ def check_drift(drift:dict|None) -> dict:
     d = {**_DRIFT_DEFAULTS, **{k: v for k, v in drift.items() if v is not None}}
     if d['day'] is not None and (not _is_int(d['day']) or d['day'] < 0):
         raise MlopsError(f"sim drift: 'day' must be an integer >= 0 or None, got {d['day']!r}")
+    if d['schedule'] not in DRIFT_SCHEDULES:
+        raise MlopsError(f"sim drift: 'schedule' must be one of {list(DRIFT_SCHEDULES)}, got {d['schedule']!r}")
+    for k in ('span_days', 'period_days', 'duration_days'):
+        if not _is_int(d[k]) or d[k] < 1: raise MlopsError(f"sim drift: '{k}' must be an integer >= 1, got {d[k]!r}")
+    if d['duration_days'] >= d['period_days'] and d['schedule'] == 'recurring':
+        raise MlopsError(f"sim drift: 'duration_days' ({d['duration_days']}) must be below 'period_days' ({d['period_days']}) for a recurring schedule")
+    for k in ('covariate', 'concept'):
+        if not isinstance(d[k], bool): raise MlopsError(f"sim drift: '{k}' must be true or false, got {d[k]!r}")
     if not isinstance(d['amount_scale'], (int, float)) or not d['amount_scale'] > 0:
         raise MlopsError(f"sim drift: 'amount_scale' must be a number > 0, got {d['amount_scale']!r}")
     if not isinstance(d['new_category_share'], (int, float)) or not 0 <= d['new_category_share'] < 1:
@@ -69,6 +79,14 @@ def check_drift(drift:dict|None) -> dict:
     if d['fraud_pattern'] not in FRAUD_PATTERNS:
         raise MlopsError(f"sim drift: unknown fraud_pattern {d['fraud_pattern']!r}; expected one of {list(FRAUD_PATTERNS)}")
     return d
+
+def drift_weight(drift:dict, d:int) -> float:
+    "How much of the drift is in force on day `d`, in [0, 1], under the (checked) schedule."
+    if drift['day'] is None or drift['schedule'] == 'none' or d < drift['day']: return 0.0
+    k = d - drift['day']
+    if drift['schedule'] == 'gradual': return min(1.0, (k + 1) / drift['span_days'])
+    if drift['schedule'] == 'recurring': return 1.0 if k % drift['period_days'] < drift['duration_days'] else 0.0
+    return 1.0
 
 # %% ../nbs/01_sim.ipynb #536be7a7
 def fraud_risk(log_ratio:np.ndarray, night:np.ndarray, foreign:np.ndarray, online:np.ndarray, risky:np.ndarray,
@@ -124,21 +142,26 @@ class TransactionSimulator:
                 f"fraud_rate={self.fraud_rate}, drift={self.drift})")
 
     def drifted(self, d:int) -> bool:
-        "Whether day `d` is on or after the drift day."
-        return self.drift['day'] is not None and d >= self.drift['day']
+        "Whether any drift is in force on day `d`."
+        return drift_weight(self.drift, d) > 0
+
+    def weights(self, d:int) -> tuple[float, float]:
+        "The covariate-shift and concept-drift weights of day `d`, each in [0, 1]."
+        w = drift_weight(self.drift, d)
+        return (w if self.drift['covariate'] else 0.0), (w if self.drift['concept'] else 0.0)
 
     def day(self, d:int) -> pd.DataFrame:
         "The transactions of day `d` (0-based), sorted by timestamp."
         _check_day(d)
         d, n, dr = int(d), self.transactions_per_day, self.drift
-        rng, drifted = np.random.default_rng([self.seed, d, 0xDA7]), self.drifted(d)
+        rng, (w_cov, w_con) = np.random.default_rng([self.seed, d, 0xDA7]), self.weights(d)
         # who and when
         cust = rng.choice(self.n_customers, size=n, p=self._p_cust)
         hour = rng.choice(24, size=n, p=_HOUR_P)
         ms = hour*3_600_000 + rng.integers(0, 3_600_000, size=n)
         # what: a category from the customer's mix, or the new category after drift
         cat = (self._cat_cum[cust] < rng.random(n)[:, None]).sum(axis=1).clip(max=len(CATEGORIES)-1)
-        new_cat = rng.random(n) < (dr['new_category_share'] if drifted and dr['new_category'] else 0.0)
+        new_cat = rng.random(n) < (dr['new_category_share']*w_cov if dr['new_category'] else 0.0)
         cat = np.where(new_cat, len(CATEGORIES), cat)
         cat_names = np.array(CATEGORIES + [dr['new_category'] or '_new'])
         # how: channel (atm for cash, else online or pos) and a device consistent with it
@@ -154,16 +177,19 @@ class TransactionSimulator:
         dist = np.where(foreign, 200 + rng.lognormal(np.log(1200), 0.7, size=n),
                         np.where(online, rng.exponential(25, size=n), rng.exponential(6, size=n)))
         # how much: typical amount x category x noise, scaled after drift; the averages catch up over 30 days
-        scale = dr['amount_scale'] if drifted else 1.0
+        scale = dr['amount_scale'] if w_cov == 1 else 1 + (dr['amount_scale'] - 1)*w_cov
         amount = self._avg[cust] * np.append(_CAT_AMOUNT, _NEW_CAT['amount'])[cat] * rng.lognormal(0, 0.6, size=n) * scale
         amount = np.where(atm, np.maximum(20, np.round(amount/20)*20), np.round(np.maximum(amount, 0.5), 2))
-        caught_up = min(1.0, (d - dr['day'] + 1)/_HISTORY_DAYS) if drifted else 0.0
-        avg = np.round(self._avg[cust] * (1 + (scale - 1)*caught_up), 2)
+        # the averages follow the mean amount scale of the last 30 days (for abrupt drift: catch up linearly)
+        past = np.mean([self.weights(k)[0] for k in range(d - _HISTORY_DAYS + 1, d + 1) if k >= 0]
+                       + [0.0]*max(0, _HISTORY_DAYS - 1 - d)) if self.drift['day'] is not None else 0.0
+        avg = np.round(self._avg[cust] * (1 + (dr['amount_scale'] - 1)*past), 2)
         tx_24h = rng.poisson(self._rate_24h[cust])
         # fraud: a logistic of the risk factors, its intercept calibrated to the fraud rate
-        risk = fraud_risk(np.log(amount/avg), (hour < 6).astype(float), foreign.astype(float), online.astype(float),
-                          np.append(_CAT_RISKY, 1)[cat].astype(float), new_cat.astype(float), tx_24h, dist,
-                          dr['fraud_pattern'] if drifted else 'none')
+        args = (np.log(amount/avg), (hour < 6).astype(float), foreign.astype(float), online.astype(float),
+                np.append(_CAT_RISKY, 1)[cat].astype(float), new_cat.astype(float), tx_24h, dist)
+        risk = fraud_risk(*args, 'none')   # concept drift: the fraud pattern blends in with the weight w_con
+        if w_con > 0 and dr['fraud_pattern'] != 'none': risk = (1 - w_con)*risk + w_con*fraud_risk(*args, dr['fraud_pattern'])
         is_fraud = (rng.random(n) < expit(calibrated_intercept(risk, self.fraud_rate) + risk)).astype(np.int64)
         o = np.argsort(ms, kind='stable')
         return pd.DataFrame({

@@ -7,7 +7,8 @@ set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
-{ command -v pg_ctl >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null; } || missing+=(postgresql)
+# the PostgreSQL source's test starts a throwaway server with Debian's postgresql (initdb, pg_ctl)
+{ command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; } || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 fail() {
   echo "system packages: could not install ${missing[*]}: $1" >&2

@@ -1,0 +1,80 @@
+"""Label-free performance estimation (CBPE) against NannyML's on the same chunks, and against the realised metric on
+data with covariate shift only. NannyML runs in its own environment (benchmarks/.venv-nannyml, created when missing,
+or the interpreter named by $MLOPS_NB_NANNYML_PYTHON): its pins do not fit the project's."""
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from mlops_nb.monitor import CBPE, window_metrics
+from mlops_nb.sim import TransactionSimulator
+
+ROOT = Path(__file__).resolve().parents[1]
+NANNYML = 'nannyml==0.13.1'
+CHUNK = 10000
+
+
+def nannyml_python() -> str:
+    given = os.environ.get('MLOPS_NB_NANNYML_PYTHON')
+    if given: return given
+    venv = ROOT/'benchmarks'/'.venv-nannyml'
+    py = venv/'bin'/'python'
+    if not py.exists() or subprocess.run([str(py), '-c', 'import nannyml'], capture_output=True).returncode:
+        subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+        subprocess.run([str(py), '-m', 'pip', 'install', '-q', NANNYML, 'statsmodels'], check=True)
+    return str(py)
+
+
+def features(df):
+    X = pd.DataFrame(dict(r=np.log(df['amount'] / df['customer_avg_amount']), night=df['timestamp'].dt.hour < 6,
+                          online=df['channel'] == 'online', foreign=df['distance_from_home_km'] > 200,
+                          tx=df['customer_tx_24h'], risky=df['merchant_category'].isin(['electronics', 'travel', 'cash'])))
+    return X.astype(float)
+
+
+@pytest.fixture(scope='module')
+def chunks(tmp_path_factory):
+    "A model trained before a covariate-only shift, its scored reference and analysis rows (chunks of CHUNK rows)."
+    sim = TransactionSimulator(seed=11, n_customers=3000, transactions_per_day=5000,
+                               drift=dict(day=8, schedule='gradual', span_days=4, amount_scale=1.8, new_category='crypto',
+                                          new_category_share=0.1, fraud_pattern='card_testing', concept=False))
+    train, ref, ana = sim.frame(0, 3), sim.frame(3, 4), sim.frame(8, 6)
+    clf = LogisticRegression(max_iter=1000).fit(features(train), train['is_fraud'])
+    out = {}
+    for name, df in (('reference', ref), ('analysis', ana)):
+        s = clf.predict_proba(features(df))[:, 1]
+        out[name] = pd.DataFrame(dict(score=s, pred=(s >= 0.1).astype(int), y=df['is_fraud'].to_numpy()))
+    return out
+
+
+def test_cbpe_matches_nannyml_and_realised(chunks, tmp_path):
+    ref, ana = chunks['reference'], chunks['analysis']
+    ref.to_csv(tmp_path/'reference.csv', index=False); ana.drop(columns='y').to_csv(tmp_path/'analysis.csv', index=False)
+    script = textwrap.dedent(f"""
+        import json, pandas as pd, nannyml as nml
+        ref, ana = pd.read_csv('{tmp_path}/reference.csv'), pd.read_csv('{tmp_path}/analysis.csv')
+        est = nml.CBPE(problem_type='classification_binary', y_pred_proba='score', y_pred='pred', y_true='y',
+                       metrics=['roc_auc', 'average_precision'], chunk_size={CHUNK})
+        est.fit(ref)
+        r = est.estimate(ana).filter(period='analysis').to_df()
+        print(json.dumps(dict(roc_auc=r[('roc_auc', 'value')].tolist(), pr_auc=r[('average_precision', 'value')].tolist(),
+                              calibrated=bool(est.needs_calibration))))
+    """)
+    got = subprocess.run([nannyml_python(), '-c', script], capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-3000:]
+    theirs = json.loads(got.stdout.strip().splitlines()[-1])
+    cbpe = CBPE(threshold=0.1).fit(ref['y'], ref['score'])
+    assert cbpe.calibrated_ == theirs['calibrated']
+    n = len(ana) // CHUNK
+    assert n == len(theirs['roc_auc']) >= 3
+    for i in range(n):
+        part = ana.iloc[i*CHUNK:(i+1)*CHUNK]
+        ours = cbpe.estimate(part['score'])
+        real = window_metrics(part['y'], part['score'], threshold=0.1)
+        assert abs(ours['roc_auc'] - theirs['roc_auc'][i]) <= 0.01, (i, ours['roc_auc'], theirs['roc_auc'][i])
+        assert abs(ours["pr_auc"] - theirs["pr_auc"][i]) <= 0.01, (i, ours['pr_auc'], theirs['pr_auc'][i])
+        assert abs(ours['roc_auc'] - real['roc_auc']) <= 0.02, (i, ours['roc_auc'], real['roc_auc'])
+        assert ours['roc_auc_lo'] < ours['roc_auc'] < ours['roc_auc_hi']
