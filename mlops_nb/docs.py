@@ -10,9 +10,9 @@ from pathlib import Path
 from .core import MlopsError, atomic_dir, atomic_write, get_logger, project_root
 
 # %% auto #0
-__all__ = ['CONF', 'CSS', 'FAVICON', 'README_NOTE', 'split_directives', 'execute_nb', 'keep_unchanged_outputs', 'execute_nbs',
-           'expects_output', 'missing_outputs', 'mark_mixed_cells', 'showdoc_markdown', 'anchor', 'local_links',
-           'repo_links', 'front_matter', 'myst_page', 'report_page', 'champion_card', 'offline_problems',
+__all__ = ['CONF', 'CSS', 'SCORER', 'FAVICON', 'README_NOTE', 'split_directives', 'execute_nb', 'keep_unchanged_outputs',
+           'execute_nbs', 'expects_output', 'missing_outputs', 'mark_mixed_cells', 'showdoc_markdown', 'anchor',
+           'local_links', 'repo_links', 'front_matter', 'myst_page', 'report_page', 'champion_card', 'offline_problems',
            'stage_notebooks', 'build_site', 'render_readme', 'write_readme', 'readme_diff', 'readme_to_index',
            'write_bench', 'build_cmd', 'execute_cmd', 'readme_cmd']
 
@@ -332,6 +332,7 @@ html_theme = 'furo'
 html_title = {title!r}
 html_static_path = ['_static']
 html_css_files = ['mlops-nb.css']
+html_search_scorer = '_static/search-scorer.js'   # the page about a term before the reports that mention it
 html_favicon = '_static/favicon.svg'
 html_copy_source = False
 html_show_sourcelink = False
@@ -350,6 +351,18 @@ CSS = '''/* mlops-nb docs: show_doc entries in the nbdev style, readable DataFra
 div.highlight pre, .cell_output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 .cell_output { overflow-x: auto; }
 .cell_output table.report-table td { text-align: left; vertical-align: top; }
+'''
+
+SCORER = '''// mlops-nb docs: Sphinx's default search scores, except that the executed reports and the model card rank after the
+// library and guide pages (a report mentions every term of its stage; the page about the term should come first).
+var Scorer = {
+  score: result => {
+    const [docname, title, anchor, descr, score] = result;
+    return docname.startsWith('reports/') || docname.startsWith('model-card/') ? score - 1000 : score;
+  },
+  objNameMatch: 11, objPartialMatch: 6, objPrio: {0: 15, 1: 5, 2: -5}, objPrioDefault: 0,
+  title: 15, partialTitle: 7, term: 5, partialTerm: 2,
+};
 '''
 
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#2b6cb0"/>'
@@ -466,6 +479,7 @@ def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
         put(f'{doc}.ipynb', json.dumps(page))
     put('conf.py', CONF.format(title=cfg.get('title', cfg.get('lib_name', 'docs')), author=cfg.get('author', ''), copyright=cfg.get('copyright', '')))
     put('_static/mlops-nb.css', CSS)
+    put('_static/search-scorer.js', SCORER)
     put('_static/favicon.svg', FAVICON)
     gone = [p for p in src.rglob('*') if p.is_file() and p not in written]
     for p in gone: p.unlink()
