@@ -319,6 +319,7 @@ def offline_problems(site:str|os.PathLike) -> list[str]:
 
 # %% ../nbs/13_docs.ipynb #65a2054f
 CONF = '''# Written by mlops_nb.docs.build_site: Sphinx + MyST-NB over the notebooks nbdev processed.
+import os
 project = {title!r}
 author = {author!r}
 copyright = {copyright!r}
@@ -332,7 +333,7 @@ html_theme = 'furo'
 html_title = {title!r}
 html_static_path = ['_static']
 html_css_files = ['mlops-nb.css']
-html_search_scorer = '_static/search-scorer.js'   # the page about a term before the reports that mention it
+html_search_scorer = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_static', 'search-scorer.js')   # the page about a term before the reports that mention it
 html_favicon = '_static/favicon.svg'
 html_copy_source = False
 html_show_sourcelink = False
@@ -349,7 +350,8 @@ CSS = '''/* mlops-nb docs: show_doc entries in the nbdev style, readable DataFra
 .cell_output table.dataframe thead th { border-bottom: 2px solid var(--color-foreground-border); }
 /* no cut-off code at any width: long lines wrap; wide tables scroll inside their cell */
 div.highlight pre, .cell_output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
-.cell_output { overflow-x: auto; }
+.cell_output table { display: block; max-width: 100%; overflow-x: auto; }
+.cell_output table.docutils { margin-left: 0; }   /* a report's summary table sits under its verdict, not centred */
 .cell_output table.report-table td { text-align: left; vertical-align: top; }
 '''
 
