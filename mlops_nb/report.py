@@ -93,13 +93,13 @@ def changes(stage:str, numbers:dict, history:str|Path='reports/.history') -> lis
     diff = [f'{k}: {fmt_value(before.get(k))} → {fmt_value(v)}' for k, v in now.items() if before.get(k) != v]
     return diff or ['no change in these numbers since the last run']
 
-# %% ../nbs/17_report.ipynb #247e836e
+# %% ../nbs/17_report.ipynb #92b40e4a
 def summary(stage:str, verdict:str, numbers:dict, next_steps, detail:str='', history:str|Path='reports/.history',
             rates=()) -> Markdown:
     "The report's summary as markdown; also written into the `placeholder` at the top of the report."
     rates = set(rates) | {k for k in numbers if 'rate' in k or k == 'share'}
     lines = [f'**{verdict}**' + (f' {detail}' if detail else ''), '',
-             '| | |', '|---|---|'] + [f'| {k} | {fmt_value(v, k in rates)} |' for k, v in numbers.items()]
+             '| measure | value |', '|---|---|'] + [f'| {k} | {fmt_value(v, k in rates)} |' for k, v in numbers.items()]
     lines += ['', '**Since the last run:** ' + '; '.join(changes(stage, numbers, history)) + '.']
     steps = [next_steps] if isinstance(next_steps, str) else list(next_steps)
     lines += ['', '**Next:**'] + [f'- {s}' for s in steps]
