@@ -168,11 +168,17 @@ def load_skops(path:str|os.PathLike, trusted:list[str]|None=None):
 
 # %% ../nbs/00_core.ipynb #1951e5f6
 def get_logger(name:str='mlops_nb') -> logging.Logger:
-    "A logger that prints `time level name: message` once, however often it is asked for."
+    "A logger that prints `time level name: message` once, however often it is asked for (to `$MLOPS_NB_LOG_FILE` if set)."
     logger = logging.getLogger(name)
     if not logging.getLogger('mlops_nb').handlers:
-        h = logging.StreamHandler()
+        # In a lifecycle stage the engine names the stage's log file (MLOPS_NB_LOG_FILE): the report stays free of log
+        # lines, which would show as red stderr boxes; Python warnings go there too.
+        log_file = os.environ.get('MLOPS_NB_LOG_FILE')
+        h = logging.FileHandler(log_file, encoding='utf-8') if log_file else logging.StreamHandler()
         h.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
         logging.getLogger('mlops_nb').addHandler(h)
         logging.getLogger('mlops_nb').setLevel(os.environ.get('MLOPS_NB_LOG_LEVEL', 'INFO'))
+        if log_file:
+            logging.captureWarnings(True)
+            logging.getLogger('py.warnings').addHandler(h)
     return logger

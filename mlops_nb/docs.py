@@ -10,9 +10,9 @@ from pathlib import Path
 from .core import MlopsError, atomic_dir, atomic_write, get_logger, project_root
 
 # %% auto #0
-__all__ = ['CONF', 'CSS', 'FAVICON', 'README_NOTE', 'split_directives', 'execute_nb', 'keep_unchanged_outputs', 'execute_nbs',
-           'expects_output', 'missing_outputs', 'mark_mixed_cells', 'showdoc_markdown', 'anchor', 'local_links',
-           'repo_links', 'front_matter', 'myst_page', 'report_page', 'champion_card', 'offline_problems',
+__all__ = ['CONF', 'CSS', 'SCORER', 'FAVICON', 'README_NOTE', 'split_directives', 'execute_nb', 'keep_unchanged_outputs',
+           'execute_nbs', 'expects_output', 'missing_outputs', 'mark_mixed_cells', 'showdoc_markdown', 'anchor',
+           'local_links', 'repo_links', 'front_matter', 'myst_page', 'report_page', 'champion_card', 'offline_problems',
            'stage_notebooks', 'build_site', 'render_readme', 'write_readme', 'readme_diff', 'readme_to_index',
            'write_bench', 'build_cmd', 'execute_cmd', 'readme_cmd']
 
@@ -271,13 +271,16 @@ def myst_page(nb:dict, title:str='', description:str='', fix_md=lambda s: s) -> 
 
 # %% ../nbs/13_docs.ipynb #b934cac9
 def report_page(nb:dict) -> dict:
-    "An executed pipeline report as a page: when papermill ran it, and its all-`None` parameters cell removed."
+    "An executed pipeline report as a page: when papermill ran it, its outputs only (code removed, as `nbconvert --no-input`)."
     pm = nb.get('metadata', {}).get('papermill', {})
     cells = []
     for c in nb['cells']:
         tags = c.get('metadata', {}).get('tags', [])
-        if 'parameters' in tags: continue
-        cells.append(dict(c, metadata={'tags': ['hide-input']} if 'injected-parameters' in tags else {}))
+        # the parameters cells (all of params.yaml) are left out: the report shows the stage's own as a table, and the
+        # site's search then finds the page about a parameter, not every report
+        if 'parameters' in tags or 'injected-parameters' in tags: continue
+        if c['cell_type'] == 'code' and not c.get('outputs'): continue
+        cells.append(dict(c, metadata={'tags': ['remove-input']} if c['cell_type'] == 'code' else {}))
     if pm:
         when = (pm.get('end_time') or '')[:19].replace('T', ' ')
         line = (f"*Executed by papermill on {when} UTC in {pm.get('duration') or 0:.1f} s from `{pm.get('input_path', '')}`"
@@ -316,6 +319,7 @@ def offline_problems(site:str|os.PathLike) -> list[str]:
 
 # %% ../nbs/13_docs.ipynb #65a2054f
 CONF = '''# Written by mlops_nb.docs.build_site: Sphinx + MyST-NB over the notebooks nbdev processed.
+import os
 project = {title!r}
 author = {author!r}
 copyright = {copyright!r}
@@ -329,6 +333,7 @@ html_theme = 'furo'
 html_title = {title!r}
 html_static_path = ['_static']
 html_css_files = ['mlops-nb.css']
+html_search_scorer = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_static', 'search-scorer.js')   # the page about a term before the reports that mention it
 html_favicon = '_static/favicon.svg'
 html_copy_source = False
 html_show_sourcelink = False
@@ -343,6 +348,23 @@ CSS = '''/* mlops-nb docs: show_doc entries in the nbdev style, readable DataFra
 .cell_output table.dataframe th, .cell_output table.dataframe td { border: none; padding: .25em .7em; text-align: right;
   border-bottom: 1px solid var(--color-background-border); }
 .cell_output table.dataframe thead th { border-bottom: 2px solid var(--color-foreground-border); }
+/* no cut-off code at any width: long lines wrap; wide tables scroll inside their cell */
+div.highlight pre, .cell_output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+.cell_output table { display: block; max-width: 100%; overflow-x: auto; }
+.cell_output table.docutils { margin-left: 0; }   /* a report's summary table sits under its verdict, not centred */
+.cell_output table.report-table td { text-align: left; vertical-align: top; }
+'''
+
+SCORER = '''// mlops-nb docs: Sphinx's default search scores, except that the executed reports and the model card rank after the
+// library and guide pages (a report mentions every term of its stage; the page about the term should come first).
+var Scorer = {
+  score: result => {
+    const [docname, title, anchor, descr, score] = result;
+    return docname.startsWith('reports/') || docname.startsWith('model-card/') ? score - 1000 : score;
+  },
+  objNameMatch: 11, objPartialMatch: 6, objPrio: {0: 15, 1: 5, 2: -5}, objPrioDefault: 0,
+  title: 15, partialTitle: 7, term: 5, partialTerm: 2,
+};
 '''
 
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#2b6cb0"/>'
@@ -449,7 +471,9 @@ def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
             put(f'model-card/figures/{f.name}', f.read_bytes())
     run_docs = report_docs + (['model-card/index'] if card else [])
     for nb, doc, fm in lib:
-        page = myst_page(nb, fm.get('title', doc), fm.get('description', ''), fix)
+        title = fm.get('title', doc)
+        if title.lower() == re.sub(r'^\d+_', '', doc).lower(): title = title.lower()   # module pages: the module's name, as imported
+        page = myst_page(nb, title, fm.get('description', ''), fix)
         if doc == 'index':
             toc = '```{toctree}\n:hidden:\n:caption: Library\n\n' + '\n'.join(d for _, d, _ in lib if d != 'index') + '\n```'
             if run_docs: toc += '\n\n```{toctree}\n:hidden:\n:caption: Latest run\n\n' + '\n'.join(run_docs) + '\n```'
@@ -457,6 +481,7 @@ def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
         put(f'{doc}.ipynb', json.dumps(page))
     put('conf.py', CONF.format(title=cfg.get('title', cfg.get('lib_name', 'docs')), author=cfg.get('author', ''), copyright=cfg.get('copyright', '')))
     put('_static/mlops-nb.css', CSS)
+    put('_static/search-scorer.js', SCORER)
     put('_static/favicon.svg', FAVICON)
     gone = [p for p in src.rglob('*') if p.is_file() and p not in written]
     for p in gone: p.unlink()
@@ -496,7 +521,9 @@ def render_readme(index_nb='nbs/index.ipynb') -> str:
             outs = [_src({'source': o.get('text') or o.get('data', {}).get('text/plain', '')}) for o in c.get('outputs', [])]
             if any(outs): parts.append('```\n' + '\n'.join(o.rstrip('\n') for o in outs if o) + '\n```')
     if not parts: raise MlopsError(f"{index_nb}: no cells to make README from")
-    return README_NOTE + '\n\n' + '\n\n'.join(parts) + '\n'
+    # the home page links to its sibling pages (`guide.ipynb#serving`); README sits one folder up, beside nbs/
+    text = re.sub(r'(?<!!)\]\(([\w-]+\.ipynb(?:#[^)\s]*)?)\)', lambda m: f'](nbs/{m.group(1)})', '\n\n'.join(parts))
+    return README_NOTE + '\n\n' + text + '\n'
 
 def write_readme(index_nb='nbs/index.ipynb', readme='README.md') -> bool:
     "Regenerate `readme` from `index_nb`; True if it changed."
@@ -514,6 +541,7 @@ def readme_diff(index_nb='nbs/index.ipynb', readme='README.md') -> str:
 def readme_to_index(readme='README.md', index_nb='nbs/index.ipynb') -> int:
     "Rewrite the home-page notebook from `readme`, one markdown cell per `##` section; returns the number of cells."
     text = Path(readme).read_text(encoding='utf-8').replace(README_NOTE, '').strip('\n')
+    text = re.sub(r'(?<!!)\]\(nbs/([\w-]+\.ipynb(?:#[^)\s]*)?)\)', r'](\1)', text)   # back to the home page's sibling links
     if Path(index_nb).exists():
         code = [c for c in _read_nb(index_nb)['cells'] if c['cell_type'] == 'code' and 'hide' not in split_directives(_src(c))[0]]
         if code: raise MlopsError(f"{index_nb}: has {len(code)} visible code cell(s) that README cannot give back; edit the notebook instead")
@@ -536,18 +564,20 @@ def readme_to_index(readme='README.md', index_nb='nbs/index.ipynb') -> int:
 
 # %% ../nbs/13_docs.ipynb #0dd2a2b4
 def write_bench(name:str, markdown:str, root='.') -> Path:
-    "Put a benchmark's figures between the `<!-- bench:name -->` markers of nbs/index.ipynb, then regenerate README.md."
+    "Put a benchmark's figures between the `<!-- bench:name -->` markers of a notebook of nbs/ (index first), then regenerate README.md."
     root = Path(root)
     index_nb = root/'nbs/index.ipynb'
-    nb, found = _read_nb(index_nb), False
     body = markdown.strip('\n') + '\n'
     pat = re.compile(rf'(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)', re.S)
-    for c in nb['cells']:
-        if pat.search(_src(c)): c['source'], found = pat.sub(lambda m: m.group(1) + body + m.group(2), _src(c)), True
-    if not found: raise MlopsError(f"{index_nb}: no '<!-- bench:{name} -->' ... '<!-- /bench:{name} -->' markers; add them where the figures go")
-    _write_nb(nb, index_nb)
+    for path in [index_nb] + sorted(p for p in (root/'nbs').glob('*.ipynb') if p != index_nb and not p.name.startswith(('.', '_'))):
+        nb, found = _read_nb(path), False
+        for c in nb['cells']:
+            if pat.search(_src(c)): c['source'], found = pat.sub(lambda m: m.group(1) + body + m.group(2), _src(c)), True
+        if found: break
+    if not found: raise MlopsError(f"{root/'nbs'}: no '<!-- bench:{name} -->' ... '<!-- /bench:{name} -->' markers in any notebook; add them where the figures go")
+    _write_nb(nb, path)
     write_readme(index_nb, root/'README.md')
-    return index_nb
+    return path
 
 # %% ../nbs/13_docs.ipynb #a23bed3f
 def build_cmd(args) -> int:

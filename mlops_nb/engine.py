@@ -4,14 +4,14 @@
 
 # %% ../nbs/14_engine.ipynb #bd275305
 from __future__ import annotations
-import shutil, tempfile
+import os, shutil, tempfile
 from pathlib import Path
 
 from papermill.engines import NBClientEngine
 from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['KERNEL_ARGUMENTS', 'kernel_config', 'StageEngine']
+__all__ = ['KERNEL_ARGUMENTS', 'kernel_config', 'stage_log', 'StageEngine']
 
 # %% ../nbs/14_engine.ipynb #1bf13414
 KERNEL_ARGUMENTS = ['--HistoryManager.enabled=False']  # a batch kernel keeps no input history
@@ -21,13 +21,20 @@ def kernel_config(socket_dir:Path) -> Config:
     return Config({'KernelManager': {'transport': 'ipc', 'ip': str(Path(socket_dir)/'kernel')}})
 
 # %% ../nbs/14_engine.ipynb #3cd60d2d
+def stage_log(output_path) -> Path|None:
+    "The log file of the stage writing report `output_path`: `reports/01_collect.ipynb` logs to `reports/01_collect.log`."
+    if not output_path or '://' in str(output_path) or str(output_path) == '-': return None
+    return Path(output_path).with_suffix('.log')
+
 class StageEngine(NBClientEngine):
-    "papermill's nbclient engine with an immediate kernel shutdown, `ipc` sockets and no IPython history."
+    "papermill's nbclient engine with an immediate kernel shutdown, `ipc` sockets, no IPython history, logs to the stage's log."
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
         socket_dir = Path(tempfile.mkdtemp(prefix='mlops-nb-kernel-'))
         kwargs.setdefault('shutdown_kernel', 'immediate')
         kwargs.setdefault('config', kernel_config(socket_dir))
         kwargs.setdefault('extra_arguments', KERNEL_ARGUMENTS)
+        log = stage_log(nb_man.nb.metadata.get('papermill', {}).get('output_path'))
+        if log: log.parent.mkdir(parents=True, exist_ok=True); log.write_text('', encoding='utf-8'); os.environ['MLOPS_NB_LOG_FILE'] = str(log)
         try: return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
         finally: shutil.rmtree(socket_dir, ignore_errors=True)

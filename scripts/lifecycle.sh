@@ -14,7 +14,8 @@ mlops-nb gate --from metrics/gate.json || true
 cat <<MSG
 
 Where things are:
-  reports (executed notebooks)  reports/01_collect.ipynb ... reports/06_monitor.ipynb
+  reports (executed notebooks)  reports/01_collect.ipynb ... reports/06_monitor.ipynb (each stage's log: reports/NN_stage.log)
+  reports as pages, no code     .venv/bin/jupyter nbconvert --to html --no-input reports/*.ipynb
   metrics (DVC metrics)         metrics/data_quality.json, metrics/train.json, metrics/evaluate.json, metrics/gate.json, metrics/monitor.json
   plots (DVC plots)             plots/evaluate/, plots/monitor/  (dvc plots show)
   alerts (monitor)              monitor/status.json  (mlops-nb monitor --help)

@@ -27,16 +27,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlops-nb)" >/dev/null
   echo "$want" > "$stamp"
 fi
+# JupyterLab as README starts it (`.venv/bin/jupyter lab`) runs as root too (containers, CI): this environment's own
+# Jupyter config allows it; nothing outside .venv changes.
+mkdir -p .venv/etc/jupyter
+printf '{"ServerApp": {"allow_root": true}}\n' > .venv/etc/jupyter/jupyter_server_config.json
 # DVC needs a git repository; a downloaded archive is not one.
 [ -d .git ] || git init -q
-# The docs' browser test (tests/test_docs.py) drives Debian's Chromium through its chromedriver. Installed once, as
-# root with apt-get; machines that have both skip this, and elsewhere the browser test says what is missing.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing chromium and chromium-driver (apt-get) for the docs' browser test"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
-      || echo "setup: apt-get could not install chromium; the docs' browser test will fail until it is installed" >&2
-  else
-    echo "setup: chromium and chromedriver not found; install them (Debian: apt-get install chromium chromium-driver) for the docs' browser test" >&2
-  fi
-fi
+# Nothing here installs system packages: the main job needs none. The tests' system packages (Chromium, PostgreSQL)
+# are installed by scripts/test.sh (scripts/system_packages.sh).

@@ -115,7 +115,7 @@ def test_home_page(browser, server):
     assert browser.find_element(By.TAG_NAME, 'h1').text.strip().startswith('mlops-nb')
     assert 'dvc repro' in main_text(browser)           # README's text
     nav = {a.text.strip(): a.get_attribute('href') for a in browser.find_elements(By.CSS_SELECTOR, '.sidebar-tree a')}
-    assert {'core', 'data', 'evaluate', 'registry', 'docs', '4. Evaluate'} <= set(nav), nav
+    assert {'core', 'data', 'evaluate', 'registry', 'docs', 'capture', 'serve', '4. Evaluate'} <= set(nav), nav
     assert any(t.startswith('Model card') and t.endswith('v0001') for t in nav), nav
     assert errors(log) == [] and off_site_requests(browser, server) == []
     shot(browser, 'home')
@@ -228,6 +228,67 @@ def test_search_finds_a_function(browser, server):
     assert errors(browser.get_log('browser')) == []
     shot(browser, 'search')
 
+def test_search_finds_the_page_about_a_term_before_the_reports(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    for term, page in [('drift', '/monitor.html'), ('schema', '/data.html'), ('min_rows', '/monitor.html')]:
+        open_page(browser, server + f'search.html?q={term}')
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#search-results ul.search li'))
+        results = [urlsplit(a.get_attribute('href')).path for a in browser.find_elements(By.CSS_SELECTOR, '#search-results ul.search li > a')]
+        reports = [i for i, h in enumerate(results) if h.startswith('/reports/')]
+        assert page in results and (not reports or results.index(page) < reports[0]), (term, results)
+
+# ---------------------------------------------------------------- the reports read as reports
+RAW_REPR = re.compile(r"Timestamp\(|\{'[^']*': |<pandas\.|object at 0x|\b\d+\.0{6}\b")
+
+def shown_output(o) -> str:
+    "What a renderer shows of one output: its richest text form (HTML, then markdown, then plain text)."
+    if o['output_type'] == 'stream': return o['text']
+    if o['output_type'] == 'error': return o.get('evalue', '')
+    data = o.get('data', {})
+    if 'image/png' in data: return ''
+    return next((''.join(data[k]) if isinstance(data[k], list) else data[k] for k in ('text/html', 'text/markdown', 'text/plain') if k in data), '')
+
+def test_reports_read_as_reports(proj, tmp_path):
+    reports = sorted((proj/'reports').glob('*.ipynb'))
+    assert [r.stem for r in reports] == ['01_collect', '02_prepare', '03_train', '04_evaluate', '05_deploy', '06_monitor']
+    for r in reports:
+        nb = json.loads(r.read_text())
+        outs = [(c, o) for c in nb['cells'] if c['cell_type'] == 'code' for o in c['outputs']]
+        first = outs[0][1]                                         # the summary comes first, as rendered markdown
+        assert first['output_type'] == 'display_data' and 'text/markdown' in first['data'], (r.name, first)
+        md = ''.join(first['data']['text/markdown'])
+        assert 'Since the last run' in md and '**Next:**' in md and 'Stopped' not in md, (r.name, md)
+        assert [o for _, o in outs if o['output_type'] == 'stream' and o['name'] == 'stderr'] == [], r.name   # logs go to the log
+        assert (proj/'reports'/f'{r.stem}.log').exists()
+        raw = [(r.name, m.group(0), shown_output(o)[max(0, m.start() - 80):m.end() + 80]) for _, o in outs
+               for m in [RAW_REPR.search(shown_output(o))] if m]
+        assert raw == [], raw
+        params = [c for c in nb['cells'] if 'injected-parameters' in c['metadata'].get('tags', [])]
+        assert params and 'report.params_table' in ''.join(''.join(c['source']) for c in nb['cells'])   # injected, and shown once as a table
+    # the documented HTML command hides the code and keeps the outputs
+    run(f'jupyter nbconvert --to html --no-input --output-dir {tmp_path} {proj}/reports/04_evaluate.ipynb', proj)
+    page = (tmp_path/'04_evaluate.html').read_text()
+    assert 'report.placeholder' not in page and 'stage_params' not in page and 'Since the last run' in page and '<img' in page
+
+def test_report_pages_hide_code_and_parameters(site):
+    for page in sorted((site/'reports').glob('*.html')):
+        text = page.read_text()
+        assert 'stage_params' not in text and 'report.summary' not in text and 'serve = None' not in text, page.name
+        assert 'Since the last run' in text, page.name
+
+def test_monitor_below_min_rows_judges_nothing(proj, tmp_path):
+    p = tmp_path/'proj'
+    shutil.copytree(proj, p, ignore=shutil.ignore_patterns('_site', '_docs_cache*'), symlinks=True)
+    params = yaml.safe_load((p/'params.yaml').read_text())
+    (p/'params.yaml').write_text(yaml.safe_dump(merge(params, {'monitor': {'alerts': {'min_rows': 10**9}}}), sort_keys=False))
+    run('dvc repro monitor', p, timeout=600)
+    nb = json.loads((p/'reports/06_monitor.ipynb').read_text())
+    text = '\n'.join(shown_output(o) for c in nb['cells'] if c['cell_type'] == 'code' for o in c['outputs'])
+    first = ''.join(next(o for c in nb['cells'] if c['cell_type'] == 'code' for o in c['outputs'])['data']['text/markdown'])
+    assert first.startswith('**Not judged') and 'features drifted' not in text and 'ALERT' not in text, first
+    assert '>drift</th>' not in text, 'a drift verdict column in a window too small to judge'
+
 # ---------------------------------------------------------------- without a browser
 def test_the_site_works_offline(site):
     from mlops_nb.docs import offline_problems
@@ -336,3 +397,20 @@ def test_readme_check_and_round_trip(tmp_path):
     (tmp_path/'nbs/index.ipynb').write_text('{not json')
     r = run('mlops-nb docs readme', tmp_path, check=False)
     assert r.returncode == 2 and 'index.ipynb: not a notebook' in r.stderr
+
+def test_readme_is_short_and_its_links_resolve():
+    text = (ROOT/'README.md').read_text()
+    assert len(text.encode()) < 12_000, len(text.encode())
+    for bad in ('../shared', 'DESIGN.md', 'house plan', 'issue #', 'the issue'): assert bad not in text, bad
+    assert 'bash scripts/lifecycle.sh' in text and 'bash scripts/test.sh' in text
+    links = re.findall(r'(?<!!)\[[^\]]*\]\(([^)\s]+)\)', text)
+    local = [l for l in links if not re.match(r'^[a-z][\w+.-]*:', l)]
+    assert len(local) >= 6, links
+    for link in local:
+        path, _, frag = link.partition('#')
+        assert (ROOT/path).is_file(), link
+        if frag and path.endswith('.ipynb'):
+            heads = [l.lstrip('#').strip() for c in json.loads((ROOT/path).read_text())['cells'] if c['cell_type'] == 'markdown'
+                     for l in ''.join(c['source']).split('\n') if re.match(r'#{1,4} ', l)]
+            assert frag in {re.sub(r'[^\w\- ]', '', h.lower().replace(' ', '-')) for h in heads}, (link, heads)
+    assert (ROOT/'LICENSE').read_text().lstrip().startswith('Apache License') and 'license = apache2' in (ROOT/'settings.ini').read_text()
