@@ -52,6 +52,16 @@ def main(argv:list[str]|None=None) -> int:
         print(f"mlops-nb {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+# %% ../nbs/12_cli.ipynb #c7a1e2f3
+@command_group
+def _params_commands(sub):
+    p = sub.add_parser('params', help='check params.yaml against its schema and the task')
+    acts = p.add_subparsers(dest='params_command', metavar='ACTION', required=True)
+    c = acts.add_parser('check', help='list every problem of the params file with its key path; exit 2 if there is any',
+                        description='Check every section of the params file (unknown keys, types, metrics that do not fit task.type).')
+    c.add_argument('--params', default='params.yaml', help='the params file (default: params.yaml)')
+    c.set_defaults(func=handler('mlops_nb.params:cli_check'))
+
 # %% ../nbs/12_cli.ipynb #97b39acc
 @command_group
 def _monitor_commands(sub):

@@ -121,6 +121,8 @@ def project_root(start:str|os.PathLike='.') -> Path:
 # %% ../nbs/00_core.ipynb #ba5978ca
 def stage_params(path:str|os.PathLike='params.yaml', **given) -> dict:
     "The values a pipeline stage runs with: what papermill injected, the rest (given as `None`) read from `path`."
+    from mlops_nb.params import check_params_file
+    if Path(path).exists(): check_params_file(path)   # every stage checks the whole params file before any work
     missing = [k for k, v in given.items() if v is None]
     if missing:
         params = load_params(path)

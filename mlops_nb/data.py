@@ -16,9 +16,10 @@ from pandas.api import types as ptypes
 from .core import MlopsError, DataError, atomic_dir, write_json, read_json, to_jsonable, get_logger
 
 # %% auto #0
-__all__ = ['FILE_FORMATS', 'SOURCE_TYPES', 'KINDS', 'DEFAULT_RULES', 'Batch', 'read_table_file', 'file_batches', 'sql_batches',
-           'simulator_batches', 'collect', 'write_batches', 'read_batches', 'ColumnSchema', 'Schema',
-           'ValidationReport', 'validate', 'quality_table']
+__all__ = ['FILE_FORMATS', 'SOURCE_TYPES', 'KINDS', 'DEFAULT_RULES', 'Batch', 'number_mask', 'strict_numbers', 'parse_numbers',
+           'apply_null_tokens', 'read_table_file', 'file_batches', 'expand_env', 'sql_batches', 'simulator_batches',
+           'collect', 'write_batches', 'read_batches', 'ColumnSchema', 'Schema', 'ValidationReport', 'validate',
+           'quality_table']
 
 # %% ../nbs/02_data.ipynb #62648fbf
 _log = get_logger('mlops_nb.data')
@@ -57,9 +58,50 @@ def _first_line(e:BaseException) -> str:
     msg = str(e).strip().splitlines()
     return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(': ')
 
+# %% ../nbs/02_data.ipynb #a9d2b7c1
+_NUMBER = r'\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*'
+
+def number_mask(s:pd.Series) -> pd.Series:
+    "True where a present value of `s` is a number written as one (`12`, `-0.5`, `1e3`); `nan`, `inf`, `n/a`, `abc` are not."
+    if ptypes.is_bool_dtype(s): return pd.Series(False, index=s.index)
+    if ptypes.is_numeric_dtype(s): return s.notna() & np.isfinite(s.astype('float64'))
+    present = s.notna()
+    out = pd.Series(False, index=s.index)
+    vals = s[present]
+    isnum = vals.map(lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and np.isfinite(x))
+    out[present] = isnum | vals.astype(str).str.fullmatch(_NUMBER)
+    return out
+
+def strict_numbers(s:pd.Series) -> pd.Series:
+    "`s` as float numbers where each value is written as a number, missing elsewhere (never `nan`/`inf` parsed from text)."
+    if ptypes.is_numeric_dtype(s) and not ptypes.is_bool_dtype(s): return s
+    ok = number_mask(s)
+    return pd.to_numeric(s.where(ok).astype(object).map(lambda x: x.strip() if isinstance(x, str) else x), errors='coerce').astype('float64')
+
+def parse_numbers(df:pd.DataFrame) -> pd.DataFrame:
+    "Text columns of `df` whose present values are all numbers, as numbers (integers when all are written without a decimal point and none is missing); the rest as they are."
+    out = df.copy()
+    for c in out.columns:
+        s = out[c]
+        if not (ptypes.is_object_dtype(s) or ptypes.is_string_dtype(s)) or s.notna().sum() == 0: continue
+        if number_mask(s)[s.notna()].all():
+            v = strict_numbers(s)
+            whole = s.dropna().map(lambda x: isinstance(x, (int, np.integer)) or (isinstance(x, str) and re.fullmatch(r'\s*[+-]?\d+\s*', x) is not None))
+            out[c] = v.astype('int64') if v.notna().all() and whole.all() else v
+    return out
+
+def apply_null_tokens(df:pd.DataFrame, tokens:list[str]|None) -> pd.DataFrame:
+    "`df` with the text values listed in `tokens` (e.g. `['NA', 'n/a']`, `prepare.null_tokens`) made missing, then `parse_numbers`."
+    if not tokens: return df
+    out = df.copy()
+    for c in out.columns:
+        if ptypes.is_object_dtype(out[c]) or ptypes.is_string_dtype(out[c]):
+            out[c] = out[c].where(~out[c].astype(str).str.strip().isin(list(tokens)) | out[c].isna(), None)
+    return parse_numbers(out)
+
 # %% ../nbs/02_data.ipynb #43737618
 def read_table_file(path:str|Path) -> pd.DataFrame:
-    "Read one CSV (.csv, .csv.gz) or Parquet (.parquet, .pq) file; any failure is a `DataError` naming the file."
+    "Read one CSV (.csv, .csv.gz; strictly, see `parse_numbers`) or Parquet (.parquet, .pq) file; any failure is a `DataError` naming the file."
     path = Path(path)
     src = str(path)
     fmt = _file_format(path)
@@ -67,7 +109,7 @@ def read_table_file(path:str|Path) -> pd.DataFrame:
         raise DataError(src, 'unsupported_format', detail=f"expected one of {', '.join(FILE_FORMATS)}")
     if not path.is_file(): raise DataError(src, 'file_not_found')
     if path.stat().st_size == 0: raise DataError(src, 'empty_file', detail='the file has no bytes')
-    try: df = pd.read_csv(path) if fmt == 'csv' else pd.read_parquet(path)
+    try: df = parse_numbers(pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[''])) if fmt == 'csv' else pd.read_parquet(path)
     except pd.errors.EmptyDataError: raise DataError(src, 'empty_file', detail='no columns') from None
     except Exception as e: raise DataError(src, 'unreadable_file', detail=_first_line(e)) from None
     if len(df) == 0: raise DataError(src, 'empty_file', detail=f"{df.shape[1]} columns but no rows")
@@ -100,12 +142,22 @@ def _sql_where(url:str, query:str|None, table:str|None) -> str:
     what = f"table={table}" if table else 'query="' + (q if len(q := ' '.join(query.split())) <= 80 else q[:77] + '...') + '"'
     return f"{_mask_url(url)} {what}"
 
+# %% ../nbs/02_data.ipynb #a9d2b7c3
+def expand_env(s:str) -> str:
+    "`s` with every `${NAME}` replaced by the environment variable NAME; an unset one is an error naming it (never its value)."
+    import os
+    def sub(m):
+        if m.group(1) not in os.environ: raise MlopsError(f"environment variable {m.group(1)} is not set (named as ${{{m.group(1)}}} in {_mask_url(s)})")
+        return os.environ[m.group(1)]
+    return re.sub(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}', sub, s)
+
 # %% ../nbs/02_data.ipynb #e2adeccd
 def sql_batches(url:str, query:str|None=None, table:str|None=None, name:str|None=None) -> list[Batch]:
-    "Read a `table` or the rows of a `query` from the database at SQLAlchemy `url` as one `Batch`."
+    "Read a `table` or the rows of a `query` from the database at SQLAlchemy `url` (`${VAR}`s taken from the environment) as one `Batch`."
     import sqlalchemy as sa
+    template, url = url, expand_env(url)
     if (query is None) == (table is None): raise MlopsError(f"{_mask_url(url)}: give exactly one of `query` or `table`")
-    masked, where = _mask_url(url), _sql_where(url, query, table)
+    masked, where = _mask_url(template), _sql_where(template, query, table)
     def _clean(e):
         msg = _first_line(getattr(e, 'orig', None) or e)
         try: pw = sa.engine.make_url(url).password
@@ -116,6 +168,9 @@ def sql_batches(url:str, query:str|None=None, table:str|None=None, name:str|None
         if u.get_backend_name() == 'sqlite' and u.database not in (None, '', ':memory:') and not u.database.startswith('file:'):
             if not Path(u.database).is_file(): raise FileNotFoundError(f"database file {u.database} does not exist")
         engine = sa.create_engine(u)
+    except (ImportError, sa.exc.NoSuchModuleError) as e:
+        raise DataError(masked, 'sql_driver_missing', detail=f"{_clean(e)}; install the database's driver"
+                        + (", e.g. pip install 'mlops-nb[postgres]'" if u.get_backend_name() == 'postgresql' else '')) from None
     except Exception as e: raise DataError(masked, 'sql_unreachable', detail=_clean(e)) from None
     try:
         try: conn = engine.connect()
@@ -230,6 +285,8 @@ def _kind(s:pd.Series, is_time:bool=False) -> str:
     if is_time and _to_datetime(s).notna().sum() == s.notna().sum(): return 'datetime'
     if ptypes.is_integer_dtype(s): return 'integer'
     if ptypes.is_numeric_dtype(s): return 'numeric'
+    present = s.notna()
+    if present.any() and number_mask(s)[present].mean() > 0.5: return 'numeric'   # numbers with some text: the text is wrong_dtype
     return 'categorical'
 
 # %% ../nbs/02_data.ipynb #358a251c
@@ -243,10 +300,10 @@ class ColumnSchema:
     null_rate: float
     min: Any = None                  # numbers, or ISO strings for datetimes; None for other kinds
     max: Any = None
-    categories: list[str]|None = None   # None: not categorical, or more than max_categories values (ids, free text)
+    categories: list[str]|None = None   # None: not categorical, an id column, or more than max_categories values
 
     @classmethod
-    def infer(cls, s:pd.Series, is_time:bool=False, max_categories:int=50) -> ColumnSchema:
+    def infer(cls, s:pd.Series, is_time:bool=False, max_categories:int=1000) -> ColumnSchema:
         "Describe the column `s`."
         kind = _kind(s, is_time)
         null_rate = round(float(s.isna().mean()), 6)
@@ -257,7 +314,9 @@ class ColumnSchema:
             dtype = str(v.dtype)
             if len(v): lo, hi = v.min().isoformat(), v.max().isoformat()
         elif kind in ('numeric', 'integer') and s.notna().any():
-            lo, hi = to_jsonable(s.min()), to_jsonable(s.max())
+            v = strict_numbers(s)
+            if not ptypes.is_numeric_dtype(s): dtype = 'float64'
+            if v.notna().any(): lo, hi = to_jsonable(v.min()), to_jsonable(v.max())
         elif kind == 'categorical':
             vals = s.dropna().astype(str).unique()
             if len(vals) <= max_categories: cats = sorted(vals.tolist())
@@ -272,12 +331,14 @@ class Schema:
     time_column: str|None = None
 
     @classmethod
-    def infer(cls, df:pd.DataFrame, target:str|None=None, time_column:str|None=None, max_categories:int=50) -> Schema:
-        "Infer the schema of `df` (normally the training split)."
+    def infer(cls, df:pd.DataFrame, target:str|None=None, time_column:str|None=None, max_categories:int=1000,
+              id_columns:list[str]|None=None) -> Schema:
+        "Infer the schema of `df` (normally the training split); `id_columns` keep no list of categories."
         if len(df) == 0: raise MlopsError('cannot infer a schema from a frame with no rows')
         for role, c in (('target', target), ('time_column', time_column)):
             if c and c not in df.columns: raise MlopsError(f"{role} '{c}' is not a column of the data (columns: {', '.join(map(str, df.columns))})")
-        cols = {str(c): ColumnSchema.infer(df[c], is_time=(c == time_column), max_categories=max_categories) for c in df.columns}
+        ids = set(id_columns or [])
+        cols = {str(c): ColumnSchema.infer(df[c], is_time=(c == time_column), max_categories=0 if c in ids else max_categories) for c in df.columns}
         return cls(cols, target or None, time_column or None)
 
     def to_dict(self) -> dict:
@@ -336,7 +397,7 @@ def _try_astype(s:pd.Series, dtype:str) -> pd.Series:
 def _coerce(s:pd.Series, col:ColumnSchema) -> pd.Series:
     "Coerce `s` to the kind and, when it fits, the dtype of `col`; unparseable values become missing."
     if col.kind in ('numeric', 'integer'):
-        v = s if ptypes.is_numeric_dtype(s) and not ptypes.is_bool_dtype(s) else pd.to_numeric(s, errors='coerce')
+        v = strict_numbers(s)
         return _try_astype(v, col.dtype) if not v.isna().any() else v.astype('float64')
     if col.kind == 'datetime': return _try_astype(_to_datetime(s), col.dtype)
     if col.kind == 'boolean':
@@ -347,7 +408,8 @@ def _coerce(s:pd.Series, col:ColumnSchema) -> pd.Series:
     return s if ptypes.is_string_dtype(s) else s.astype('str')
 
 # %% ../nbs/02_data.ipynb #ec2f1bac
-DEFAULT_RULES = dict(max_null_rate_increase=0.05, range_margin=0.25, max_out_of_range_rate=0.01, max_unseen_category_rate=0.01)
+DEFAULT_RULES = dict(max_null_rate_increase=0.05, range_margin=0.25, max_out_of_range_rate=0.01, max_unseen_category_rate=0.01,
+                     max_null_rate=0.5)
 
 @dataclass
 class ValidationReport:
@@ -396,9 +458,9 @@ def _check_column(s:pd.Series, col:ColumnSchema, rules:dict, add, is_time:bool=F
     v = s
     # wrong_dtype: values present but not of the column's kind
     if col.kind in ('numeric', 'integer'):
-        v = s if ptypes.is_numeric_dtype(s) and not ptypes.is_bool_dtype(s) else pd.to_numeric(s, errors='coerce')
+        v = strict_numbers(s)
         bad = present & v.isna()
-        if bad.any(): add('wrong_dtype', int(bad.sum()), f"not numbers, e.g. {_examples(s[bad])}")
+        if bad.any(): add('wrong_dtype', int(bad.sum()), f"not numbers, e.g. {_examples(s[bad])} (list tokens that mean missing in prepare.null_tokens)")
         if col.kind == 'integer':
             frac = v.notna() & (v % 1 != 0)
             if frac.any(): add('wrong_dtype', int(frac.sum()), f"not whole numbers, e.g. {_examples(s[frac])}")
@@ -413,7 +475,9 @@ def _check_column(s:pd.Series, col:ColumnSchema, rules:dict, add, is_time:bool=F
     # too_many_nulls
     nulls = int((~present).sum())
     limit = col.null_rate + rules['max_null_rate_increase']
-    if nulls and nulls / n > limit:
+    if nulls and nulls / n > rules['max_null_rate'] and not is_time:   # absolute: also when the schema itself was inferred from these rows
+        add('too_many_nulls', nulls, f"null rate {nulls / n:.3f} > max_null_rate {rules['max_null_rate']}")
+    elif nulls and nulls / n > limit:
         add('too_many_nulls', nulls, f"null rate {nulls / n:.3f} > {limit:.3f} allowed = schema {col.null_rate:.3f} + {rules['max_null_rate_increase']}")
     # out_of_range
     if col.kind in ('numeric', 'integer', 'datetime') and col.min is not None and col.max is not None and not is_time:

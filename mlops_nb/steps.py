@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from .core import DataError, MlopsError, atomic_dir, atomic_write, read_json, write_json, get_logger
-from .data import Batch, Schema, ValidationReport, collect, quality_table, read_batches, validate, write_batches
+from .data import Batch, Schema, ValidationReport, apply_null_tokens, collect, quality_table, read_batches, validate, write_batches
+from .params import check_params
 # features, train and evaluate pull in scikit-learn, skops and matplotlib (about 4 s of imports): each step imports
 # them when it runs, so a stage that does not need them (collect) starts fast.
 
 # %% auto #0
-__all__ = ['log', 'batch_summary', 'run_collect', 'reference_rows', 'Prepared', 'run_prepare', 'load_split', 'Trained',
-           'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed',
+__all__ = ['log', 'batch_summary', 'recorded_failure', 'run_collect', 'reference_rows', 'Prepared', 'run_prepare', 'load_split',
+           'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed',
            'reference_profile_of', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference', 'monitor_reference',
            'current_window', 'run_monitor']
 
@@ -49,14 +50,32 @@ def batch_summary(batches:list[Batch], target:str|None=None, time_column:str|Non
         rows.append(r)
     return pd.DataFrame(rows)
 
+# %% ../nbs/06_steps.ipynb #b3e1c0d1
+import contextlib
+
+@contextlib.contextmanager
+def recorded_failure(stage:str, quality_path:str|Path|None):
+    "On any `MlopsError` inside, write `{ok: false, stage, error}` to `quality_path` (unless the stage wrote its own report), then re-raise."
+    p = Path(quality_path) if quality_path else None
+    before = p.stat().st_mtime_ns if p is not None and p.exists() else None
+    try: yield
+    except MlopsError as e:
+        if p is not None and (not p.exists() or p.stat().st_mtime_ns == before):
+            err = e.to_dict() if isinstance(e, DataError) else dict(detail=str(e))
+            write_json(p, dict(ok=False, stage=stage, error=dict(type=type(e).__name__, message=str(e), **err)))
+        raise
+
 # %% ../nbs/06_steps.ipynb #1e2be1a1
-def run_collect(params:dict, raw_dir:str|Path='data/raw') -> pd.DataFrame:
+def run_collect(params:dict, raw_dir:str|Path='data/raw', quality_path:str|Path|None=None) -> pd.DataFrame:
     "Collect the configured sources' data window into `raw_dir` (replaced atomically); return the batch summary."
-    task, c = _task(params), params.get('collect') or {}
-    batches = collect(c.get('sources') or [{'type': 'simulator'}], start_day=int(c.get('start_day', 0)),
-                      days=int(c.get('days', 0)), seed=int(params.get('seed', 0)), sim_params=params.get('sim') or {},
-                      time_column=task['time_column'])
-    write_batches(batches, raw_dir)
+    with recorded_failure('collect', quality_path):
+        check_params(params)
+        task, c = _task(params), params.get('collect') or {}
+        if 'sources' not in c: raise MlopsError("params collect.sources: not set; list at least one source (e.g. - type: simulator)")
+        batches = collect(c['sources'], start_day=int(c.get('start_day', 0)),
+                          days=int(c.get('days', 0)), seed=int(params.get('seed', 0)), sim_params=params.get('sim') or {},
+                          time_column=task['time_column'])
+        write_batches(batches, raw_dir)
     return batch_summary(batches, task['target'], task['time_column'])
 
 # %% ../nbs/06_steps.ipynb #f644bd6f
@@ -100,46 +119,62 @@ class Prepared:
 def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.DataFrame|None) -> dict:
     "The JSON data-quality report: per-batch verdicts and violations, and per-column statistics of the accepted data."
     errors = [v for r in reports for v in r.violations if v.get('severity', 'error') == 'error']
-    q = dict(ok=not errors, batches=len(reports), rows=sum(r.rows for r in reports),
+    q = dict(ok=not errors, stage='prepare', batches=len(reports), rows=sum(r.rows for r in reports),
              failed_batches=sum(not r.ok for r in reports), errors=len(errors),
              warnings=sum(v.get('severity') == 'warning' for r in reports for v in r.violations),
              per_batch=[dict(source=r.source, rows=r.rows, ok=r.ok, violations=r.violations) for r in reports])
     if frame is not None: q['columns'] = quality_table(frame, schema).to_dict('records')
     return q
 
+# %% ../nbs/06_steps.ipynb #b3e1c0d2
+def _check_task_columns(task:dict, prep:dict, batches:list[Batch]) -> None:
+    "Every column `task` and `prepare.features` name must be a column of the data: one `DataError` naming all that are not."
+    have = {str(c) for b in batches for c in b.frame.columns}
+    feats = prep.get('features') or {}
+    named = [('task.target', task['target']), ('task.time_column', task['time_column'])] + [('task.id_columns', c) for c in task['id_columns']]
+    named += [('prepare.features.log', c) for c in feats.get('log') or []]
+    named += [(f'prepare.features.ratios.{k}', c) for k, v in (feats.get('ratios') or {}).items() for c in (v or [])]
+    missing = [(k, c) for k, c in named if c and c not in have]
+    if missing:
+        raise DataError('data/raw', 'missing_column', column=missing[0][1],
+                        detail='; '.join(f"{k} names '{c}'" for k, c in missing) + f", not a column of the data (columns: {', '.join(sorted(have))})")
+
 # %% ../nbs/06_steps.ipynb #10d437f1
 def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data/prepared',
                 quality_path:str|Path='metrics/data_quality.json') -> Prepared:
     "Validate every raw batch against the schema, then clean, add features and split by time into `out_dir`."
-    from mlops_nb.features import add_features, clean, feature_columns, time_split
-    task, p = _task(params), params.get('prepare') or {}
-    split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
-    batches = read_batches(raw_dir)
-    if p.get('schema'): schema = Schema.load(p['schema'])
-    else:
-        ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
-        schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'])
-    reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
-    result = Prepared(schema, reports)
-    if not result.ok:
-        write_json(quality_path, _quality_report(schema, reports, None))
-        bad = [r for r in reports if not r.ok]
-        log.error('%d of %d batches break the schema; nothing was written to %s', len(bad), len(reports), out_dir)
-        bad[0].raise_for_errors()
-    frame = pd.concat([schema.apply_dtypes(b.frame) for b in batches], ignore_index=True)
-    frame = clean(frame, task['target'], task['time_column'], task['id_columns'])
-    frame = add_features(frame, p.get('features') or {}, task['time_column'])
-    result.splits = time_split(frame, task['time_column'], split['valid_fraction'], split['test_fraction'])
-    exclude = task['id_columns'] + ([task['time_column']] if task['time_column'] else [])
-    result.numeric, result.categorical = feature_columns(result.splits['train'], task['target'], exclude)
-    result.quality = _quality_report(schema, reports, frame)
-    with atomic_dir(out_dir) as tmp:
-        for name, df in result.splits.items(): df.to_parquet(tmp/f'{name}.parquet', index=False)
-        schema.save(tmp/'schema.json')
-        write_json(tmp/'features.json', dict(task=task['type'], target=task['target'], time_column=task['time_column'],
-                                             id_columns=task['id_columns'], numeric=result.numeric, categorical=result.categorical,
-                                             rows={k: len(v) for k, v in result.splits.items()}))
-    write_json(quality_path, result.quality)
+    with recorded_failure('prepare', quality_path):
+        check_params(params)
+        from mlops_nb.features import add_features, clean, feature_columns, time_split
+        task, p = _task(params), params.get('prepare') or {}
+        split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
+        batches = [Batch(b.name, b.source, apply_null_tokens(b.frame, p.get('null_tokens'))) for b in read_batches(raw_dir)]
+        _check_task_columns(task, p, batches)
+        if p.get('schema'): schema = Schema.load(p['schema'])
+        else:
+            ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
+            schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'], id_columns=task['id_columns'])
+        reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
+        result = Prepared(schema, reports)
+        if not result.ok:
+            write_json(quality_path, _quality_report(schema, reports, None))
+            bad = [r for r in reports if not r.ok]
+            log.error('%d of %d batches break the schema; nothing was written to %s', len(bad), len(reports), out_dir)
+            bad[0].raise_for_errors()
+        frame = pd.concat([schema.apply_dtypes(b.frame) for b in batches], ignore_index=True)
+        frame = clean(frame, task['target'], task['time_column'], task['id_columns'])
+        frame = add_features(frame, p.get('features') or {}, task['time_column'])
+        result.splits = time_split(frame, task['time_column'], split['valid_fraction'], split['test_fraction'])
+        exclude = task['id_columns'] + ([task['time_column']] if task['time_column'] else [])
+        result.numeric, result.categorical = feature_columns(result.splits['train'], task['target'], exclude)
+        result.quality = _quality_report(schema, reports, frame)
+        with atomic_dir(out_dir) as tmp:
+            for name, df in result.splits.items(): df.to_parquet(tmp/f'{name}.parquet', index=False)
+            schema.save(tmp/'schema.json')
+            write_json(tmp/'features.json', dict(task=task['type'], target=task['target'], time_column=task['time_column'],
+                                                 id_columns=task['id_columns'], numeric=result.numeric, categorical=result.categorical,
+                                                 rows={k: len(v) for k, v in result.splits.items()}))
+        write_json(quality_path, result.quality)
     return result
 
 # %% ../nbs/06_steps.ipynb #bcdaef81

@@ -19,9 +19,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
   # constraints.txt pins the versions the project is tested with; a Python they do not fit (e.g. an older 3.11.x
   # that a pinned package refuses) falls back to the ranges declared in settings.ini.
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"; then
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,postgres]"; then
     echo "setup: the pinned versions do not install on $(.venv/bin/python --version); using settings.ini's ranges"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,postgres]"
   fi
   # The kernel papermill and JupyterLab use is this environment's Python.
   .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlops-nb)" >/dev/null

@@ -99,6 +99,8 @@ def test_same_pipeline_on_a_regression_csv(project):
     params['prepare']['features'] = {}
     params['train'] = {'estimator': 'ridge', 'search': {'method': 'grid', 'cv_splits': 3, 'scoring': 'neg_root_mean_squared_error',
                                                        'space': {'alpha': [0.1, 1.0, 10.0]}}}
+    params['deploy']['gates'] = {'r2': {'threshold': 0.2}, 'latency_ms': {'threshold': 250}}   # regression metrics (params check)
+    params['monitor']['performance']['metric'] = 'rmse'
     (p/'params.yaml').write_text(yaml.safe_dump(params, sort_keys=False))
     project.run('dvc repro')
     m = json.loads((p/'metrics/evaluate.json').read_text())

@@ -1,0 +1,118 @@
+"""A real PostgreSQL source: a throwaway server (Debian's postgresql: initdb + pg_ctl in a temporary folder, on a free
+port), a table and a query collected, a table that grows between runs, the password only ever in the environment."""
+import glob, json, os, shutil, socket, subprocess, time
+from pathlib import Path
+
+import numpy as np, pandas as pd, pytest, yaml
+
+from mlops_nb.core import DataError
+from mlops_nb.data import sql_batches
+from mlops_nb.steps import run_collect, run_prepare
+from conftest import ROOT, merge, copy_project
+
+SECRET = 'Pw-planted-7f3a9c'   # must never appear in a file the pipeline or the docs build writes
+
+def _bin(name:str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f'/usr/lib/postgresql/*/bin/{name}'), reverse=True)), None)
+    if not found: pytest.fail(f"PostgreSQL's {name} not found: install Debian's postgresql (apt-get install postgresql; scripts/test.sh does it)")
+    return found
+
+def _free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+@pytest.fixture(scope='module')
+def server():
+    "A PostgreSQL server of its own, with user `ann` whose password is SECRET; stopped and removed at the end."
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix='mlops-nb-pg-'))   # not under pytest's root-only folder: the server runs as postgres
+    data, port = d/'data', _free_port()
+    as_user = ['runuser', '-u', 'postgres', '--'] if os.geteuid() == 0 else []   # initdb refuses to run as root
+    if as_user: shutil.chown(d, 'postgres')
+    (d/'pw').write_text(SECRET); shutil.chown(d/'pw', 'postgres') if as_user else None
+    r = subprocess.run(as_user + [_bin('initdb'), '-D', str(data), '-U', 'ann', '--pwfile', str(d/'pw'), '-A', 'scram-sha-256', '--no-sync'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (d/'pw').unlink()
+    subprocess.run(as_user + [_bin('pg_ctl'), '-D', str(data), '-l', str(d/'log'), '-w', '-o', f"-p {port} -k {d} -c listen_addresses=127.0.0.1", 'start'],
+                   check=True, capture_output=True)
+    os.environ['PGPASSWORD'] = SECRET
+    try: yield port
+    finally:
+        subprocess.run(as_user + [_bin('pg_ctl'), '-D', str(data), '-m', 'immediate', 'stop'], capture_output=True)
+        os.environ.pop('PGPASSWORD', None)
+        shutil.rmtree(d, ignore_errors=True)
+
+def url(port) -> str: return f'postgresql+psycopg://ann:${{PGPASSWORD}}@127.0.0.1:{port}/postgres'
+
+def sales(n:int, start:int=0, seed:int=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({'sale_id': [f's{i}' for i in range(start, start + n)],
+                         'sold_at': pd.date_range('2026-05-01', periods=start + n, freq='h')[start:],
+                         'units': rng.integers(1, 20, n), 'store': rng.choice(['a', 'b', 'c'], n),
+                         'revenue': rng.normal(100, 10, n).round(2)})
+
+def write_table(port, df, replace=True):
+    import sqlalchemy as sa
+    eng = sa.create_engine(f'postgresql+psycopg://ann:{SECRET}@127.0.0.1:{port}/postgres')
+    with eng.begin() as c: df.to_sql('sales', c, index=False, if_exists='replace' if replace else 'append')
+    eng.dispose()
+
+PARAMS = merge(yaml.safe_load((ROOT/'params.yaml').read_text()),
+               {'task': {'type': 'regression', 'target': 'revenue', 'time_column': 'sold_at', 'id_columns': ['sale_id']},
+                'collect': {'days': 0}, 'train': {'estimator': 'ridge', 'search': {'scoring': 'r2'}},
+                'monitor': {'performance': {'metric': 'rmse'}}})
+PARAMS['deploy']['gates'] = {'r2': {'threshold': -10.0}}
+PARAMS['prepare']['features'] = {}
+
+def test_table_and_query_sources_and_a_growing_table(server, tmp_path):
+    write_table(server, sales(300))
+    p = merge(PARAMS, {})
+    p['collect']['sources'] = [{'type': 'sql', 'url': url(server), 'table': 'sales'},
+                               {'type': 'sql', 'url': url(server), 'query': "SELECT * FROM sales WHERE store = 'a'", 'name': 'store_a'}]
+    s = run_collect(p, tmp_path/'raw')
+    n_a = int((sales(300).store == 'a').sum())
+    assert s.rows.tolist() == [300, n_a] and 'ann:***@127.0.0.1' in s.source[0] and not any(SECRET in x for x in s.source)
+    write_table(server, sales(50, start=300, seed=1), replace=False)   # new rows arrive
+    s = run_collect(p, tmp_path/'raw')
+    assert s.rows.iloc[0] == 350
+    raw = pd.read_parquet(sorted((tmp_path/'raw').glob('000_*.parquet'))[0])
+    assert raw.sale_id.iloc[-1] == 's349'
+    res = run_prepare(p, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
+    assert res.ok and res.schema.columns['units'].kind == 'integer'
+
+def test_unreachable_server_and_missing_password_are_named(server):
+    with pytest.raises(DataError) as e: sql_batches(f'postgresql+psycopg://ann:${{PGPASSWORD}}@127.0.0.1:{_free_port()}/postgres', table='sales')
+    assert "rule 'sql_unreachable'" in str(e.value) and SECRET not in str(e.value) and 'ann:***@127.0.0.1' in str(e.value), str(e.value)
+    with pytest.raises(DataError) as e: sql_batches(f'postgresql+nosuchdriver://ann:${{PGPASSWORD}}@127.0.0.1:{server}/postgres', table='sales')
+    assert "rule 'sql_driver_missing'" in str(e.value) and SECRET not in str(e.value), str(e.value)
+    saved = os.environ.pop('PGPASSWORD')
+    try:
+        with pytest.raises(Exception, match='environment variable PGPASSWORD is not set'): sql_batches(url(server), table='sales')
+    finally: os.environ['PGPASSWORD'] = saved
+
+def test_missing_driver_is_not_unreachable(tmp_path):
+    "psycopg hidden from the interpreter: the error says the driver is missing, not that the server is unreachable."
+    (tmp_path/'psycopg.py').write_text("raise ImportError('No module named psycopg (hidden for this test)')\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from mlops_nb.data import sql_batches\n"
+            "try: sql_batches('postgresql+psycopg://ann:x@127.0.0.1:1/postgres', table='t')\n"
+            "except Exception as e: print(e)\n")
+    out = subprocess.run([os.sys.executable, '-c', code, str(tmp_path)], capture_output=True, text=True).stdout
+    assert "rule 'sql_driver_missing'" in out and "pip install 'mlops-nb[postgres]'" in out, out
+
+@pytest.mark.e2e
+def test_the_password_is_in_no_file_the_pipeline_and_the_docs_build_write(server, tmp_path):
+    write_table(server, sales(400))
+    proj = copy_project(tmp_path/'proj')
+    p = merge(proj.params, {k: v for k, v in PARAMS.items() if k in ('task', 'train', 'monitor')})
+    p['deploy']['gates'], p['prepare']['features'] = PARAMS['deploy']['gates'], {}
+    p['collect'] = dict(p['collect'], days=0, sources=[{'type': 'sql', 'url': url(server), 'table': 'sales'}])
+    (proj.path/'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
+    proj.run('dvc repro prepare')
+    from conftest import run
+    run(f'mlops-nb docs build --out {tmp_path}/site --reports {proj.path}/reports --workers 1', ROOT, timeout=900)
+    assert (tmp_path/'site').is_dir()
+    leaks = [str(f) for f in [*proj.path.rglob('*'), *(tmp_path/'site').rglob('*')]
+             if f.is_file() and '.git' not in f.parts and SECRET.encode() in f.read_bytes()]
+    assert leaks == []
+    assert '${PGPASSWORD}' in (proj.path/'reports/01_collect.ipynb').read_text()   # the report holds the variable's name only
+    assert len(pd.read_parquet(next((proj.path/'data/raw').glob('*.parquet')))) == 400
