@@ -183,3 +183,18 @@ def _serve_commands(sub):
     p.add_argument('--no-capture', action='store_true', help='do not capture predictions')
     p.add_argument('--params', default='params.yaml', help='params file with a serve: section (default params.yaml, if present)')
     p.set_defaults(func=handler('mlops_nb.serve:predict_cmd'))
+
+# %% ../nbs/12_cli.ipynb #1d4eebb0
+@command_group
+def _loop_commands(sub):
+    "`mlops-nb loop run|simulate`: the continuous-improvement loop over the built-in stream (`mlops_nb.loop`)."
+    p = sub.add_parser('loop', help='the loop: serve each day, collect late labels, monitor, retrain, gate, redeploy',
+                       description="Walk the stream day by day through the running service with the retraining policy of params.yaml's "
+                                   "loop section; state in loop.dir, resumed after the last completed day.")
+    acts = p.add_subparsers(dest='loop_command', metavar='ACTION', required=True)
+    for name, help in (('run', 'one cycle: the next day'), ('simulate', 'many days: --days N')):
+        q = acts.add_parser(name, help=help, description=help)
+        q.add_argument('--params', default='params.yaml')
+        q.add_argument('--root', default='.', help='project folder the loop folder is relative to (default: .)')
+        if name == 'simulate': q.add_argument('--days', type=int, required=True, help='days to walk')
+        q.set_defaults(func=handler('mlops_nb.loop:cli_loop'))

@@ -961,10 +961,11 @@ class DLE:
 
 def estimated_performance(estimator, df:pd.DataFrame, score:str, time_column:str|None=None, freq:str='D',
                           target:str|None=None, task:str='classification', threshold:float=0.5, conf:float=0.95,
-                          metric:str|None=None, tolerance:float=0.02) -> pd.DataFrame:
+                          metric:str|None=None, tolerance:float=0.02, rel_tolerance:float=0.1) -> pd.DataFrame:
     """Per chunk (time window, and 'all'): the metrics estimated without labels, beside the realised ones where labels
     are in; `gap` = realised - estimated of `metric`, and `concept_drift` when the realised value is outside the
-    estimate's interval widened by `tolerance` (the estimate cannot see a changed relation between inputs and target)."""
+    estimate's interval widened by `tolerance` (classification: in metric units) or by `rel_tolerance` times
+    the estimate (regression: errors have the target's scale) (the estimate cannot see a changed relation between inputs and target)."""
     if score not in df.columns: raise MlopsError(f"estimated performance: column '{score}' is not in the window")
     metric = metric or ('roc_auc' if task == 'classification' else 'mae')
     chunks = []
@@ -984,7 +985,8 @@ def estimated_performance(estimator, df:pd.DataFrame, score:str, time_column:str
             lo, hi = r.get(f'estimated_{metric}_lo', np.nan), r.get(f'estimated_{metric}_hi', np.nan)
             rv = r[f'realised_{metric}']
             r['gap'] = rv - r[f'estimated_{metric}']
-            r['concept_drift'] = bool(np.isfinite(rv) and np.isfinite(lo) and (rv < lo - tolerance or rv > hi + tolerance))
+            tol = tolerance if task == 'classification' else rel_tolerance*abs(r[f'estimated_{metric}'])
+            r['concept_drift'] = bool(np.isfinite(rv) and np.isfinite(lo) and (rv < lo - tol or rv > hi + tol))
         else: r |= {f'realised_{metric}': np.nan, 'gap': np.nan, 'concept_drift': False}
         rows.append(r)
     return pd.DataFrame(rows)

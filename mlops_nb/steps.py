@@ -460,7 +460,8 @@ def release_line(project_dir:str|Path='.', release_branch:str='main') -> dict:
 
 def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
                evaluate_path:str|Path='metrics/evaluate.json', figures_dir:str|Path='plots/evaluate/figures',
-               gate_path:str|Path='metrics/gate.json', registry:str|Path|None=None, project_dir:str|Path='.') -> Deployed:
+               gate_path:str|Path='metrics/gate.json', registry:str|Path|None=None, project_dir:str|Path='.',
+               lineage_extra:dict|None=None) -> Deployed:
     "Gate the candidate, register it (accepted or rejected) with its lineage and card, promote it if it passed."
     from mlops_nb.registry import Registry, data_hash, git_state
     import datetime as dt
@@ -474,7 +475,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     from mlops_nb.registry import sha256_file
     lineage = dict(git=git_state(project_dir), data=data_hash(prepared_dir, Path(project_dir)/'dvc.lock'), release=release,
                    trained_at=dt.datetime.fromtimestamp(mfile.stat().st_mtime, dt.timezone.utc).isoformat(timespec='seconds'),
-                   training_seconds=run.get('fit_seconds'), model_sha256=sha256_file(mfile))
+                   training_seconds=run.get('fit_seconds'), model_sha256=sha256_file(mfile)) | (lineage_extra or {})   # e.g. the loop's window and decision
     figures = {p.stem: p for p in sorted(Path(figures_dir).glob('*.png'))} if Path(figures_dir).is_dir() else {}
     status = 'accepted' if c.gate['passed'] else 'rejected'
     spec = c.spec

@@ -78,3 +78,27 @@ def test_cbpe_matches_nannyml_and_realised(chunks, tmp_path):
         assert abs(ours["pr_auc"] - theirs["pr_auc"][i]) <= 0.01, (i, ours['pr_auc'], theirs['pr_auc'][i])
         assert abs(ours['roc_auc'] - real['roc_auc']) <= 0.02, (i, ours['roc_auc'], real['roc_auc'])
         assert ours['roc_auc_lo'] < ours['roc_auc'] < ours['roc_auc_hi']
+
+
+def test_dle_follows_the_error_under_covariate_shift():
+    "Direct loss estimation: where the error depends on an input, a shift of that input moves the estimated MAE with the realised one."
+    from mlops_nb.monitor import DLE, estimated_performance
+    rng = np.random.default_rng(3)
+    def rows(n, centre):
+        x = rng.normal(centre, 1, n); z = rng.normal(0, 1, n)
+        y = 2*x + z + rng.normal(0, 0.2 + np.abs(x), n)          # noisier far from 0
+        return pd.DataFrame(dict(x=x, z=z, y=y, prediction=2*x + z))
+    ref, cur = rows(6000, 0.0), rows(3000, 1.0)
+    dle = DLE(features=['x', 'z']).fit(ref, ref['y'])
+    est = estimated_performance(dle, cur.assign(t=pd.Timestamp('2026-01-01')), 'prediction', 't', target='y', task='regression', metric='mae')
+    row = est.iloc[-1]
+    ref_mae = float(np.abs(ref['y'] - ref['prediction']).mean())
+    assert row["realised_mae"] > 1.3 * ref_mae                    # the shift really hurts
+    assert abs(row['estimated_mae'] - row['realised_mae']) < 0.1 * row['realised_mae'], row.to_dict()
+    assert not row['concept_drift']
+    with pytest.raises(Exception, match=r"DLE: the window lacks column\(s\) \['z'\]"):
+        dle.estimate(cur.drop(columns='z'))
+    # a changed relation between inputs and target (concept drift): the estimate stays, the realised error leaves it
+    changed = cur.assign(y=cur['y'] + rng.normal(0, 2.0, len(cur)))
+    row = estimated_performance(dle, changed.assign(t=pd.Timestamp('2026-01-01')), 'prediction', 't', target='y', task='regression', metric='mae').iloc[-1]
+    assert row['concept_drift'] and row['gap'] > 0.3, row.to_dict()
