@@ -64,7 +64,7 @@ def main():
         if not reports:
             print('no reports: running the lifecycle first (dvc repro)', flush=True)
             run = fresh_copy(tmp/'lifecycle', [])
-            sh('git init -q && git add -A && git -c user.name=b -c user.email=b@b commit -qm init && dvc repro', run)
+            sh('git init -q -b main && git add -A && git -c user.name=b -c user.email=b@b commit -qm init && dvc repro', run)
             reports = sorted((run/'reports').glob('*.ipynb'))
         scratch, incremental, noop = [], [], []
         for i in range(a.repeats):

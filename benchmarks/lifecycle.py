@@ -44,7 +44,7 @@ def copy_project(dst:Path) -> Path:
     for name in FILES:
         (dst/name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT/name).is_dir() else shutil.copy2)(ROOT/name, dst/name)
-    sh('git init -q && git add -A && git -c user.name=b -c user.email=b@b commit -qm init', dst)
+    sh('git init -q -b main && git add -A && git -c user.name=b -c user.email=b@b commit -qm init', dst)
     return dst
 
 def stage_cmds(proj:Path) -> dict:

@@ -32,6 +32,6 @@ fi
 mkdir -p .venv/etc/jupyter
 printf '{"ServerApp": {"allow_root": true}}\n' > .venv/etc/jupyter/jupyter_server_config.json
 # DVC needs a git repository; a downloaded archive is not one.
-[ -d .git ] || git init -q
+[ -d .git ] || git init -q -b main   # the release branch (deploy.release_branch)
 # Nothing here installs system packages: the main job needs none. The tests' system packages (Chromium, PostgreSQL)
 # are installed by scripts/test.sh (scripts/system_packages.sh).

@@ -25,7 +25,7 @@ def proj(tmp_path_factory) -> Path:
         else: shutil.copy2(ROOT/name, dst/name)
     params = yaml.safe_load((dst/'params.yaml').read_text())
     (dst/'params.yaml').write_text(yaml.safe_dump(merge(params, SMALL), sort_keys=False))
-    run('git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init && dvc repro', dst, timeout=900)
+    run('git init -q -b main && git add -A && git -c user.name=t -c user.email=t@t commit -qm init && dvc repro', dst, timeout=900)
     assert json.loads((dst/'registry/aliases.json').read_text())['champion'] == 'v0001'   # the deploy stage promoted it
     return dst
 
