@@ -1,6 +1,6 @@
 """The continuous-improvement loop end to end on small params: the real service (`mlops-nb serve` over HTTP), the
 project's own stages for retraining, deploy's gate, the registry's hot swap, and a state that survives SIGKILL."""
-import copy, json, os, random, signal, subprocess, sys, time
+import json, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -37,13 +37,6 @@ def simulate(folder: Path, days: int, **kw):
 
 def history(folder: Path) -> list[dict]:
     return json.loads((folder/'loop'/'state.json').read_text())['history']
-
-
-def summary(folder: Path) -> list[tuple]:
-    "What must not depend on interruptions: per day the version served, the decision, the retrain's version and fate."
-    return [(r['day'], r['version'], r['rows'], r['decision']['retrain'], r['decision']['reason'],
-             (r.get('retrain') or {}).get('version'), (r.get('retrain') or {}).get('status'), r['champion_after'],
-             round(r['signals'].get('realised') or -1, 6), round(r['signals'].get('estimated') or -1, 6)) for r in history(folder)]
 
 
 def test_no_drift_never_retrains(tmp_path):
