@@ -185,12 +185,24 @@ def parse_csv_payload(body:bytes) -> tuple[dict, int]:
 # %% ../nbs/09_serve.ipynb #59eaae1a
 _NUMBER_TYPES = frozenset({int, float, type(None)})
 _STR_TYPES = frozenset({str, type(None)})
+def _utc_naive(v):
+    "A date-time value for numpy: `None` -> 'NaT'; an ISO-8601 text or datetime with a UTC offset -> naive UTC datetime."
+    import datetime as _dt
+    if v is None: return 'NaT'
+    if isinstance(v, str):
+        try: v = _dt.datetime.fromisoformat(v)
+        except ValueError: return v
+    if isinstance(v, _dt.datetime) and v.tzinfo is not None: v = v.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    return v
+
 _BOOL = {'true': 1.0, '1': 1.0, '1.0': 1.0, 't': 1.0, 'yes': 1.0, 'false': 0.0, '0': 0.0, '0.0': 0.0, 'f': 0.0, 'no': 0.0}
 
 class Validator:
     "Checks request columns against a `Schema` (the model's input columns) and converts them to numpy."
-    def __init__(self, schema:Schema, unseen_categories:str='allow', unknown_columns:str='error', max_rows:int=10_000):
+    def __init__(self, schema:Schema, unseen_categories:str='allow', unknown_columns:str='error', max_rows:int=10_000,
+                 id_columns:list[str]=()):
         self.schema, self.unseen, self.unknown, self.max_rows = schema, unseen_categories, unknown_columns, max_rows
+        self.id_columns = [c for c in id_columns if c not in schema.columns]   # accepted and echoed beside the predictions
         self.names = list(schema.columns)
         self.cats = {k: frozenset(c.categories) for k, c in schema.columns.items() if c.kind == 'categorical' and c.categories}
         self.unseen_count = 0          # values of categorical columns never seen in training (policy 'allow')
@@ -249,12 +261,13 @@ class Validator:
 
     def _datetime(self, name:str, vals:list) -> np.ndarray:
         try: return np.array([v if v is not None else 'NaT' for v in vals], dtype='datetime64[us]')
-        except (ValueError, TypeError):
+        except (ValueError, TypeError):   # ISO-8601 with a UTC offset (or tz-aware datetimes): converted to naive UTC
+            out = np.empty(len(vals), dtype='datetime64[us]')
             for i, v in enumerate(vals):
-                try: np.datetime64(v if v is not None else 'NaT', 'us')
+                try: out[i] = np.datetime64(_utc_naive(v), 'us')
                 except (ValueError, TypeError):
                     raise _bad('wrong_type', f"column '{name}' must be an ISO date-time, got {v!r} in row {i}", name, v, i) from None
-            raise _bad('wrong_type', f"column '{name}' must hold ISO date-times", name)
+            return out
 
     def _numbers(self, cols:dict) -> np.ndarray:
         "All numeric/integer columns as one float64 matrix (columns x rows): one numpy call when the values are good."
@@ -304,7 +317,9 @@ class Validator:
         if missing: raise _bad('missing_column', f"column '{missing[0]}' is required"
                                + (f" (and {len(missing) - 1} more: {', '.join(missing[1:4])})" if len(missing) > 1 else ''), missing[0])
         if self.unknown == 'error' and len(cols) > len(self.names):
-            extra = [k for k in cols if k not in self.schema.columns]
+            extra = [k for k in cols if k not in self.schema.columns and k not in self.id_columns]
+        else: extra = ()
+        if extra:
             raise _bad('unknown_column', f"column '{extra[0]}' is not an input of the model (inputs: {', '.join(self.names)})", extra[0])
         out = {}
         if self.num_names:
@@ -343,7 +358,10 @@ class LoadedModel:
         self.classification = str(task).startswith('class')
         thr = self.info.get('threshold')
         self.threshold = float(thr) if isinstance(thr, (int, float)) else 0.5
-        self.validator = Validator(self.schema, cfg.unseen_categories, cfg.unknown_columns, cfg.max_rows)
+        step = self.info.get('feature_step') or {}   # versions that take the raw record and build their features inside
+        self.id_columns = list(step.get('id_columns') or [])
+        self.validator = Validator(self.schema, cfg.unseen_categories, cfg.unknown_columns, cfg.max_rows, self.id_columns)
+        self.pre = None
         self.loaded_at = time.time()
         self.session = self.pipeline = None
         if (vdir/'model.onnx').exists():
@@ -355,11 +373,13 @@ class LoadedModel:
             self.inputs = [(i.name, _ORT_TYPES.get(i.type, 'float32')) for i in self.session.get_inputs()]
             outs = [o.name for o in self.session.get_outputs()]
             self.out_name = (next((o for o in outs if 'prob' in o.lower()), outs[-1]) if self.classification else outs[0])
-            names = set(self.schema.columns)
+            self.pre = (self.info.get('onnx') or {}).get('pre_step')   # the feature step, run in numpy before the graph
+            if step and not self.pre: raise MlopsError(f"{vdir/'model.json'}: the ONNX graph has no feature pre-step (onnx.pre_step) for a raw-record model")
+            names = set(self.schema.columns) | set((self.pre or {}).get('derived') or [])
             self._single = self.inputs[0] if len(self.inputs) == 1 and self.inputs[0][0] not in names else None
             missing = [i for i, _ in self.inputs if i not in names] if self._single is None else []
             if missing: raise MlopsError(f"{vdir/'model.onnx'}: input(s) {missing} are not columns of schema.json")
-            floats = [(i, t) for i, t in self.inputs if t in ('float32', 'float64') and self.schema.columns[i].kind in ('numeric', 'integer', 'boolean')] if self._single is None else []
+            floats = [(i, t) for i, t in self.inputs if t in ('float32', 'float64') and (self.schema.columns[i].kind if i in self.schema.columns else 'numeric') in ('numeric', 'integer', 'boolean')] if self._single is None else []
             self._float_type = floats[0][1] if floats and len({t for _, t in floats}) == 1 else None
             self._float_inputs = [i for i, _ in floats] if self._float_type else []
             self._other_inputs = [(i, t) for i, t in self.inputs if i not in self._float_inputs] if self._single is None else []
@@ -393,6 +413,9 @@ class LoadedModel:
     def predict(self, X:dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray|None]:
         "Scores (class-1 probability, or the value) and labels (classification only) for validated columns `X`."
         if self.session is not None:
+            if self.pre is not None:
+                from mlops_nb.features import build_features   # numpy only: the same function the fitted feature step calls
+                X = {**X, **build_features(X, self.pre['spec'], self.pre.get('time_column'))}
             out = self.session.run([self.out_name], self._feed(X))[0]
             if self.classification:
                 score = (np.array([d[1] for d in out], dtype='float64') if isinstance(out, list)
@@ -400,7 +423,7 @@ class LoadedModel:
             else: score = np.asarray(out, dtype='float64').reshape(-1)
         else:
             import pandas as pd   # the fallback without ONNX: a scikit-learn pipeline wants a DataFrame
-            df = pd.DataFrame({k: (v if v.dtype != object else v.astype(str)) for k, v in X.items()})
+            df = pd.DataFrame({k: (v if v.dtype != object else np.where(pd.isna(v), np.nan, v)) for k, v in X.items()})   # a null category is missing, not 'None'
             score = (self.pipeline.predict_proba(df)[:, 1] if self.classification else self.pipeline.predict(df)).astype('float64')
         return score, ((score >= self.threshold).astype('int64') if self.classification else None)
 
@@ -729,11 +752,13 @@ def _v2_columns(obj:Any) -> tuple[dict, int, Any]:
     if len(lens) != 1: raise _bad('ragged_columns', f"input tensors have different lengths {sorted(lens)}", 'inputs', status=400)
     return cols, lens.pop(), obj.get('id')
 
-def _predictions_body(score:np.ndarray, label:np.ndarray|None, output:str) -> bytes:
+def _predictions_body(score:np.ndarray, label:np.ndarray|None, output:str, ids:dict|None=None) -> bytes:
+    "`{'predictions': [...]}`, and `ids` (the request's id columns, echoed so the answer joins back) when it sent any."
+    extra = {'ids': ids} if ids else {}
     if label is None or output == 'score': preds = score
     elif output == 'label': preds = label
-    else: return orjson.dumps({'predictions': [{'label': int(l), 'score': float(s)} for l, s in zip(label, score)]})
-    return orjson.dumps({'predictions': preds}, option=orjson.OPT_SERIALIZE_NUMPY)
+    else: return orjson.dumps({'predictions': [{'label': int(l), 'score': float(s)} for l, s in zip(label, score)], **extra})
+    return orjson.dumps({'predictions': preds, **extra}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 # %% ../nbs/09_serve.ipynb #8cdb5000
 def openapi_spec(svc:Service) -> dict:
@@ -909,15 +934,17 @@ def build_app(cfg:ServeConfig):
             else: cols, n, v2id = _v2_columns(obj)
         else: raise _bad('unsupported_media_type', f"Content-Type must be application/json or text/csv, got {ctype or 'none'!r}", 'content-type', ctype, status=415)
         score, label = await svc.predict_columns(m, cols, n, rid, t0)
+        ids = {k: cols[k] for k in m.id_columns if k in cols}
         hdrs = [(b'x-request-id', rid.encode()), (b'x-model-version', m.version.encode())]
         if kind == 'mlflow':
             q = scope.get('query_string', b'')
             out = cfg.output if not q else next((p[7:].decode() for p in q.split(b'&') if p.startswith(b'output=')), cfg.output)
             if out not in ('label', 'score', 'both'): raise _bad('bad_parameter', f"output must be label, score or both, got {out!r}", 'output', out, status=400)
-            await _send(send, 200, _predictions_body(score, label, out), headers=hdrs)
+            await _send(send, 200, _predictions_body(score, label, out, ids), headers=hdrs)
         else:
             outs = [{'name': 'predict', 'shape': [n], 'datatype': 'FP64', 'data': score}]
             if label is not None: outs.append({'name': 'label', 'shape': [n], 'datatype': 'INT64', 'data': label})
+            outs += [{'name': k, 'shape': [n], 'datatype': 'BYTES', 'data': [None if x is None else str(x) for x in v]} for k, v in ids.items()]
             await _send(send, 200, orjson.dumps({'model_name': scope['path'].split('/')[3], 'model_version': m.version,
                                                  'id': v2id if v2id is not None else rid, 'outputs': outs}, option=orjson.OPT_SERIALIZE_NUMPY), headers=hdrs)
 
@@ -1046,6 +1073,7 @@ def serve_cmd(args) -> int:
     cfg = ServeConfig.resolve(_serve_params(args), registry=args.registry, model=args.model, host=args.host, port=args.port,
                               workers=args.workers, capture_dir=('' if args.no_capture else args.capture_dir),
                               max_rows=args.max_rows, max_bytes=args.max_bytes, unseen_categories=args.unseen_categories,
+                              unknown_columns=getattr(args, 'unknown_columns', None),
                               output=args.output, poll_seconds=args.poll_seconds, capture_flush_seconds=args.capture_flush_seconds,
                               access_log=(False if args.no_access_log else None))
     if not Path(cfg.registry).is_dir(): raise MlopsError(f"{cfg.registry}: registry folder not found (set --registry or deploy.registry)")

@@ -172,7 +172,7 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
     "Validate every raw batch against the schema, then clean, add features and split by time into `out_dir`.\n    Rejected batches are copied, each with its violations, to `quarantine/` beside `raw_dir`."
     with recorded_failure('prepare', quality_path):
         check_params(params)
-        from mlops_nb.features import add_features, clean, feature_columns, time_split
+        from mlops_nb.features import add_features, clean, feature_columns, source_columns, time_split
         task, p = _task(params), params.get('prepare') or {}
         split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
         batches = [Batch(b.name, b.source, apply_null_tokens(b.frame, p.get('null_tokens'))) for b in read_batches(raw_dir)]
@@ -198,9 +198,12 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
             bad[0].raise_for_errors()
         frame = pd.concat([schema.apply_dtypes(b.frame) for b in batches], ignore_index=True)
         frame = clean(frame, task['target'], task['time_column'], task['id_columns'])
-        frame = add_features(frame, p.get('features') or {}, task['time_column'])
-        result.splits = time_split(frame, task['time_column'], split['valid_fraction'], split['test_fraction'])
         exclude = task['id_columns'] + ([task['time_column']] if task['time_column'] else [])
+        fspec = p.get('features') or {}
+        used = set(source_columns(fspec, task['time_column']))   # the time column is an input when time parts are derived from it
+        inputs = [c for c in frame.columns if c != task['target'] and (c not in exclude or c in used)]
+        frame = add_features(frame, fspec, task['time_column'])
+        result.splits = time_split(frame, task['time_column'], split['valid_fraction'], split['test_fraction'])
         result.numeric, result.categorical = feature_columns(result.splits['train'], task['target'], exclude)
         result.quality = _quality_report(schema, reports, frame)
         with atomic_dir(out_dir) as tmp:
@@ -208,6 +211,7 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
             schema.save(tmp/'schema.json')
             write_json(tmp/'features.json', dict(task=task['type'], target=task['target'], time_column=task['time_column'],
                                                  id_columns=task['id_columns'], numeric=result.numeric, categorical=result.categorical,
+                                                 inputs=inputs, features=fspec,
                                                  rows={k: len(v) for k, v in result.splits.items()}))
         write_json(quality_path, result.quality)
     return result
@@ -236,11 +240,14 @@ def run_train(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|
     from mlops_nb.train import make_estimator, make_pipeline, save_model, search
     task, t, seed = _task(params), params.get('train') or {}, int(params.get('seed', 0))
     train, spec = load_split(prepared_dir, 'train')
-    cols = spec['numeric'] + spec['categorical']
+    # the pipeline takes the raw record (`inputs`) and builds the features itself; folders prepared before that take the model columns
+    raw = 'inputs' in spec
+    cols = spec['inputs'] if raw else spec['numeric'] + spec['categorical']
     est = make_estimator(t.get('estimator', 'hist_gradient_boosting'), task['type'], t.get('estimator_params'), seed)
     s = dict(method='random', n_iter=10, cv_splits=3, scoring=None, space={}) | (t.get('search') or {})
     start = time.perf_counter()
-    args = (make_pipeline(spec['numeric'], spec['categorical'], est), train[cols], train[task['target']], s['space'])
+    args = (make_pipeline(spec['numeric'], spec['categorical'], est, spec.get('features') or {} if raw else None,
+                          spec.get('time_column')), train[cols], train[task['target']], s['space'])
     kw = dict(method=s['method'], n_iter=int(s['n_iter']), cv_splits=int(s['cv_splits']), scoring=s['scoring'], seed=seed)
     dk = params.get('dask') or {}
     if dk or any(os.environ.get(v) for v in ('MLOPS_NB_DASK_SCHEDULER', 'DASK_SCHEDULER_ADDRESS')):
@@ -284,7 +291,7 @@ def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:s
     task, e, seed = _task(params), params.get('evaluate') or {}, int(params.get('seed', 0))
     model = load_model(Path(model_dir)/'model.skops')
     test, spec = load_split(prepared_dir, 'test')
-    cols, y = spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
+    cols, y = spec.get('inputs') or spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
     scores = ev.predict_scores(model, test[cols], task['type'])
     n_bins = int(e.get('calibration_bins', 10))
     if task['type'] == 'classification':
@@ -381,7 +388,7 @@ def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir
     reg = Registry(registry or d['registry'])
     model, spec = load_model(Path(model_dir)/'model.skops'), read_json(Path(model_dir)/'model.json')
     test, _ = load_split(prepared_dir, 'test')
-    features, y = spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
+    features, y = spec.get('inputs') or spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
     n_bins, n_lat = int(e.get('calibration_bins', 10)), int(d['latency_rows'])
     threshold = None
     if task['type'] == 'classification':
@@ -433,14 +440,16 @@ class Deployed:
 
 # %% ../nbs/06_steps.ipynb #eb09b3d0
 def reference_profile_of(model, features:list[str], numeric:list[str], train:pd.DataFrame, test:pd.DataFrame,
-                         task:str, threshold:float|None):
-    "The monitor `Profile` of a model: its input `features` of `train`, its scores/labels on the `test` rows."
+                         task:str, threshold:float|None, profiled:list[str]|None=None):
+    """The monitor `Profile` of a model: the columns `profiled` (default: its input `features`; e.g. raw inputs + derived
+    features) of `train`, its scores/labels on the `test` rows (predicted from `features`)."""
     from mlops_nb import monitor as mon
     from mlops_nb.evaluate import predict_scores
-    num = [f for f in features if f in (numeric or [])]
+    cols = [f for f in (profiled or features) if f in train.columns]
+    num = [f for f in cols if f in (numeric or [])]
     scores = predict_scores(model, test[features], task)
     labels = (scores >= (threshold if threshold is not None else 0.5)).astype(int) if task == 'classification' else None
-    return mon.reference_profile(train, num, [f for f in features if f not in num], scores, labels,
+    return mon.reference_profile(train, num, [f for f in cols if f not in num], scores, labels,
                                  psi_bins=mon.DEFAULTS['drift']['psi_bins'])
 
 # %% ../nbs/06_steps.ipynb #013b90bf
@@ -479,14 +488,24 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     figures = {p.stem: p for p in sorted(Path(figures_dir).glob('*.png'))} if Path(figures_dir).is_dir() else {}
     status = 'accepted' if c.gate['passed'] else 'rejected'
     spec = c.spec
-    profile = reference_profile_of(c.model, c.features, spec.get('numeric'), train, c.test, task['type'], c.threshold)
+    step = None
+    if 'inputs' in spec:   # the version takes the raw record: its schema is the raw contract, drift is watched on inputs and derived features
+        from mlops_nb.features import derived_columns
+        step = dict(spec=spec.get('features') or {}, time_column=spec.get('time_column'), inputs=spec['inputs'],
+                    derived=derived_columns(spec.get('features') or {}, spec.get('time_column')), id_columns=spec.get('id_columns') or [])
+        schema = Schema.load(Path(prepared_dir)/'schema.json')
+        schema = Schema({k: v for k, v in schema.columns.items() if k in c.features}, None, None)
+    else: schema = Schema.infer(train[c.features])
+    profile = reference_profile_of(c.model, c.features, spec.get('numeric'), train, c.test, task['type'], c.threshold,
+                                   (spec.get('numeric') or []) + (spec.get('categorical') or []) if step else None)
     with tempfile.TemporaryDirectory(prefix='mlops-nb-profile-') as td:
-        version = reg.register(c.model, features=c.features, task=task['type'], schema=Schema.infer(train[c.features]),
+        version = reg.register(c.model, features=c.features, task=task['type'], schema=schema,
                                metrics=c.metrics, params={k: params.get(k) for k in ('seed', 'task', 'prepare', 'train', 'evaluate', 'deploy') if k in params},
                                threshold=c.threshold, X_test=c.test[c.features], onnx_tolerance=float(d['onnx_tolerance']), status=status,
                                lineage=lineage, figures=figures, gate=c.gate,
                                extra=dict(estimator=spec.get('estimator'), best_params=spec.get('best_params'), target=spec.get('target'),
-                                          numeric=spec.get('numeric'), categorical=spec.get('categorical'), rows=spec.get('rows')),
+                                          numeric=spec.get('numeric'), categorical=spec.get('categorical'), rows=spec.get('rows'),
+                                          **({'feature_step': step} if step else {})),
                                artifacts={'profile': profile.save(Path(td)/'profile')})
     before, alias = c.champion, None
     if c.gate['passed']:
@@ -545,6 +564,7 @@ class MonitorReference:
     note: str
     model_path: Path|None = None
     registry: object = None
+    inputs: list|None = None    # the model's input columns (the raw record for versions with a feature step)
 
     def load_model(self):
         "The reference's scikit-learn pipeline (verified and trusted-types only)."
@@ -570,16 +590,19 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
         metrics = dict(info.get('metrics') or {}, threshold=info.get('threshold'))
         if prof is not None:
             return MonitorReference(prof, metrics, info.get('threshold'), 'registry', champ,
-                                    f"champion {champ} of {reg.root}: profile saved at registration", registry=reg)
+                                    f"champion {champ} of {reg.root}: profile saved at registration", registry=reg, inputs=info.get('features'))
         train, spec = load_split(prepared_dir, 'train')
         test, _ = load_split(prepared_dir, 'test')
         lost = [f for f in info['features'] if f not in train.columns]
         if lost: raise MlopsError(f"{reg.root}: champion {champ} has no saved profile and {prepared_dir} lacks its input column(s) {lost}")
-        prof = reference_profile_of(reg.load(champ), info['features'], spec['numeric'], train, test, task['type'], info.get('threshold'))
+        model = reg.load(champ)
+        from mlops_nb.registry import split_feature_step   # a raw-record model: watch its raw inputs and derived features, as deploy does
+        profiled = spec['numeric'] + spec['categorical'] if split_feature_step(model)[0] is not None else None
+        prof = reference_profile_of(model, info['features'], spec['numeric'], train, test, task['type'], info.get('threshold'), profiled)
         return MonitorReference(prof, metrics, info.get('threshold'), 'registry', champ,
                                 f"champion {champ} of {reg.root} was registered without a reference profile: profiled "
                                 f"{Path(prepared_dir)/'train.parquet'} (the current training split) and scored its test split instead",
-                                registry=reg)
+                                registry=reg, inputs=info.get('features'))
     train, spec = load_split(prepared_dir, 'train')
     evaluation = read_json(evaluation_path) if Path(evaluation_path).exists() else {}
     scores = labels = None
@@ -589,7 +612,7 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
     prof = mon.reference_profile(train, spec['numeric'], spec['categorical'], scores, labels)
     return MonitorReference(prof, evaluation, evaluation.get('threshold'), 'candidate', None,
                             f"no champion in {reg.root} yet: the reference is the candidate ({Path(prepared_dir)/'train.parquet'}, "
-                            f"{model_dir}, {evaluation_path})", model_path=Path(model_dir)/'model.skops')
+                            f"{model_dir}, {evaluation_path})", model_path=Path(model_dir)/'model.skops', inputs=spec.get('inputs'))
 
 def current_window(params:dict, current:dict|None=None) -> pd.DataFrame:
     "The raw rows of the monitored window described by `monitor.current` (simulator days, a file/folder, or captures)."
@@ -617,7 +640,7 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
                 plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None) -> Monitored:
     "Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality, predictions, performance, alerts."
     from mlops_nb import monitor as mon
-    from mlops_nb.features import add_features
+    from mlops_nb.features import add_features, derived_columns
     task, m = _task(params), dict(params.get('monitor') or {})
     cfg = mon.settings(m)
     ref = monitor_reference(params, prepared_dir, model_dir, predictions_path, evaluation_path, registry)
@@ -635,14 +658,16 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
             scores = cur['prediction'].to_numpy(dtype='float64', na_value=np.nan)
             labels = cur['predicted_label'].to_numpy() if clf and 'predicted_label' in cur.columns else ((scores >= thr).astype(int) if clf else None)
             cur_pred = dict(score=scores, label=labels)
-        elif all(c in cur.columns for c in cols) and (ref.registry is not None or (ref.model_path and ref.model_path.exists())):
+        elif all(c in cur.columns for c in (ref.inputs or cols)) and (ref.registry is not None or (ref.model_path and ref.model_path.exists())):
             from mlops_nb.evaluate import predict_scores
-            scores = predict_scores(ref.load_model(), cur[cols], task['type'])
+            scores = predict_scores(ref.load_model(), cur[ref.inputs or cols], task['type'])
             cur_pred = dict(score=scores, label=(scores >= thr).astype(int) if clf else None)
     result = mon.monitor(profile, cur, cfg, columns=cols, cur_predictions=cur_pred,
                          target=task['target'], time_column=task['time_column'], task=task['type'],
                          threshold=thr, reference_metrics=ref.metrics)
     result.reference = ref.describe()
+    derived = set(derived_columns((params.get('prepare') or {}).get('features') or {}, task['time_column']))
+    result.drift.table.insert(1, 'source', ['derived feature' if c in derived else 'raw input' for c in result.drift.table['column']])
     dot = None
     if task['time_column'] and task['time_column'] in cur.columns and len(cur):
         dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)
