@@ -31,7 +31,7 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     model = load_model(p/'models/candidate/model.skops')
     spec = json.loads((p/'data/prepared/features.json').read_text())
     preds = pd.read_parquet(p/'data/predictions/test.parquet')
-    scores = model.predict_proba(splits['test'][spec['numeric'] + spec['categorical']])[:, 1]
+    scores = model.predict_proba(splits['test'][spec['inputs']])[:, 1]
     assert len(preds) == len(splits['test']) and abs(preds.score.to_numpy() - scores).max() < 1e-12
     for f in ['roc.csv', 'pr.csv', 'calibration.csv', 'importance.csv', 'figures/roc.png', 'figures/confusion.png']:
         assert (p/'plots/evaluate'/f).stat().st_size > 0
