@@ -38,7 +38,7 @@ PARAMS_SCHEMA = _obj({
     'sim': _obj({'n_customers': _int, 'transactions_per_day': _int, 'start_date': _str, 'fraud_rate': _frac,
                  'drift': _obj({'day': {'type': ['integer', 'null']}, 'amount_scale': _num, 'new_category': {'type': ['string', 'null']},
                                'new_category_share': _frac, 'fraud_pattern': _str, 'schedule': {'enum': ['abrupt', 'gradual', 'recurring', 'none']},
-                               'span_days': _int, 'period_days': _int, 'duration_days': _int, 'covariate': _bool, 'concept': _bool})}),
+                               'span_days': _int, 'period_days': _int, 'duration_days': _int, 'covariate': _bool, 'concept': _bool}) | {'type': ['object', 'null']}}),   # null: no drift
     'collect': _obj({'start_day': {'type': 'integer', 'minimum': 0}, 'days': {'type': 'integer', 'minimum': 0},
                      'sources': {'type': 'array', 'minItems': 1, 'items': _source}}),
     'prepare': _obj({'schema': {'type': ['string', 'null']},

@@ -595,7 +595,10 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
         test, _ = load_split(prepared_dir, 'test')
         lost = [f for f in info['features'] if f not in train.columns]
         if lost: raise MlopsError(f"{reg.root}: champion {champ} has no saved profile and {prepared_dir} lacks its input column(s) {lost}")
-        prof = reference_profile_of(reg.load(champ), info['features'], spec['numeric'], train, test, task['type'], info.get('threshold'))
+        model = reg.load(champ)
+        from mlops_nb.registry import split_feature_step   # a raw-record model: watch its raw inputs and derived features, as deploy does
+        profiled = spec['numeric'] + spec['categorical'] if split_feature_step(model)[0] is not None else None
+        prof = reference_profile_of(model, info['features'], spec['numeric'], train, test, task['type'], info.get('threshold'), profiled)
         return MonitorReference(prof, metrics, info.get('threshold'), 'registry', champ,
                                 f"champion {champ} of {reg.root} was registered without a reference profile: profiled "
                                 f"{Path(prepared_dir)/'train.parquet'} (the current training split) and scored its test split instead",
