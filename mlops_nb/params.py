@@ -75,7 +75,8 @@ PARAMS_SCHEMA = _obj({
                    'capture_flush_seconds': _num, 'max_rows': _int, 'max_bytes': _int,
                    'unseen_categories': {'enum': ['allow', 'error']}, 'unknown_columns': {'enum': ['error', 'ignore']},
                    'output': {'enum': ['label', 'score', 'both']}, 'poll_seconds': _num, 'access_log': _bool,
-                   'micro_batch': _bool, 'registry': _str}),
+                   'micro_batch': _bool, 'registry': _str, 'read_timeout': _pos, 'keep_alive_seconds': _pos,
+                   'limit_concurrency': {'type': 'integer', 'minimum': 1}}),
     'dask': _obj({'scheduler': _str, 'trial_store': _str}),   # where the work runs (mlops_nb.distributed)
     'loop': _obj({'dir': {'type': 'string', 'minLength': 1}, 'start_day': {'type': 'integer', 'minimum': 0},
                   'label_delay_days': {'type': 'integer', 'minimum': 0}, 'monitor_days': {'type': 'integer', 'minimum': 1},
