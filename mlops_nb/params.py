@@ -27,7 +27,7 @@ _source = {'type': 'object', 'required': ['type'], 'properties': {'type': {'enum
            'allOf': [
     {'if': {'properties': {'type': {'const': 'simulator'}}}, 'then': _obj({'type': {}})},
     {'if': {'properties': {'type': {'const': 'file'}}}, 'then': _obj({'type': {}, 'path': {'type': 'string', 'minLength': 1}, 'name': _str}, ['path'])},
-    {'if': {'properties': {'type': {'const': 'sql'}}}, 'then': {**_obj({'type': {}, 'url': {'type': 'string', 'minLength': 1}, 'table': _str, 'query': _str, 'name': _str}, ['url']),
+    {'if': {'properties': {'type': {'const': 'sql'}}}, 'then': {**_obj({'type': {}, 'url': {'type': 'string', 'minLength': 1}, 'table': _str, 'query': _str, 'name': _str, 'check': _str}, ['url']),
                                                              'oneOf': [{'required': ['table']}, {'required': ['query']}]}},
 ]}
 
