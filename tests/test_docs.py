@@ -414,3 +414,19 @@ def test_readme_is_short_and_its_links_resolve():
                      for l in ''.join(c['source']).split('\n') if re.match(r'#{1,4} ', l)]
             assert frag in {re.sub(r'[^\w\- ]', '', h.lower().replace(' ', '-')) for h in heads}, (link, heads)
     assert (ROOT/'LICENSE').read_text().lstrip().startswith('Apache License') and 'license = apache2' in (ROOT/'settings.ini').read_text()
+
+# ---------------------------------------------------------------- words that belong to how the work was organised
+INTERNAL = re.compile(r"(?i)\bissues? ?#?\d|\bthe issue\b|\bissue's\b|\.\./shared|\bDESIGN\.md\b|\bhouse plan\b|/work/(?:main|wt-\d|shared)")
+
+def user_facing_files() -> list[Path]:
+    "What a user reads: README, the docs notebooks (sources and stored outputs), pipelines, benchmarks and their results, scripts."
+    files = [ROOT/'README.md', ROOT/'dvc.yaml', ROOT/'params.yaml', ROOT/'settings.ini']
+    for pattern in ('nbs/*.ipynb', 'pipelines/*.ipynb', 'benchmarks/*.py', 'benchmarks/results/*', 'scripts/*', 'mlops_nb/*.py'):
+        files += sorted(ROOT.glob(pattern))
+    return [f for f in files if f.is_file()]
+
+def test_user_facing_files_hold_no_internal_words():
+    found = [(f.relative_to(ROOT).as_posix(), m.group(0), f.read_text(errors='replace')[max(0, m.start() - 60):m.end() + 60])
+             for f in user_facing_files() for m in INTERNAL.finditer(f.read_text(errors='replace'))]
+    assert found == [], found
+    assert any(f.name == 'serve.py' for f in user_facing_files()) and any(f.name == 'performance.ipynb' for f in user_facing_files())
