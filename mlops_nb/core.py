@@ -12,8 +12,9 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['TRUSTED_TYPES', 'MlopsError', 'DataError', 'atomic_write', 'atomic_dir', 'to_jsonable', 'write_json', 'read_json',
-           'load_params', 'project_root', 'stage_params', 'skops_bytes', 'save_skops', 'load_skops', 'get_logger']
+__all__ = ['TRUSTED_TYPES', 'MlopsError', 'DataError', 'atomic_write', 'atomic_dir', 'to_jsonable', 'round_floats', 'write_json',
+           'read_json', 'load_params', 'project_root', 'stage_params', 'skops_bytes', 'save_skops', 'load_skops',
+           'get_logger']
 
 # %% ../nbs/00_core.ipynb #052e3259
 class MlopsError(Exception):
@@ -85,10 +86,20 @@ def to_jsonable(obj:Any) -> Any:
     return obj
 
 # %% ../nbs/00_core.ipynb #8e4f8ce0
-def write_json(path:str|os.PathLike, obj:Any, indent:int=2) -> Path:
-    "Atomically write `obj` as stable, sorted JSON to `path`."
+def round_floats(obj:Any, digits:int) -> Any:
+    "`obj` (plain JSON values) with every float rounded to `digits` significant digits; ints, bools and text unchanged."
+    if isinstance(obj, dict): return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list): return [round_floats(v, digits) for v in obj]
+    if isinstance(obj, float): return float(f'{obj:.{digits}g}')
+    return obj
+
+def write_json(path:str|os.PathLike, obj:Any, indent:int=2, digits:int|None=None) -> Path:
+    """Atomically write `obj` as stable, sorted JSON to `path`. With `digits`, floats keep that many significant digits:
+    the last digits of a sum depend on the order threads add it up in, and a tracked file must not change with them."""
+    obj = to_jsonable(obj)
+    if digits is not None: obj = round_floats(obj, digits)
     with atomic_write(path) as f:
-        json.dump(to_jsonable(obj), f, indent=indent, sort_keys=True, allow_nan=False)
+        json.dump(obj, f, indent=indent, sort_keys=True, allow_nan=False)
         f.write('\n')
     return Path(path)
 
