@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display, update_display
+from pandas.io.formats.style import Styler
 
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['SUMMARY_ID', 'STOPPED', 'NOT_RATES', 'placeholder', 'is_rate', 'fmt_value', 'table', 'params_table', 'changes',
-           'summary', 'time_part_columns']
+__all__ = ['SUMMARY_ID', 'STOPPED', 'NOT_RATES', 'placeholder', 'is_rate', 'fmt_value', 'ReportTable', 'table', 'params_table',
+           'changes', 'summary', 'time_part_columns']
 
 # %% ../nbs/17_report.ipynb #7e108891
 SUMMARY_ID = 'mlops-nb-summary'
@@ -63,6 +64,10 @@ def fmt_value(v, rate:bool=False, digits:int=4) -> str:
 def _wrap(s:str, width:int) -> str:
     return '<br>'.join(html.escape(l) for l in textwrap.wrap(s, width)) if len(s) > width else html.escape(s)
 
+class ReportTable(Styler):
+    "A formatted table; as plain text, the formatted values (not pandas' `<Styler at 0x...>`, which changes every run)."
+    def __repr__(self): return self.data.to_string()
+
 def table(df:pd.DataFrame|pd.Series|list|dict, rates=(), wrap:int=70, digits:int=4, index:bool|None=None):
     "`df` formatted for a report: integers as integers, `rates` columns (or those named `*rate*`/`share`) as %, text wrapped."
     if isinstance(df, pd.Series): df = df.to_frame()
@@ -75,7 +80,7 @@ def table(df:pd.DataFrame|pd.Series|list|dict, rates=(), wrap:int=70, digits:int
     out.index = [_wrap(fmt_value(i), wrap) for i in out.index]
     # the id pandas gives the table's CSS is random; a report that changes with every run would change DVC's hash of it
     uid = hashlib.sha1(json.dumps([list(map(str, out.columns)), list(out.index), out.values.tolist()]).encode()).hexdigest()[:10]
-    s = out.style.set_uuid(uid).set_table_attributes('class="dataframe report-table"')
+    s = ReportTable(out).set_uuid(uid).set_table_attributes('class="dataframe report-table"')
     if not index: s = s.hide(axis='index')
     return s.set_table_styles([dict(selector='td, th', props=[('text-align', 'left'), ('vertical-align', 'top')]),
                                dict(selector='th', props=[('white-space', 'nowrap')])])
