@@ -149,10 +149,30 @@ TRUSTED_TYPES = [
     'sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor',
 ]
 
+def _canonical_skops(data:bytes) -> bytes:
+    """The same skops archive with fixed member dates and member names numbered in the order `schema.json` cites them
+    (skops names arrays and ids after memory addresses), so that one model always gives the same bytes."""
+    import io, re, zipfile
+    src = zipfile.ZipFile(io.BytesIO(data))
+    schema = src.read('schema.json').decode('utf-8')
+    cited = list(dict.fromkeys(re.findall(r'"file": "([^"]+)"', schema)))
+    names = {old: f'{i:05d}{Path(old).suffix}' for i, old in enumerate(cited)}
+    if set(names) != set(src.namelist()) - {'schema.json'}: return data          # not the layout this expects: leave it
+    schema = re.sub(r'"file": "([^"]+)"', lambda m: f'"file": "{names[m.group(1)]}"', schema)
+    ids = {v: str(i) for i, v in enumerate(dict.fromkeys(re.findall(r'"__id__": (\d+)', schema)))}   # addresses too
+    schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids[m.group(1)]}', schema)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, 'w') as dst:
+        for info in src.infolist():
+            new = zipfile.ZipInfo('schema.json' if info.filename == 'schema.json' else names[info.filename], (1980, 1, 1, 0, 0, 0))
+            new.compress_type, new.external_attr = info.compress_type, info.external_attr
+            dst.writestr(new, schema.encode('utf-8') if info.filename == 'schema.json' else src.read(info))
+    return out.getvalue()
+
 def skops_bytes(model, trusted:list[str]|None=None, check:bool=True) -> bytes:
     "`model` in the skops format; with `check`, refuse a model that could not be loaded back with the trusted types."
     import skops.io as sio
-    data = sio.dumps(model)
+    data = _canonical_skops(sio.dumps(model))
     if check:
         bad = [t for t in sio.get_untrusted_types(data=data) if t not in set(TRUSTED_TYPES) | set(trusted or ())]
         if bad: raise MlopsError(f"refusing to save a model holding type(s) {bad}, which are not trusted for loading back; "

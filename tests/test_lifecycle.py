@@ -66,6 +66,7 @@ def test_two_clean_runs_are_identical(project, tmp_path):
     # Up to evaluate: what follows (deploy's latency figures, the registry's timestamps) is measured, not derived.
     project.run('dvc repro evaluate')
     files = ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json', 'models/candidate/model.json',
+             'models/candidate/model.skops',
              'plots/evaluate/roc.csv', 'plots/evaluate/figures/roc.png']
     first = {f: (project.path/f).read_bytes() for f in files}
     first_reports = {s: report_content(project.path/f'reports/{s}.ipynb') for s in STAGES}
