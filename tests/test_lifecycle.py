@@ -64,7 +64,8 @@ def report_content(path:Path) -> dict:
 
 def test_two_clean_runs_are_identical(project, tmp_path):
     # Up to evaluate: what follows (deploy's latency figures, the registry's timestamps) is measured, not derived.
-    project.run('dvc repro evaluate')
+    r = project.run('dvc repro evaluate')
+    assert 'unknown parameter' not in r.stdout + r.stderr, r.stderr[-2000:]   # every params.yaml section is a declared parameter
     files = ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json', 'models/candidate/model.json',
              'models/candidate/model.skops',
              'plots/evaluate/roc.csv', 'plots/evaluate/figures/roc.png']
