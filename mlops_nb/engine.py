@@ -62,5 +62,7 @@ class StageEngine(NBClientEngine):
         kwargs.setdefault('extra_arguments', KERNEL_ARGUMENTS)
         log = stage_log(nb_man.nb.metadata.get('papermill', {}).get('output_path'))
         if log: log.parent.mkdir(parents=True, exist_ok=True); log.write_text('', encoding='utf-8'); os.environ['MLOPS_NB_LOG_FILE'] = str(log)
+        for c in nb_man.nb.cells:   # papermill gives the cell it injects a random id: the same run would make a different report
+            if 'injected-parameters' in c.get('metadata', {}).get('tags', []): c['id'] = 'injected-parameters'
         try: return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
         finally: shutil.rmtree(socket_dir, ignore_errors=True)

@@ -723,7 +723,7 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
     if task['time_column'] and task['time_column'] in cur.columns and len(cur):
         dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)
     status = mon.deliver(result.status(), status_path, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
-    write_json(metrics_path, result.metrics())
+    write_json(metrics_path, result.metrics(), digits=12)   # drift scores summed on several cores: no last-digit noise
     with atomic_dir(plots_dir) as tmp:
         if dot is not None: dot.to_csv(tmp/'drift_over_time.csv', index=False, float_format='%.6g')
         result.drift.table.drop(columns=['new_categories']).to_csv(tmp/'drift.csv', index=False, float_format='%.6g')

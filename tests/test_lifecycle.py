@@ -55,13 +55,32 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     mdiff = json.loads(project.run('dvc metrics diff --json').stdout)
     assert 'metrics/train.json' in mdiff and mdiff['metrics/train.json']['candidates'] == {'old': 2, 'new': 1, 'diff': -1}
 
+def report_content(path:Path) -> dict:
+    "An executed report without the times papermill and nbclient record (when each cell ran and for how long)."
+    nb = json.loads(path.read_text())
+    nb['metadata'].pop('papermill', None)
+    for c in nb['cells']:
+        for k in ('papermill', 'execution'): c['metadata'].pop(k, None)
+    return nb
+
 def test_two_clean_runs_are_identical(project, tmp_path):
     # Up to evaluate: what follows (deploy's latency figures, the registry's timestamps) is measured, not derived.
-    project.run('dvc repro evaluate')
-    first = {f: (project.path/f).read_bytes() for f in ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json']}
+    r = project.run('dvc repro evaluate')
+    assert 'unknown parameter' not in r.stdout + r.stderr, r.stderr[-2000:]   # every params.yaml section is a declared parameter
+    files = ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json', 'models/candidate/model.json',
+             'models/candidate/model.skops',
+             'plots/evaluate/roc.csv', 'plots/evaluate/figures/roc.png']
+    first = {f: (project.path/f).read_bytes() for f in files}
+    first_reports = {s: report_content(project.path/f'reports/{s}.ipynb') for s in STAGES}
     first_preds = pd.read_parquet(project.path/'data/predictions/test.parquet')
-    project.run('rm -rf data models metrics plots reports/*.ipynb .dvc/cache && dvc repro evaluate')
+    project.run('rm -rf data models metrics plots reports/*.ipynb reports/.history .dvc/cache && dvc repro evaluate')
     for f, content in first.items(): assert (project.path/f).read_bytes() == content, f
+    for s, nb in first_reports.items():   # the reports read the same, down to the bytes of their tables and figures
+        again = report_content(project.path/f'reports/{s}.ipynb')
+        diff = [i for i, (a, b) in enumerate(zip(nb['cells'], again['cells'])) if a != b]
+        first_diff = [(k, str(nb['cells'][i].get(k))[:300], str(again['cells'][i].get(k))[:300]) for i in diff[:1]
+                      for k in nb['cells'][i] if nb['cells'][i].get(k) != again['cells'][i].get(k)]
+        assert diff == [] and len(nb['cells']) == len(again['cells']), (s, diff, first_diff)
     pd.testing.assert_frame_equal(pd.read_parquet(project.path/'data/predictions/test.parquet'), first_preds)
 
 def test_a_bad_batch_stops_dvc_repro_before_data_raw_is_replaced(project):
