@@ -98,3 +98,11 @@ def test_out_of_core_peak_memory_is_a_fraction_of_the_data(tmp_path, windows):
     sample = D.parquet_drift(big_ref/'part-000.parquet', big_cur/'part-000.parquet')
     check_against_memory(sample, pd.read_parquet(big_ref/'part-000.parquet'), pd.read_parquet(big_cur/'part-000.parquet'))
     assert res['drifted'] == sample['drift'].summary()['drifted']
+
+def test_grid_binning_equals_searchsorted():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        a = rng.normal() * 10; b = a + rng.uniform(1e-6, 50)
+        e = np.linspace(a, b, int(rng.integers(2, 4000)))
+        v = np.concatenate([rng.uniform(a, b, 20000), e, np.nextafter(e, -np.inf), np.nextafter(e, np.inf)]).clip(a, b)
+        np.testing.assert_array_equal(D._bin_index(v, e), np.searchsorted(e[1:-1], v, side='left'))
