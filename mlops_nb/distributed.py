@@ -16,7 +16,7 @@ from .core import MlopsError, get_logger
 
 # %% auto #0
 __all__ = ['log', 'ENV_VARS', 'scheduler_address', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore', 'search',
-           'parquet_tasks', 'parquet_drift', 'parquet_validate']
+           'parquet_tasks', 'parquet_drift', 'parquet_validate', 'score_partitions']
 
 # %% ../nbs/16_dask.ipynb #2a8e4e08
 log = get_logger('mlops_nb.distributed')
@@ -515,3 +515,67 @@ def parquet_validate(path, schema, source:str|None=None, rules:dict|None=None, c
     for c in names:
         if c not in schema.columns: add('unexpected_column', c, detail='not in the schema; ignored', severity='warning')
     return Dt.ValidationReport(source, n, violations)
+
+# %% ../nbs/16_dask.ipynb #4472cb1f
+import time
+_MODELS: dict = {}   # in each (worker) process: (version folder, settings) -> LoadedModel
+_LOADS: dict = {}    # ... -> how many times this process loaded it
+
+def _worker_model(vdir:str, cfg:dict):
+    "The `serve.LoadedModel` of `vdir`, loaded once per process, and how many times this process has loaded it."
+    from mlops_nb.serve import LoadedModel, ServeConfig
+    key = (vdir, json.dumps(cfg, sort_keys=True))
+    if key not in _MODELS:
+        _MODELS[key] = LoadedModel(vdir, ServeConfig(**cfg))
+        _LOADS[key] = _LOADS.get(key, 0) + 1
+    return _MODELS[key], _LOADS[key]
+
+def _score_task(task, vdir:str, cfg:dict, chunk_rows:int) -> dict:
+    "Score one partition `(input, output)` with `serve.predict_file`, capturing to `cfg['capture_dir']` when set."
+    from mlops_nb.serve import predict_file
+    src, dst = task
+    m, loads = _worker_model(vdir, {k: v for k, v in cfg.items() if k != 'capture_dir'})
+    cap = None
+    if cfg.get('capture_dir'):
+        from mlops_nb.capture import CaptureWriter
+        cap = CaptureWriter(cfg['capture_dir'], {k: c.kind for k, c in m.schema.columns.items()}, m.classification,
+                            flush_rows=chunk_rows, flush_seconds=60.0, max_pending=4 * chunk_rows)
+    try: res = predict_file(src, dst, m, chunk_rows=chunk_rows, capture=cap)
+    finally:
+        if cap is not None: cap.close()
+    return dict(res, pid=os.getpid(), loads=loads, captured=cap.written if cap is not None else 0)
+
+def score_partitions(input, output, registry='registry', model:str='champion', client=None, capture_dir:str|None=None,
+                     chunk_rows:int=100_000, serve:dict|None=None) -> dict:
+    """Score every Parquet file under `input` with the registry version `model` points at (resolved once, here) into
+    the same relative path under `output`, one task per file, on the Dask cluster of `client` or here. `serve` is
+    params.yaml's `serve:` section (validation settings); `capture_dir` captures every scored row. Returns counts."""
+    import dataclasses
+    from mlops_nb.serve import ModelSource, ServeConfig
+    from mlops_nb.core import write_json
+    input, output = Path(input), Path(output)
+    files = _parquet_files(input)
+    cfg = ServeConfig.resolve({k: v for k, v in (serve or {}).items() if k not in ('capture_dir',)}, env={},
+                              registry=str(registry), model=str(model))
+    src = ModelSource(cfg.registry, cfg.model)
+    version = src.current()
+    if version is None: raise MlopsError(f"{cfg.registry}: '{cfg.model}' is not set (no such alias in aliases.json)")
+    vdir = str(src.version_dir(version).resolve())            # the manifest is checked once, for the whole job
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ('unseen_categories', 'unknown_columns', 'max_rows', 'intra_op_threads')}
+    settings['capture_dir'] = str(Path(capture_dir).resolve()) if capture_dir else ''
+    base = input if input.is_dir() else input.parent
+    tasks = [(str(f), str(output/f.relative_to(base))) for f in files]
+    if output.resolve() == base.resolve() or base.resolve() in output.resolve().parents:
+        raise MlopsError(f"{output}: the output folder must not be the input folder {base} or inside it")
+    t0 = time.perf_counter()
+    parts = _run(_score_task, tasks, client, vdir=vdir, cfg=settings, chunk_rows=chunk_rows)
+    seconds = time.perf_counter() - t0
+    loads: dict[int, int] = {}
+    for p in parts: loads[p['pid']] = max(loads.get(p['pid'], 0), p['loads'])
+    res = dict(input=str(input), output=str(output), model=cfg.model, model_version=version, partitions=len(parts),
+               rows=sum(p['rows'] for p in parts), captured=sum(p['captured'] for p in parts), seconds=round(seconds, 3),
+               rows_per_second=round(sum(p['rows'] for p in parts) / seconds, 1) if seconds else None,
+               processes=len(loads), model_loads=sum(loads.values()))
+    write_json(output/'_scoring.json', dict(res, files=[dict(input=p['input'], output=p['output'], rows=p['rows']) for p in parts]))
+    log.info(f"score_partitions: {res['rows']} rows in {res['partitions']} partitions with {version} in {seconds:.1f} s")
+    return res
