@@ -249,12 +249,17 @@ def _pass2(task, grid:dict) -> dict:
                       out_of_range=int(((v < lo) | (v > hi)).sum()) if lo is not None else 0)
     return out
 
+def _apply(task, fn, kw:dict): return fn(task, **kw)
+
 def _run(fn, tasks:list, client=None, **kw) -> list:
-    "`[fn(t, **kw) for t in tasks]`, in task order; on the Dask cluster of `client` when given."
+    """`[fn(t, **kw) for t in tasks]`, in task order; on the Dask cluster of `client` when given. The keyword
+    arguments (the histogram grid: MBs for many columns) are sent to each worker once, as one opaque object, not
+    with every task (and not parsed by Dask as a graph)."""
     if client is None: return [fn(t, **kw) for t in tasks]
-    futures = client.map(fn, tasks, **kw, pure=False)
+    [shared] = client.scatter([kw], broadcast=True, hash=False)
+    futures = client.map(_apply, tasks, fn=fn, kw=shared, pure=False)
     try: return client.gather(futures)
-    finally: client.cancel(futures)
+    finally: client.cancel(futures + [shared])
 
 def _merge1(parts:list[dict], kinds:dict) -> dict:
     out = {}
