@@ -8,28 +8,21 @@ import numpy as np, pandas as pd, pytest
 from mlops_nb import distributed as D
 from mlops_nb.capture import read_captures
 from mlops_nb.serve import LoadedModel, predict_file
-from test_serve import _frame, tree_pipeline
+from test_raw_record import lifecycle, skops_only_copy
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp('score')
-    from mlops_nb.features import feature_columns
+    "A real lifecycle's registry (the champion is the whole prediction function: raw records in), its raw records in partitions."
+    root = lifecycle(tmp_path_factory.mktemp('score'), {})
     from mlops_nb.registry import Registry
-    df = _frame(days=4)
-    num, cat = feature_columns(df, 'is_fraud', exclude=['transaction_id', 'customer_id', 'timestamp'])
-    X, reg = df[num + cat], Registry(root/'registry')
-    versions = [reg.register(tree_pipeline(num, cat, 20).fit(X, df['is_fraud']), features=num + cat, task='classification',
-                             threshold=0.3, X_test=X, metrics={'pr_auc': 0.5})]
-    reg.promote(versions[0], 'champion', reason='test', actor='test')
-    from mlops_nb.data import Schema            # no ONNX (no test rows): served from model.skops
-    versions.append(reg.register(tree_pipeline(num, cat, 5).fit(X, df['is_fraud']), features=num + cat, task='classification',
-                                 X_test=None, schema=Schema.infer(X), metrics={'pr_auc': 0.5}))
-    data = pd.concat([X] * 3, ignore_index=True)
+    reg = Registry(root/'registry')
+    skops = skops_only_copy(root)                      # the same pipeline without ONNX: served from model.skops
+    data = pd.concat([pd.read_parquet(f) for f in sorted((root/'data'/'raw').rglob('*.parquet'))], ignore_index=True)
     data.to_parquet(root/'all.parquet', row_group_size=2000)
     for i, part in enumerate(np.array_split(np.arange(len(data)), 6)):      # six partitions, hive-style folders
         (root/'in'/f'day={i}').mkdir(parents=True)
         data.iloc[part].to_parquet(root/'in'/f'day={i}'/'part.parquet', index=False)
-    return dict(root=root, reg=reg, versions=versions, rows=len(data))
+    return dict(root=root, reg=reg, versions=[reg.resolve('champion'), Registry(skops).resolve('champion')], skops=skops, rows=len(data))
 
 def test_partitioned_scoring_on_a_cluster_equals_single_process(world, tmp_path):
     distributed = pytest.importorskip('distributed')
@@ -77,7 +70,7 @@ def test_serving_a_skops_model_imports_no_dask(world, tmp_path):
     code = textwrap.dedent(f"""
         import sys
         from mlops_nb.serve import LoadedModel, predict_file
-        m = LoadedModel({str(root/'registry'/'versions'/world['versions'][1])!r})
+        m = LoadedModel({str(world['skops']/'versions'/world['versions'][1])!r})
         assert m.runtime == 'skops', m.runtime
         predict_file({str(root/'in'/'day=0'/'part.parquet')!r}, {str(tmp_path/'o.parquet')!r}, m)
         bad = sorted(k for k in sys.modules if k.split('.')[0] in ('dask', 'distributed'))
