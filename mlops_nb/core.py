@@ -170,9 +170,21 @@ def _canonical_skops(data:bytes) -> bytes:
             dst.writestr(new, schema.encode('utf-8') if info.filename == 'schema.json' else src.read(info))
     return out.getvalue()
 
+def _skops_io():
+    """`skops.io`, imported without letting it import Dask: its trusted-type discovery walks every scikit-learn module,
+    and the array-API shim among them imports `dask.array` whenever Dask is installed. A process that has not
+    imported Dask (the prediction service) does not start to; one that has is not affected."""
+    import sys
+    if 'skops.io' in sys.modules or 'dask' in sys.modules: import skops.io; return sys.modules['skops.io']
+    sys.modules['dask'] = None                     # `import dask` raises ImportError, which the module walk skips
+    try: import skops.io
+    finally:
+        if sys.modules.get('dask', 0) is None: del sys.modules['dask']
+    return sys.modules['skops.io']
+
 def skops_bytes(model, trusted:list[str]|None=None, check:bool=True) -> bytes:
     "`model` in the skops format; with `check`, refuse a model that could not be loaded back with the trusted types."
-    import skops.io as sio
+    sio = _skops_io()
     data = _canonical_skops(sio.dumps(model))
     if check:
         bad = [t for t in sio.get_untrusted_types(data=data) if t not in set(TRUSTED_TYPES) | set(trusted or ())]
@@ -188,7 +200,7 @@ def save_skops(model, path:str|os.PathLike, trusted:list[str]|None=None, check:b
 
 def load_skops(path:str|os.PathLike, trusted:list[str]|None=None):
     "Load a skops file, refusing any type outside `TRUSTED_TYPES` + `trusted` before anything in it runs."
-    import skops.io as sio
+    sio = _skops_io()
     path = Path(path)
     if not path.is_file(): raise MlopsError(f"{path}: model file not found")
     try: found = sio.get_untrusted_types(file=path)

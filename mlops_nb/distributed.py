@@ -16,7 +16,7 @@ from .core import MlopsError, get_logger
 
 # %% auto #0
 __all__ = ['log', 'ENV_VARS', 'scheduler_address', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore', 'search',
-           'parquet_tasks', 'parquet_drift']
+           'parquet_tasks', 'parquet_drift', 'parquet_validate', 'score_partitions']
 
 # %% ../nbs/16_dask.ipynb #2a8e4e08
 log = get_logger('mlops_nb.distributed')
@@ -227,6 +227,15 @@ def _pass1(task, kinds:dict) -> dict:
         else: out[c] = dict(rows=len(col), missing=int(col.null_count), counts=_cat_counts(col))
     return out
 
+def _bin_index(v:np.ndarray, edges:np.ndarray) -> np.ndarray:
+    "`np.searchsorted(edges[1:-1], v, side='left')` for the equal-width `edges` (bin b holds (e_b, e_b+1]), by arithmetic: 3x faster."
+    nb = len(edges) - 1
+    if nb < 2: return np.zeros(len(v), dtype=np.intp)
+    k = np.clip(((v - edges[0]) * (nb / (edges[-1] - edges[0]))).astype(np.intp), 0, nb - 1)
+    k -= (k > 0) & (v <= edges[k])                  # the rounding of the division is off by at most one bin
+    k += (k < nb - 1) & (v > edges[k + 1])
+    return k
+
 def _pass2(task, grid:dict) -> dict:
     "The histogram on the grid, mean/M2 and the out-of-range count of each numerical column of one task."
     t, out = _read(task), {}
@@ -234,18 +243,23 @@ def _pass2(task, grid:dict) -> dict:
         if c not in grid: continue
         edges, lo, hi = grid[c]
         x = _floats_of(t.column(c)); v = x[np.isfinite(x)]
-        hist = np.bincount(np.searchsorted(edges[1:-1], v, side='left'), minlength=len(edges) - 1).astype('int64')
+        hist = np.bincount(_bin_index(v, edges), minlength=len(edges) - 1).astype('int64')
         mean = float(v.mean()) if len(v) else 0.0
         out[c] = dict(hist=hist, n=len(v), mean=mean, m2=float(((v - mean) ** 2).sum()) if len(v) else 0.0,
                       out_of_range=int(((v < lo) | (v > hi)).sum()) if lo is not None else 0)
     return out
 
+def _apply(task, fn, kw:dict): return fn(task, **kw)
+
 def _run(fn, tasks:list, client=None, **kw) -> list:
-    "`[fn(t, **kw) for t in tasks]`, in task order; on the Dask cluster of `client` when given."
+    """`[fn(t, **kw) for t in tasks]`, in task order; on the Dask cluster of `client` when given. The keyword
+    arguments (the histogram grid: MBs for many columns) are sent to each worker once, as one opaque object, not
+    with every task (and not parsed by Dask as a graph)."""
     if client is None: return [fn(t, **kw) for t in tasks]
-    futures = client.map(fn, tasks, **kw, pure=False)
+    [shared] = client.scatter([kw], broadcast=True, hash=False)
+    futures = client.map(_apply, tasks, fn=fn, kw=shared, pure=False)
     try: return client.gather(futures)
-    finally: client.cancel(futures)
+    finally: client.cancel(futures + [shared])
 
 def _merge1(parts:list[dict], kinds:dict) -> dict:
     out = {}
@@ -393,3 +407,180 @@ def parquet_drift(reference, current, cfg:dict|None=None, quality:dict|None=None
     return dict(drift=report, quality=pd.DataFrame(qrows), breaches=breaches, summaries=dict(reference=r1, current=c1))
 
 def _schema_names(path) -> set[str]: return set(pq.read_schema(_parquet_files(path)[0]).names)
+
+# %% ../nbs/16_dask.ipynb #c2550964
+_TOP = 100   # distinct offending values kept per task for the examples of a message
+
+def _counts(values:pd.Series) -> dict[str, int]:
+    vc = values.astype(str).value_counts()
+    return {str(k): int(n) for k, n in vc.head(_TOP).items()}
+
+def _vpass(task, schema, is_time:dict) -> dict:
+    "Mergeable validation counts of one task (a row group x some columns), computed with `data`'s own rules."
+    from mlops_nb import data as Dt
+    df, out = pq.ParquetFile(task[0]).read_row_group(task[1], columns=task[2], use_threads=False).to_pandas(), {}
+    for c in task[2]:
+        s, col = df[c], schema.columns[c]
+        present = s.notna()
+        r = dict(n=len(s), nulls=int((~present).sum()), bad=0, bad_values={}, frac=0, frac_values={}, out=0, lo=None, hi=None,
+                 unseen=0, unseen_values={})
+        v = s
+        if col.kind in ('numeric', 'integer'):
+            v = Dt.strict_numbers(s); bad = present & v.isna()
+            if bad.any(): r.update(bad=int(bad.sum()), bad_values=_counts(s[bad]))
+            if col.kind == 'integer':
+                frac = v.notna() & (v % 1 != 0)
+                if frac.any(): r.update(frac=int(frac.sum()), frac_values=_counts(s[frac]))
+        elif col.kind == 'datetime':
+            v = Dt._to_datetime(s); bad = present & v.isna()
+            if bad.any(): r.update(bad=int(bad.sum()), bad_values=_counts(s[bad]))
+        elif col.kind == 'boolean' and not pd.api.types.is_bool_dtype(s):
+            low = s[present].astype(str).str.strip().str.lower()
+            bad = ~low.isin(Dt._TRUE | Dt._FALSE)
+            if bad.any(): r.update(bad=int(bad.sum()), bad_values=_counts(s[present][bad]))
+        if col.kind in ('numeric', 'integer', 'datetime') and col.min is not None and col.max is not None and not is_time[c]:
+            lo, hi = (pd.Timestamp(col.min), pd.Timestamp(col.max)) if col.kind == 'datetime' else (float(col.min), float(col.max))
+            m = (hi - lo) * task[3]
+            vals = v.dropna()
+            if len(vals): r.update(out=int(((vals < lo - m) | (vals > hi + m)).sum()), lo=vals.min(), hi=vals.max())
+        if col.kind == 'categorical' and col.categories is not None:
+            vals = s[present].astype(str); unseen = vals[~vals.isin(col.categories)]
+            if len(unseen): r.update(unseen=len(unseen), unseen_values=_counts(unseen))
+        out[c] = r
+    return out
+
+def _vmerge(parts:list[dict]) -> dict:
+    out = {}
+    for part in parts:
+        for c, s in part.items():
+            o = out.setdefault(c, dict(n=0, nulls=0, bad=0, bad_values={}, frac=0, frac_values={}, out=0, lo=None, hi=None, unseen=0, unseen_values={}))
+            for k in ('n', 'nulls', 'bad', 'frac', 'out', 'unseen'): o[k] += s[k]
+            for k in ('bad_values', 'frac_values', 'unseen_values'):
+                for x, n in s[k].items(): o[k][x] = o[k].get(x, 0) + n
+            if s['lo'] is not None:
+                o['lo'] = s['lo'] if o['lo'] is None else min(o['lo'], s['lo'])
+                o['hi'] = s['hi'] if o['hi'] is None else max(o['hi'], s['hi'])
+    return out
+
+def _top(counts:dict, k:int=5) -> str:
+    return ', '.join(f"{v!r} ({n})" for v, n in sorted(counts.items(), key=lambda x: -x[1])[:k])
+
+def parquet_validate(path, schema, source:str|None=None, rules:dict|None=None, client=None, column_chunk:int=16):
+    """`data.validate` of the Parquet data at `path` (a file or a folder of files) against `schema`, out of core:
+    one task per row group x `column_chunk` columns, the counts merged in task order. Returns a `data.ValidationReport`
+    with the same violations as `data.validate(pd.read_parquet(path), ...)`; the examples in a message are the most
+    frequent offending values among the first 100 distinct ones of each row group (all of them when fewer)."""
+    from mlops_nb import data as Dt
+    from mlops_nb.core import DataError
+    unknown = set(rules or {}) - set(Dt.DEFAULT_RULES)
+    if unknown: raise MlopsError(f"unknown validation rules: {', '.join(sorted(unknown))} (expected {', '.join(Dt.DEFAULT_RULES)})")
+    rules = {**Dt.DEFAULT_RULES, **(rules or {})}
+    files = _parquet_files(path)
+    source = source or str(path)
+    try: names = [c for c in pq.read_schema(files[0]).names if not c.startswith('__index_level_')]
+    except Exception as e: raise DataError(str(files[0]), 'unreadable_file', detail=str(e).splitlines()[0]) from None
+    cols = [c for c in schema.columns if c in names]
+    tasks = []
+    for f in files:
+        try: pf = pq.ParquetFile(f)
+        except Exception as e: raise DataError(str(f), 'unreadable_file', detail=str(e).splitlines()[0]) from None
+        gone = [c for c in cols if c not in pf.schema_arrow.names]
+        if gone: raise DataError(str(f), 'missing_column', gone[0], detail=f"the first file {files[0].name} has it; every file must have the same columns")
+        for rg in range(pf.num_row_groups):
+            for i in range(0, len(cols), column_chunk): tasks.append((str(f), rg, cols[i:i + column_chunk], rules['range_margin']))
+    is_time = {c: c == schema.time_column for c in cols}
+    merged = _vmerge(_run(_vpass, tasks, client, schema=schema, is_time=is_time))
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    violations = []
+    def add(rule, column=None, count=None, detail='', severity='error'):
+        violations.append(dict(source=source, column=column, rule=rule, count=count, total=n, detail=detail, severity=severity))
+    if n == 0:
+        add('empty_batch', detail='the batch has no rows')
+        return Dt.ValidationReport(source, 0, violations)
+    what = dict(numeric='numbers', integer='numbers', datetime='datetimes', boolean='booleans')
+    for name, col in schema.columns.items():
+        if name not in names: add('missing_column', name, detail=f"expected kind '{col.kind}'"); continue
+        s = merged[name]
+        if s['bad']:
+            hint = ' (list tokens that mean missing in prepare.null_tokens)' if col.kind in ('numeric', 'integer') else ''
+            add('wrong_dtype', name, s['bad'], f"not {what[col.kind]}, e.g. {_top(s['bad_values'])}{hint}")
+        if s['frac']: add('wrong_dtype', name, s['frac'], f"not whole numbers, e.g. {_top(s['frac_values'])}")
+        nulls, limit = s['nulls'], col.null_rate + rules['max_null_rate_increase']
+        if nulls and nulls / n > rules['max_null_rate'] and not is_time[name]:
+            add('too_many_nulls', name, nulls, f"null rate {nulls / n:.3f} > max_null_rate {rules['max_null_rate']}")
+        elif nulls and nulls / n > limit:
+            add('too_many_nulls', name, nulls, f"null rate {nulls / n:.3f} > {limit:.3f} allowed = schema {col.null_rate:.3f} + {rules['max_null_rate_increase']}")
+        if s['lo'] is not None and s['out'] / n > rules['max_out_of_range_rate']:
+            lo, hi = (pd.Timestamp(col.min), pd.Timestamp(col.max)) if col.kind == 'datetime' else (float(col.min), float(col.max))
+            m = (hi - lo) * rules['range_margin']
+            add('out_of_range', name, s['out'], f"share {s['out'] / n:.3f} > {rules['max_out_of_range_rate']} outside "
+                f"[{Dt._fmt(lo - m)}, {Dt._fmt(hi + m)}]; seen {Dt._fmt(s['lo'])} .. {Dt._fmt(s['hi'])}")
+        if col.kind == 'categorical' and col.categories is not None and s['unseen'] / n > rules['max_unseen_category_rate']:
+            add('unseen_categories', name, s['unseen'], f"share {s['unseen'] / n:.3f} > {rules['max_unseen_category_rate']}; unseen: {_top(s['unseen_values'])}")
+    for c in names:
+        if c not in schema.columns: add('unexpected_column', c, detail='not in the schema; ignored', severity='warning')
+    return Dt.ValidationReport(source, n, violations)
+
+# %% ../nbs/16_dask.ipynb #4472cb1f
+import time
+_MODELS: dict = {}   # in each (worker) process: (version folder, settings) -> LoadedModel
+_LOADS: dict = {}    # ... -> how many times this process loaded it
+
+def _worker_model(vdir:str, cfg:dict):
+    "The `serve.LoadedModel` of `vdir`, loaded once per process, and how many times this process has loaded it."
+    from mlops_nb.serve import LoadedModel, ServeConfig
+    key = (vdir, json.dumps(cfg, sort_keys=True))
+    if key not in _MODELS:
+        _MODELS[key] = LoadedModel(vdir, ServeConfig(**cfg))
+        _LOADS[key] = _LOADS.get(key, 0) + 1
+    return _MODELS[key], _LOADS[key]
+
+def _score_task(task, vdir:str, cfg:dict, chunk_rows:int) -> dict:
+    "Score one partition `(input, output)` with `serve.predict_file`, capturing to `cfg['capture_dir']` when set."
+    from mlops_nb.serve import predict_file
+    src, dst = task
+    m, loads = _worker_model(vdir, {k: v for k, v in cfg.items() if k != 'capture_dir'})
+    cap = None
+    if cfg.get('capture_dir'):
+        from mlops_nb.capture import CaptureWriter
+        cap = CaptureWriter(cfg['capture_dir'], {k: c.kind for k, c in m.schema.columns.items()}, m.classification,
+                            flush_rows=chunk_rows, flush_seconds=60.0, max_pending=4 * chunk_rows)
+    try: res = predict_file(src, dst, m, chunk_rows=chunk_rows, capture=cap)
+    finally:
+        if cap is not None: cap.close()
+    return dict(res, pid=os.getpid(), loads=loads, captured=cap.written if cap is not None else 0)
+
+def score_partitions(input, output, registry='registry', model:str='champion', client=None, capture_dir:str|None=None,
+                     chunk_rows:int=100_000, serve:dict|None=None) -> dict:
+    """Score every Parquet file under `input` with the registry version `model` points at (resolved once, here) into
+    the same relative path under `output`, one task per file, on the Dask cluster of `client` or here. `serve` is
+    params.yaml's `serve:` section (validation settings); `capture_dir` captures every scored row. Returns counts."""
+    import dataclasses
+    from mlops_nb.serve import ModelSource, ServeConfig
+    from mlops_nb.core import write_json
+    input, output = Path(input), Path(output)
+    files = _parquet_files(input)
+    cfg = ServeConfig.resolve({k: v for k, v in (serve or {}).items() if k not in ('capture_dir',)}, env={},
+                              registry=str(registry), model=str(model))
+    src = ModelSource(cfg.registry, cfg.model)
+    version = src.current()
+    if version is None: raise MlopsError(f"{cfg.registry}: '{cfg.model}' is not set (no such alias in aliases.json)")
+    vdir = str(src.version_dir(version).resolve())            # the manifest is checked once, for the whole job
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ('unseen_categories', 'unknown_columns', 'max_rows', 'intra_op_threads')}
+    settings['capture_dir'] = str(Path(capture_dir).resolve()) if capture_dir else ''
+    base = input if input.is_dir() else input.parent
+    tasks = [(str(f), str(output/f.relative_to(base))) for f in files]
+    if output.resolve() == base.resolve() or base.resolve() in output.resolve().parents:
+        raise MlopsError(f"{output}: the output folder must not be the input folder {base} or inside it")
+    t0 = time.perf_counter()
+    parts = _run(_score_task, tasks, client, vdir=vdir, cfg=settings, chunk_rows=chunk_rows)
+    seconds = time.perf_counter() - t0
+    loads: dict[int, int] = {}
+    for p in parts: loads[p['pid']] = max(loads.get(p['pid'], 0), p['loads'])
+    res = dict(input=str(input), output=str(output), model=cfg.model, model_version=version, partitions=len(parts),
+               rows=sum(p['rows'] for p in parts), captured=sum(p['captured'] for p in parts), seconds=round(seconds, 3),
+               rows_per_second=round(sum(p['rows'] for p in parts) / seconds, 1) if seconds else None,
+               processes=len(loads), model_loads=sum(loads.values()))
+    write_json(output/'_scoring.json', dict(res, files=[dict(input=p['input'], output=p['output'], rows=p['rows']) for p in parts]))
+    log.info(f"score_partitions: {res['rows']} rows in {res['partitions']} partitions with {version} in {seconds:.1f} s")
+    return res

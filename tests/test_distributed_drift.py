@@ -57,13 +57,27 @@ def test_parquet_drift_matches_in_memory(windows):
     assert 'x0' in s['drifted'] and 'cat' in s['drifted'] and 'x3' not in s['drifted']   # the injected drift is found
     assert [b['rule'] for b in out['breaches']] == ['null_rate', 'new_categories']
 
-def test_identical_at_1_2_4_workers(windows):
+def wide(folder:Path, cols:int, shift:float, seed:int) -> Path:
+    folder.mkdir(parents=True); rng = np.random.default_rng(seed)
+    for i in range(2):
+        pq.write_table(pa.table({f'f{j:03d}': rng.normal(shift * (j % 10 == 0), 1, 2000) for j in range(cols)}), folder/f'p{i}.parquet')
+    return folder
+
+def test_identical_at_1_2_4_workers(windows, tmp_path):
     distributed = pytest.importorskip('distributed')
     local = D.parquet_drift(*windows, column_chunk=2)
+    # 120 columns: a histogram grid of 2 MB, which must reach the worker processes whole (it once failed there)
+    wide_windows = wide(tmp_path/'wref', 120, 0.0, 1), wide(tmp_path/'wcur', 120, 0.5, 2)
+    wide_local = D.parquet_drift(*wide_windows)
     for n in (1, 2, 4):
-        with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=False, dashboard_address=':0') as c, \
+        # 2 worker processes: everything a task needs is pickled and shipped, as on a real cluster
+        with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=(n == 2), dashboard_address=':0') as c, \
              distributed.Client(c) as client:
             out = D.parquet_drift(*windows, column_chunk=2, client=client)
+            if n == 2:
+                w = D.parquet_drift(*wide_windows, client=client)
+                pd.testing.assert_frame_equal(w['drift'].table.drop(columns='psi_edges'), wide_local['drift'].table.drop(columns='psi_edges'), check_exact=True)
+                assert sorted(w['drift'].summary()['drifted']) == [f'f{j:03d}' for j in range(0, 120, 10)]
         pd.testing.assert_frame_equal(out['drift'].table.drop(columns='psi_edges'), local['drift'].table.drop(columns='psi_edges'), check_exact=True)
         pd.testing.assert_frame_equal(out['quality'], local['quality'], check_exact=True)
 
@@ -98,3 +112,11 @@ def test_out_of_core_peak_memory_is_a_fraction_of_the_data(tmp_path, windows):
     sample = D.parquet_drift(big_ref/'part-000.parquet', big_cur/'part-000.parquet')
     check_against_memory(sample, pd.read_parquet(big_ref/'part-000.parquet'), pd.read_parquet(big_cur/'part-000.parquet'))
     assert res['drifted'] == sample['drift'].summary()['drifted']
+
+def test_grid_binning_equals_searchsorted():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        a = rng.normal() * 10; b = a + rng.uniform(1e-6, 50)
+        e = np.linspace(a, b, int(rng.integers(2, 4000)))
+        v = np.concatenate([rng.uniform(a, b, 20000), e, np.nextafter(e, -np.inf), np.nextafter(e, np.inf)]).clip(a, b)
+        np.testing.assert_array_equal(D._bin_index(v, e), np.searchsorted(e[1:-1], v, side='left'))
