@@ -254,8 +254,8 @@ def _to_datetime(s:pd.Series) -> pd.Series:
         return s.dt.tz_convert(None) if getattr(s.dt, 'tz', None) is not None else s
     if ptypes.is_numeric_dtype(s) or ptypes.is_bool_dtype(s):   # numbers are not dates here
         return pd.Series(pd.NaT, index=s.index, dtype='datetime64[us]')
-    v = pd.to_datetime(s, errors='coerce', utc=True)
-    if (v.isna() & s.notna()).any():   # formats that differ from row to row
+    v = pd.to_datetime(s, errors='coerce', utc=True, format='ISO8601')   # the common case, without pandas guessing from the first row
+    if (v.isna() & s.notna()).any():   # other formats, or formats that differ from row to row
         v2 = pd.to_datetime(s, errors='coerce', utc=True, format='mixed')
         if v2.notna().sum() > v.notna().sum(): v = v2
     return v.dt.tz_convert(None)

@@ -270,9 +270,10 @@ def myst_page(nb:dict, title:str='', description:str='', fix_md=lambda s: s) -> 
                 nbformat=4, nbformat_minor=5)
 
 # %% ../nbs/13_docs.ipynb #b934cac9
-def report_page(nb:dict) -> dict:
-    "An executed pipeline report as a page: when papermill ran it, its outputs only (code removed, as `nbconvert --no-input`)."
-    pm = nb.get('metadata', {}).get('papermill', {})
+def report_page(nb:dict, timing:dict|None=None) -> dict:
+    """An executed pipeline report as a page: when papermill ran it, its outputs only (code removed, as `nbconvert --no-input`).
+    `timing` is what the stage engine kept beside the report (`reports/NN_stage.timing.json`: start, end, duration)."""
+    pm = dict(nb.get('metadata', {}).get('papermill', {}), **{k: v for k, v in (timing or {}).items() if k != 'cells'})
     cells = []
     for c in nb['cells']:
         tags = c.get('metadata', {}).get('tags', [])
@@ -460,7 +461,9 @@ def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
     report_docs = []
     if reports.is_dir():
         for r in sorted(reports.glob('*.ipynb')):
-            put(f'reports/{r.name}', json.dumps(report_page(json.loads(r.read_text(encoding='utf-8')))))
+            t = r.with_suffix('.timing.json')
+            put(f'reports/{r.name}', json.dumps(report_page(json.loads(r.read_text(encoding='utf-8')),
+                                                            json.loads(t.read_text(encoding='utf-8')) if t.exists() else None)))
             report_docs.append(f'reports/{r.stem}')
     card = champion_card(registry)
     if card:             # the card and the figures it links to, in a folder of their own

@@ -10,8 +10,11 @@ from pathlib import Path
 from papermill.engines import NBClientEngine
 from traitlets.config import Config
 
+from .core import write_json
+
 # %% auto #0
-__all__ = ['KERNEL_ARGUMENTS', 'kernel_config', 'mask_secrets', 'scrub_parameters', 'stage_log', 'StageEngine']
+__all__ = ['KERNEL_ARGUMENTS', 'kernel_config', 'mask_secrets', 'scrub_parameters', 'stage_log', 'timing_path', 'split_timings',
+           'StageEngine']
 
 # %% ../nbs/14_engine.ipynb #1bf13414
 KERNEL_ARGUMENTS = ['--HistoryManager.enabled=False']  # a batch kernel keeps no input history
@@ -48,11 +51,34 @@ def stage_log(output_path) -> Path|None:
     if not output_path or '://' in str(output_path) or str(output_path) == '-': return None
     return Path(output_path).with_suffix('.log')
 
+def timing_path(output_path) -> Path|None:
+    "Where the clock readings of report `output_path` go: `reports/01_collect.ipynb` -> `reports/01_collect.timing.json`."
+    if not output_path or '://' in str(output_path) or str(output_path) == '-': return None
+    return Path(output_path).with_suffix('.timing.json')
+
+def split_timings(nb) -> dict:
+    """Take the run's clock readings out of the executed `nb` and return them: papermill's start, end and duration of the
+    notebook and of each cell, and Jupyter's `execution` stamps. What is left depends only on what ran, so the same run
+    writes the same report bytes, and the report's hash in `dvc.lock` does not change from one clean run to the next."""
+    pm = nb.metadata.get('papermill', {})
+    out = dict(start_time=pm.pop('start_time', None), end_time=pm.pop('end_time', None), duration=pm.pop('duration', None), cells=[])
+    for c in nb.cells:
+        md = c.get('metadata', {})
+        md.pop('execution', None)
+        cp = md.get('papermill') or {}
+        out['cells'].append(dict(id=c.get('id'), duration=cp.pop('duration', None), start_time=cp.pop('start_time', None),
+                                 end_time=cp.pop('end_time', None)))
+    return out
+
 class StageEngine(NBClientEngine):
-    "papermill's nbclient engine with an immediate kernel shutdown, `ipc` sockets, no IPython history, logs to the stage's log, secrets masked."
+    "papermill's nbclient engine with an immediate kernel shutdown, `ipc` sockets, no IPython history, logs to the stage's log, secrets masked, timings beside the report."
     @classmethod
     def execute_notebook(cls, nb, kernel_name, **kwargs):
-        return super().execute_notebook(scrub_parameters(nb), kernel_name, **kwargs)   # before the first write of the report
+        nb = super().execute_notebook(scrub_parameters(nb), kernel_name, **kwargs)   # masked before the first write of the report
+        out = timing_path(kwargs.get('output_path') or nb.metadata.get('papermill', {}).get('output_path'))
+        timings = split_timings(nb)      # papermill writes the report we return: without the clock, which goes beside it
+        if out: write_json(out, timings)
+        return nb
 
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
