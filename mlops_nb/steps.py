@@ -142,10 +142,9 @@ def _check_task_columns(task:dict, prep:dict, batches:list[Batch]) -> None:
 # %% ../nbs/06_steps.ipynb #b3e1c0d3
 def champion_contract(params:dict) -> tuple[Schema, str, list[str]]|None:
     "The registry champion's schema, its version and the columns its prepare step derives (not in raw data); None without a champion."
-    root = Path((params.get('deploy') or {}).get('registry') or 'registry')
-    if not (root/'aliases.json').exists(): return None
     from mlops_nb.registry import Registry
-    reg = Registry(root)
+    reg = Registry((params.get('deploy') or {}).get('registry') or 'registry', (params.get('deploy') or {}).get('model_name'))
+    if not reg.aliases_path.exists(): return None
     if 'champion' not in reg.aliases(): return None
     info = reg.info('champion')
     derived = []
@@ -356,7 +355,7 @@ def latency_ms(model, X:pd.DataFrame, n:int=50) -> float:
 # %% ../nbs/06_steps.ipynb #c8d494d0
 def _deploy_params(params:dict) -> dict:
     "The `deploy` section with its defaults."
-    d = dict(registry='registry', auto_promote=True, release_branch='main', onnx_tolerance=1e-4, latency_rows=50, gates={},
+    d = dict(registry='registry', model_name=None, auto_promote=True, release_branch='main', onnx_tolerance=1e-4, latency_rows=50, gates={},
              evidence={}) | (params.get('deploy') or {})
     if not isinstance(d['evidence'], dict): raise MlopsError(f"params deploy.evidence must be a mapping (n_boot, confidence, min_rows, seed), got {d['evidence']!r}")
     bad = sorted(set(d['evidence']) - {'n_boot', 'confidence', 'min_rows', 'min_class_rows', 'seed'})
@@ -378,7 +377,7 @@ def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir
     from mlops_nb.registry import Registry
     from mlops_nb.train import load_model
     task, d, e = _task(params), _deploy_params(params), params.get('evaluate') or {}
-    reg = Registry(registry or d['registry'])
+    reg = Registry(registry or d['registry'], d['model_name'])
     model, spec = load_model(Path(model_dir)/'model.skops'), read_json(Path(model_dir)/'model.json')
     test, _ = load_split(prepared_dir, 'test')
     features, y = spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
@@ -466,7 +465,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     from mlops_nb.registry import Registry, data_hash, git_state
     import datetime as dt
     task, d = _task(params), _deploy_params(params)
-    reg = Registry(registry or d['registry'])
+    reg = Registry(registry or d['registry'], d['model_name'])
     c = gate_candidate(params, prepared_dir, model_dir, evaluate_path, reg.root)
     train, _ = load_split(prepared_dir, 'train')
     mfile = Path(model_dir)/'model.skops'
@@ -563,7 +562,7 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
     from mlops_nb import monitor as mon
     from mlops_nb.registry import Registry
     task = _task(params)
-    reg = Registry(registry or _deploy_params(params)['registry'])
+    reg = Registry(registry or _deploy_params(params)['registry'], _deploy_params(params)['model_name'])
     champ = reg.aliases().get('champion')
     if champ:
         prof, info = mon.registry_reference(reg, 'champion')   # a damaged champion is an error, not a silent fallback
