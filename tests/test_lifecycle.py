@@ -39,7 +39,8 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     assert not plots.get('errors') and {'ROC', 'Precision-recall', 'Calibration'} <= set(plots['data'])
     assert any(k.endswith('figures/confusion.png') for k in plots['data'])
     shown = json.loads(project.run('dvc metrics show --json').stdout)
-    assert any('metrics/evaluate.json' in str(v) for v in shown.values())
+    assert any('metrics/key/evaluate.json' in str(v) for v in shown.values())
+    assert 'metrics/evaluate.json' not in json.dumps(shown)       # the full result is a plain output, not a DVC metric
 
     # Nothing changed: nothing runs.
     assert 'Data and pipelines are up to date' in project.run('dvc repro').stdout
@@ -52,12 +53,14 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     diff = json.loads(project.run('dvc params diff --json').stdout)
     assert (diff['params.yaml']['train.search.n_iter']['old'], diff['params.yaml']['train.search.n_iter']['new']) == (2, 1)
     mdiff = json.loads(project.run('dvc metrics diff --json').stdout)
-    assert 'metrics/train.json' in mdiff and mdiff['metrics/train.json']['candidates'] == {'old': 2, 'new': 1, 'diff': -1}
+    assert all(f.startswith('metrics/key/') for f in mdiff), mdiff   # only the key metrics, none of the full results
+    assert json.loads((project.path/'metrics/train.json').read_text())['candidates'] == 1
 
 def test_two_clean_runs_are_identical(project, tmp_path):
     # Up to evaluate: what follows (deploy's latency figures, the registry's timestamps) is measured, not derived.
     project.run('dvc repro evaluate')
-    first = {f: (project.path/f).read_bytes() for f in ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json']}
+    first = {f: (project.path/f).read_bytes() for f in ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json',
+                                                      'metrics/key/evaluate.json', 'metrics/key/train.json', 'metrics/key/prepare.json']}
     first_preds = pd.read_parquet(project.path/'data/predictions/test.parquet')
     project.run('rm -rf data models metrics plots reports/*.ipynb .dvc/cache && dvc repro evaluate')
     for f, content in first.items(): assert (project.path/f).read_bytes() == content, f

@@ -124,3 +124,17 @@ def test_monitor_reference_names_a_model(tmp_path):
     assert (reg.name, reg.dir, ref) == ('churn', root/'models'/'churn', 'v0001')
     with pytest.raises(MlopsError, match="no model 'nope' in the registry .*models: fraud, churn"):
         _registry_ref(Namespace(reference='nope@champion', registry=str(root), model=None), {})
+
+
+def test_the_pipeline_steps_use_the_model_deploy_model_name_names(tmp_path):
+    from mlops_nb import monitor as mon
+    from mlops_nb.steps import champion_contract, monitor_reference
+    root = tmp_path/'registry'
+    fraud = Registry(root, 'fraud'); _register(fraud, 1); fraud.promote('v0001')
+    mon.reference_profile(_data(2)[0], ['a', 'b'], []).save(tmp_path/'profile')
+    churn = Registry(root, 'churn'); _register(churn, 2); _register(churn, 3, artifacts={'profile': tmp_path/'profile'}); churn.promote('v0002')
+    params = lambda name: {'task': {'type': 'classification', 'target': 'y'}, 'deploy': {'registry': str(root), 'model_name': name}}
+    assert champion_contract(params('churn'))[1] == 'v0002' and champion_contract(params('fraud'))[1] == 'v0001'
+    assert champion_contract(params('nope')) is None                # a name with no champion yet: prepare infers its schema
+    ref = monitor_reference(params('churn'))                        # the monitor's reference: that model's champion and its profile
+    assert (ref.source, ref.version, ref.registry.name) == ('registry', 'v0002', 'churn') and "model 'churn'" in ref.note
