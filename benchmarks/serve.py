@@ -1,19 +1,25 @@
-"""Benchmark: `mlops-nb serve` against `mlflow models serve` of the same model, with wrk, side by side.
+"""Benchmark: `mlops-nb serve` against `mlflow models serve` and BentoML serving the same raw-record model, with wrk.
 
     .venv/bin/python benchmarks/serve.py [--repeats 3] [--duration 10] [--batch-rows 5000000] [--write-readme]
 
 What it does:
-1. trains the project's default pipeline (median imputer + StandardScaler, mode imputer + one-hot, HistGradientBoosting
-   with params.yaml's estimator parameters) on the simulator's data, registers it in a fresh registry (which exports and parity-checks `model.onnx`) and promotes it to champion;
-2. saves the very same fitted pipeline as an MLflow model, in MLflow's own venv `benchmarks/.venv-mlflow` (created here,
-   `mlflow==3.17.2`, never in the project's requirements);
-3. starts both servers on 127.0.0.1 with one worker and one thread for the numeric libraries (OMP/MKL/OpenBLAS = 1;
-   ONNX Runtime intra-op = 1), ours with validation, capture and metrics on;
-4. runs wrk (Debian's `wrk`; installed with apt-get when missing) for single-row requests at 1, 8 and 32 connections and
-   100-row requests at 8 connections, alternating the two servers run by run, `--repeats` times; reports medians;
-5. measures the resident memory of each serving worker, and batch scoring (`mlops-nb predict`) on a file of
+1. trains the project's default prediction function on the simulator's raw transactions: the feature step
+   (`features.FeatureBuilder`: time parts, logs, ratios), median imputer + StandardScaler, mode imputer + one-hot,
+   HistGradientBoosting with params.yaml's estimator parameters. It registers it in a fresh registry (which exports and
+   parity-checks `model.onnx` with the feature step as its numpy pre-step) and promotes it to champion;
+2. saves the very same fitted pipeline as an MLflow model, in MLflow's own venv `benchmarks/.venv-mlflow`, and as a
+   BentoML service in BentoML's own venv `benchmarks/.venv-bentoml` (both created here, never in the project's
+   requirements), served once without and once with BentoML's adaptive batching;
+3. starts the floor of our stack too: Starlette + uvicorn + orjson + ONNX Runtime running the same graph and numpy
+   feature step, with no validation, capture or metrics (`benchmarks/floor_app.py`);
+4. starts every server on 127.0.0.1 with one worker and one thread for the numeric libraries (OMP/MKL/OpenBLAS = 1;
+   ONNX Runtime intra-op = 1), ours with validation, capture and metrics on; every client sends the same raw record (the
+   columns the sources deliver, less the target and the ids);
+5. runs wrk (Debian's `wrk`; installed with apt-get when missing) for single-row requests at 1, 8 and 32 connections and
+   100-row requests at 8 connections, rotating the servers' order run by run, `--repeats` times; reports medians;
+6. measures the resident memory of each serving worker, and batch scoring (`mlops-nb predict`) on a raw file of
    `--batch-rows` rows: peak memory and rows/s, beside a file of a tenth of the rows;
-6. writes the table between the `<!-- bench:serve -->` markers of nbs/index.ipynb and README.md (with `--write-readme`).
+7. writes the table between the `<!-- bench:serve -->` markers of nbs/performance.ipynb (with `--write-readme`).
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -21,7 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT/'.venv'/'bin'
 MLFLOW_VENV = ROOT/'benchmarks'/'.venv-mlflow'
-MLFLOW_PINS = ['mlflow==3.17.2', 'scikit-learn==1.9.1', 'numpy==2.4.6', 'pandas==3.1.1', 'skops==0.16.0']
+COMMON_PINS = ['scikit-learn==1.9.1', 'numpy==2.4.6', 'pandas==3.1.1', 'skops==0.16.0']   # the project's own versions
+MLFLOW_PINS = ['mlflow==3.17.2', *COMMON_PINS]
+BENTOML_VENV = ROOT/'benchmarks'/'.venv-bentoml'
+BENTOML_PINS = ['bentoml==1.4.40', *COMMON_PINS]
 WORK = ROOT/'benchmarks'/'.work'/'serve'
 THREADS = {k: '1' for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS')}
 
@@ -46,39 +55,45 @@ def ensure_wrk() -> str:
     return shutil.which('wrk')
 
 
-def ensure_mlflow():
-    py = MLFLOW_VENV/'bin'/'python'
-    ok = py.exists() and subprocess.run([str(py), '-c', 'import mlflow, sklearn, skops'], capture_output=True).returncode == 0
+def ensure_venv(venv:Path, pins:list[str], probe:str) -> Path:
+    "The python of a rival's own venv, created with `pins` when missing (the rival never enters the project's requirements)."
+    py = venv/'bin'/'python'
+    ok = py.exists() and subprocess.run([str(py), '-c', f'import {probe}, sklearn, skops'], capture_output=True).returncode == 0
     if not ok:
-        sh([sys.executable, '-m', 'venv', str(MLFLOW_VENV)])
-        sh([str(py), '-m', 'pip', 'install', '-q', '--disable-pip-version-check', *MLFLOW_PINS])
+        sh([sys.executable, '-m', 'venv', str(venv)])
+        sh([str(py), '-m', 'pip', 'install', '-q', '--disable-pip-version-check', *pins])
     return py
 
 
 # ---- the model ---------------------------------------------------------------------------------------------------------
 def build_model(work:Path):
-    """Train the project's default pipeline (`train.make_pipeline`: median imputer + StandardScaler on numbers, mode imputer +
-    one-hot on categories, HistGradientBoosting with params.yaml's `train.estimator_params`), register it in a fresh registry
-    (which exports and parity-checks `model.onnx`) and promote it; return (registry, version, feature frame, model.skops path)."""
+    """Train the project's default prediction function (`train.make_pipeline` with params.yaml's `prepare.features` as its
+    feature step) on raw records, register it in a fresh registry (which exports and parity-checks `model.onnx`) and promote
+    it; return (registry, version, raw input frame, model.skops path)."""
     sys.path.insert(0, str(ROOT))
     from mlops_nb.core import load_params
     from mlops_nb.sim import simulate
-    from mlops_nb.features import clean, add_features, feature_columns
+    from mlops_nb.features import add_features, clean, derived_columns, feature_columns, source_columns
     from mlops_nb.train import make_estimator, make_pipeline
     from mlops_nb.registry import Registry
     P = load_params(ROOT/'params.yaml')
     df = simulate(0, 30, P['seed'], transactions_per_day=P['sim']['transactions_per_day'], n_customers=P['sim']['n_customers'])
-    t = P['task']
-    df = add_features(clean(df, t['target'], t['time_column'], t['id_columns']), P['prepare']['features'], t['time_column'])
-    num, cat = feature_columns(df, t['target'], exclude=[*t['id_columns'], t['time_column']])
-    X, y = df[num + cat], df[t['target']]
+    t, fspec = P['task'], P['prepare']['features']
+    df = clean(df, t['target'], t['time_column'], t['id_columns'])
+    exclude = [*t['id_columns'], t['time_column']]
+    used = set(source_columns(fspec, t['time_column']))
+    inputs = [c for c in df.columns if c != t['target'] and (c not in exclude or c in used)]     # what prepare calls the raw record
+    num, cat = feature_columns(add_features(df, fspec, t['time_column']), t['target'], exclude=exclude)
+    X, y = df[inputs], df[t['target']]
     est = make_estimator(P['train']['estimator'], t['type'], P['train']['estimator_params'], seed=0)
-    pipe = make_pipeline(num, cat, est).fit(X, y)
+    pipe = make_pipeline(num, cat, est, fspec, t['time_column']).fit(X, y)
     steps = [type(s).__name__ for s in pipe.named_steps['preprocess'].named_transformers_['num']] + [type(est).__name__]
     if steps != ['SimpleImputer', 'StandardScaler', 'HistGradientBoostingClassifier']: raise SystemExit(f"unexpected default pipeline {steps}")
     reg = Registry(work/'registry')
-    v = reg.register(pipe, features=num + cat, task='classification', threshold=0.5, X_test=X.tail(5000), metrics={},
-                     params=P['train']['estimator_params'])
+    step = dict(spec=fspec, time_column=t['time_column'], inputs=inputs, derived=derived_columns(fspec, t['time_column']),
+                id_columns=t['id_columns'])
+    v = reg.register(pipe, features=inputs, task='classification', threshold=0.5, X_test=X.tail(5000), metrics={},
+                     params=P['train']['estimator_params'], extra=dict(numeric=num, categorical=cat, feature_step=step))
     info = reg.info(v)
     if not info['onnx'].get('kept'): raise SystemExit(f"the registry kept no ONNX file: {info['onnx']}")
     reg.promote(v, 'champion', reason='benchmark', actor='benchmark')
@@ -89,10 +104,31 @@ MLFLOW_SAVE = r'''
 import sys, json, shutil, pandas as pd
 from skops.io import load, get_untrusted_types
 import mlflow.sklearn
-skops_path, out, example = sys.argv[1:4]
+skops_path, out, example, code = sys.argv[1:5]
+sys.path.insert(0, code)
 pipe = load(skops_path, trusted=get_untrusted_types(file=skops_path))   # our own file, written by the registry
 shutil.rmtree(out, ignore_errors=True)
-mlflow.sklearn.save_model(pipe, out, serialization_format='cloudpickle', input_example=pd.read_json(example, orient='records').head(2))
+mlflow.sklearn.save_model(pipe, out, serialization_format='cloudpickle', input_example=pd.read_json(example, orient='records').head(2),
+                         code_paths=[code + '/mlops_nb'])   # the feature step's class travels with the model, as MLflow's docs advise
+'''
+
+# BentoML's service as its users write one (bentoml 1.4 "services" API): the fitted pipeline loaded once, JSON records in.
+# (Records, not a `pd.DataFrame` parameter: with adaptive batching on, BentoML 1.4.40's dispatcher fails on DataFrame
+# inputs, `TypeError: unsupported operand type(s) for +: 'int' and 'tuple'`; the same form serves both runs.)
+BENTO_SERVICE = r'''
+import os, numpy as np, pandas as pd, bentoml
+from skops.io import load, get_untrusted_types
+PATH, BATCH = os.environ['BENCH_MODEL'], os.environ.get('BENCH_BATCHING') == '1'
+
+@bentoml.service(workers=1, traffic={'timeout': 30})
+class Fraud:
+    def __init__(self):
+        self.model = load(PATH, trusted=get_untrusted_types(file=PATH))   # our own file, written by the registry
+
+    @bentoml.api(batchable=BATCH)   # BentoML's defaults: batches of up to 100, latency budget 60 s
+    def predict(self, records: list[dict]) -> list[float]:
+        df = pd.DataFrame(records)
+        return self.model.predict_proba(df)[:, 1].tolist()
 '''
 
 
@@ -131,8 +167,8 @@ class Proc:
         self.log.close()
 
 
-def lua(body:str, path:Path) -> Path:
-    path.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[' + body + ']==]\n'
+def lua(body:str, path:Path, url_path:str='/invocations') -> Path:
+    path.write_text(f'wrk.method = "POST"\nwrk.path = "{url_path}"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[' + body + ']==]\n'
                     # count non-2xx answers: a benchmark of errors is no benchmark
                     'done = function(summary, latency, requests)\n  io.write(string.format("ERRORS %d %d\\n", summary.errors.status, summary.requests))\nend\n')
     return path
@@ -145,7 +181,7 @@ def _ms(s:str) -> float:
 
 def run_wrk(wrk, port, script, conns, duration) -> dict:
     out = subprocess.run([wrk, '-t1', f'-c{conns}', f'-d{duration}s', '--latency', '--timeout', '10s', '-s', str(script),
-                          f'http://127.0.0.1:{port}/invocations'], capture_output=True, text=True, check=True).stdout
+                          f'http://127.0.0.1:{port}'], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r'Requests/sec:\s+([\d.]+)', out)[1])
     p50 = _ms(re.search(r'\s50%\s+(\S+)', out)[1]); p99 = _ms(re.search(r'\s99%\s+(\S+)', out)[1])
     errs, total = map(int, re.search(r'ERRORS (\d+) (\d+)', out).groups())
@@ -181,15 +217,13 @@ def batch(work:Path, X, registry:Path, rows:int) -> list[dict]:
 # ---- report ------------------------------------------------------------------------------------------------------------
 SCENARIOS = [('single row, 1 connection', 'one', 1), ('single row, 8 connections', 'one', 8),
              ('single row, 32 connections', 'one', 32), ('100 rows, 8 connections', 'hundred', 8)]
-
-
-# The issue's targets: ratios to MLflow measured in the same run, and our p99 at 8 connections.
-TARGETS = {'single row, 8 connections': dict(ratio=50, p99_ms=5.0),
-           'single row, 32 connections': dict(ratio=50),
-           '100 rows, 8 connections': dict(ratio=20)}
-# The issue's reference figures for MLflow on this machine when it was written (single-row requests/s at 8 connections,
-# rows/s with 100-row requests): the absolute figures the ratios would mean, reported beside the same-run ratios.
-ISSUE_MLFLOW = dict(rps=80, rows=5_900)
+# name -> what the table calls it; the rivals are judged against ours, the floor shows what our features cost
+SERVERS = {'ours': 'mlops-nb', 'mlflow': 'MLflow', 'bentoml': 'BentoML', 'bentoml_batching': 'BentoML, adaptive batching',
+           'floor': 'bare stack'}
+# Targets: ratios to MLflow measured in the same run, and our p99 at 8 connections.
+TARGETS = {'single row, 8 connections': dict(ratio=100, p99_ms=5.0),
+           'single row, 32 connections': dict(ratio=100),
+           '100 rows, 8 connections': dict(ratio=30)}
 
 
 def target_check(label:str, ours_rps:float, mlflow_rps:float, ours_p99:float) -> tuple[str, str]:
@@ -205,45 +239,70 @@ def target_check(label:str, ours_rps:float, mlflow_rps:float, ours_p99:float) ->
 
 def report(res, mem, batches, args, loads) -> str:
     med = lambda name, scen, k: statistics.median(r[k] for r in res[name][scen])
+    names = [n for n in SERVERS if n in res]
     lines = [f"Measured by `.venv/bin/python benchmarks/serve.py --repeats {args.repeats} --duration {args.duration}"
-             f"{' --batch-rows ' + str(args.batch_rows) if args.batch_rows else ''} --write-readme` on this 2-core machine (shared; "
-             f"load average {loads[0]} before, {loads[1]} after): wrk, 1 thread, against each server on 127.0.0.1, one worker each, "
-             f"numeric libraries at 1 thread; the two servers alternate run by run; medians of {args.repeats} runs of {args.duration} s. "
-             "Model: the project's default pipeline — median imputer + StandardScaler on the numbers, mode imputer + one-hot on the "
-             "categories, HistGradientBoosting (150 trees), 13 input columns; "
-             "ours serves its ONNX export with validation, capture to Parquet and Prometheus metrics on; MLflow serves the same "
-             "fitted pipeline (`mlflow models serve`, mlflow 3.17.2, its own venv).", '',
-             '| requests | ours req/s | MLflow req/s | ratio | ours p50 / p99 ms | MLflow p50 / p99 ms | target | met? |',
-             '|---|---|---|---|---|---|---|---|']
+             f"{' --batch-rows ' + str(args.batch_rows) if args.batch_rows else ''} --write-readme` on this 2-core machine "
+             f"(load average {loads[0]} before, {loads[1]} after): wrk, 1 thread, against each server on 127.0.0.1, one worker each, "
+             f"numeric libraries at 1 thread; the servers' order rotates run by run; medians of {args.repeats} runs of {args.duration} s. "
+             "Every client sends the raw record (the 11 columns the simulator delivers, less the target and the ids); the model is the "
+             "project's default prediction function: its feature step (time parts, log, ratio), median imputer + StandardScaler, mode "
+             "imputer + one-hot, HistGradientBoosting (150 trees). Ours serves its ONNX export and numpy feature step with validation, "
+             "capture to Parquet and Prometheus metrics on; MLflow (`mlflow models serve`, 3.17.2) and BentoML (1.4.40, one worker, "
+             "the pipeline in a `@bentoml.service`, without and with its adaptive batching) serve the same fitted scikit-learn pipeline, "
+             "each in its own venv. The bare stack is the floor of ours: Starlette + uvicorn + orjson + ONNX Runtime running the same "
+             "graph and numpy feature step in a plain handler, with no validation, capture or metrics (`benchmarks/floor_app.py`).", '',
+             '| requests | ' + ' | '.join(f'{SERVERS[n]} req/s' for n in names) + ' | ours / MLflow | ours p50 / p99 ms | target | met? |',
+             '|---|' + '---|' * (len(names) + 4)]
     for label, kind, c in SCENARIOS:
+        rows = 100 if kind == 'hundred' else 1
         o, m = med('ours', label, 'rps'), med('mlflow', label, 'rps')
         p99 = med('ours', label, 'p99_ms')
-        rows = 100 if kind == 'hundred' else 1
-        extra = f" ({o * rows:,.0f} vs {m * rows:,.0f} rows/s)" if rows > 1 else ''
         target, met = target_check(label, o, m, p99)
-        lines.append(f"| {label} | {o:,.0f} | {m:,.0f} | **{o / m:.0f}x**{extra} | {med('ours', label, 'p50_ms'):.2f} / {p99:.2f} "
-                     f"| {med('mlflow', label, 'p50_ms'):.1f} / {med('mlflow', label, 'p99_ms'):.1f} | {target} | {met} |")
-    errs = {n: sum(r['non2xx'] for s in res[n].values() for r in s) for n in res}
-    one8, hundred8 = med('ours', 'single row, 8 connections', 'rps'), med('ours', '100 rows, 8 connections', 'rps') * 100
-    ml8, mlrows = med('mlflow', 'single row, 8 connections', 'rps'), med('mlflow', '100 rows, 8 connections', 'rps') * 100
-    lines += ['', "Targets (issue #4), judged in the same run: at least 50x MLflow's single-row throughput at 8 and 32 connections "
-              "with our p99 under 5 ms at 8, and at least 20x MLflow's rows/s with 100-row requests. "
-              f"In absolute terms: the issue quotes MLflow at about {ISSUE_MLFLOW['rps']} single-row requests/s and "
-              f"{ISSUE_MLFLOW['rows']:,} rows/s on this machine, which would make the targets "
-              f"{50 * ISSUE_MLFLOW['rps']:,} requests/s and {20 * ISSUE_MLFLOW['rows']:,} rows/s; in this run MLflow served "
-              f"{ml8:,.0f} requests/s and {mlrows:,.0f} rows/s, and we served {one8:,.0f} requests/s "
-              f"({one8 / (50 * ISSUE_MLFLOW['rps']):.0%} of that figure) and {hundred8:,.0f} rows/s "
-              f"({hundred8 / (20 * ISSUE_MLFLOW['rows']):.0%})."]
-    lines += ['', f"Non-2xx answers during the runs: ours {errs['ours']}, MLflow {errs['mlflow']}. "
-              f"Resident memory of the serving worker after the runs: ours {mem['ours']['worker']:.0f} MB "
-              f"(one process); MLflow {mem['mlflow']['worker']:.0f} MB for its worker, {mem['mlflow']['total']:.0f} MB for its "
-              f"{mem['mlflow']['processes']} processes."]
+        cells = [f"{med(n, label, 'rps'):,.0f}" + (f" ({med(n, label, 'rps') * rows:,.0f} rows/s)" if rows > 1 else '') for n in names]
+        lines.append(f"| {label} | " + ' | '.join(cells) + f" | **{o / m:.0f}x** | {med('ours', label, 'p50_ms'):.2f} / {p99:.2f} | {target} | {met} |")
+    lines += ['', '| ours against | ' + ' | '.join(l for l, _, _ in SCENARIOS) + ' |', '|---|' + '---|' * len(SCENARIOS)]
+    for n in names[1:]:
+        lines.append(f"| {SERVERS[n]} | " + ' | '.join(f"{med('ours', l, 'rps') / med(n, l, 'rps'):.2f}x" for l, _, _ in SCENARIOS) + ' |')
+    lines += ['', "p99 in ms: " + '; '.join(f"{SERVERS[n]} " + ' / '.join(f"{med(n, l, 'p99_ms'):.1f}" for l, _, _ in SCENARIOS) for n in names) +
+              " (the scenarios in the order of the table)."]
+    errs = {n: sum(r['non2xx'] for s in res[n].values() for r in s) for n in names}
+    lines += ['', "Targets, judged in the same run: at least 100x MLflow's single-row throughput at 8 connections with our p99 under "
+              "5 ms, at least 100x at 32 connections, and at least 30x MLflow's rows/s with 100-row requests.",
+              '', "Non-2xx answers during the runs: " + ', '.join(f"{SERVERS[n]} {errs[n]}" for n in names) + ". Resident memory of "
+              "the serving worker after the runs: " + ', '.join(f"{SERVERS[n]} {mem[n]['worker']:.0f} MB ({mem[n]['processes']} "
+              f"process{'es' if mem[n]['processes'] > 1 else ''}, {mem[n]['total']:.0f} MB in all)" for n in names if n in mem) + '.']
     if batches:
-        lines += ['', '| batch scoring (`mlops-nb predict`, Parquet in, Parquet out, chunks of 100,000 rows) | rows | seconds | rows/s | peak memory (max RSS) |',
+        lines += ['', '| batch scoring of raw records (`mlops-nb predict`, Parquet in, Parquet out, chunks of 100,000 rows) | rows | seconds | rows/s | peak memory (max RSS) |',
                   '|---|---|---|---|---|']
         for b in batches:
             lines.append(f"| {b['file_mb']} MB input | {b['rows']:,} | {b['seconds']:.1f} | {b['rows'] / b['seconds']:,.0f} | {b['max_rss_mb']:.0f} MB |")
     return '\n'.join(lines)
+
+
+def start_servers(work:Path, version:str, names:list[str]) -> dict:
+    "Start the servers in `names` (each on its own free port); return name -> (Proc, readiness path)."
+    env = dict(os.environ, **THREADS, PATH=f"{VENV}{os.pathsep}{os.environ['PATH']}")
+    out = {}
+    for n in names:
+        port = free_port()
+        if n == 'ours':
+            p = Proc(n, [str(VENV/'mlops-nb'), 'serve', '--registry', str(work/'registry'), '--port', str(port), '--workers', '1',
+                         '--capture-dir', str(work/'captures'), '--no-access-log'], port, env, work, work/'ours.log'); ready = '/ready'
+        elif n == 'mlflow':
+            mlenv = dict(os.environ, **THREADS, PATH=f"{MLFLOW_VENV/'bin'}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRACKING_URI=f'file://{work}/mlruns')
+            p = Proc(n, [str(MLFLOW_VENV/'bin'/'mlflow'), 'models', 'serve', '-m', str(work/'mlflow-model'), '-p', str(port), '-h', '127.0.0.1',
+                         '--env-manager', 'local', '-w', '1'], port, mlenv, work, work/'mlflow.log'); ready = '/ping'
+        elif n.startswith('bentoml'):
+            benv = dict(os.environ, **THREADS, BENTOML_DO_NOT_TRACK='True', BENCH_MODEL=str(work/'registry'/'versions'/version/'model.skops'),
+                        BENCH_BATCHING='1' if n == 'bentoml_batching' else '0', PYTHONPATH=str(ROOT), PATH=f"{BENTOML_VENV/'bin'}{os.pathsep}{os.environ['PATH']}")
+            p = Proc(n, [str(BENTOML_VENV/'bin'/'bentoml'), 'serve', 'bento_service:Fraud', '--host', '127.0.0.1', '--port', str(port)],
+                     port, benv, work, work/f'{n}.log'); ready = '/readyz'
+        else:
+            fenv = dict(env, FLOOR_VERSION_DIR=str(work/'registry'/'versions'/version), PYTHONPATH=str(ROOT))
+            p = Proc(n, [str(VENV/'uvicorn'), 'floor_app:app', '--app-dir', str(ROOT/'benchmarks'), '--host', '127.0.0.1', '--port', str(port),
+                         '--no-access-log', '--log-level', 'warning'], port, fenv, work, work/'floor.log'); ready = '/ping'
+        out[n] = (p, ready)
+    return out
 
 
 def main():
@@ -251,41 +310,43 @@ def main():
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--duration', type=int, default=10)
     ap.add_argument('--batch-rows', type=int, default=0, help='also time batch scoring on a Parquet file of this many rows')
+    ap.add_argument('--servers', default=','.join(SERVERS), help=f"which servers to run (ours and mlflow always), of {','.join(SERVERS)}")
     ap.add_argument('--write-readme', action='store_true')
     ap.add_argument('--from-results', action='store_true', help='render benchmarks/results/serve.json again (same flags as its run) instead of measuring')
     args = ap.parse_args()
     if args.from_results: return publish(args, **json.loads((ROOT/'benchmarks'/'results'/'serve.json').read_text()))
+    names = [n for n in SERVERS if n in {'ours', 'mlflow', *args.servers.split(',')}]
     loads = [load_avg()]
     print('load average before:', loads[0], flush=True)
-    wrk, mlpy = ensure_wrk(), ensure_mlflow()
+    wrk = ensure_wrk()
+    mlpy = ensure_venv(MLFLOW_VENV, MLFLOW_PINS, 'mlflow')
+    if any(n.startswith('bentoml') for n in names): ensure_venv(BENTOML_VENV, BENTOML_PINS, 'bentoml')
     shutil.rmtree(WORK, ignore_errors=True); WORK.mkdir(parents=True)
     reg, version, X, skops_path = build_model(WORK)
-    one = X.head(1); hundred = X.iloc[100:200]
-    X.head(100).to_json(WORK/'example.json', orient='records')
-    sh([str(mlpy), '-c', MLFLOW_SAVE, str(skops_path), str(WORK/'mlflow-model'), str(WORK/'example.json')], env=dict(os.environ, **THREADS))
-    scripts = {k: lua(json.dumps({'dataframe_split': json.loads(f.to_json(orient='split', index=False))}), WORK/f'{k}.lua')
-               for k, f in (('one', one), ('hundred', hundred))}
-    env = dict(os.environ, **THREADS, PATH=f"{VENV}{os.pathsep}{os.environ['PATH']}")
-    p_ours, p_ml = free_port(), free_port()
-    ours = Proc('ours', [str(VENV/'mlops-nb'), 'serve', '--registry', str(WORK/'registry'), '--port', str(p_ours), '--workers', '1',
-                         '--capture-dir', str(WORK/'captures'), '--no-access-log'], p_ours, env, WORK, WORK/'ours.log')
-    mlenv = dict(os.environ, **THREADS, PATH=f"{MLFLOW_VENV/'bin'}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRACKING_URI=f'file://{WORK}/mlruns')
-    ml = Proc('mlflow', [str(MLFLOW_VENV/'bin'/'mlflow'), 'models', 'serve', '-m', str(WORK/'mlflow-model'), '-p', str(p_ml), '-h', '127.0.0.1',
-                         '--env-manager', 'local', '-w', '1'], p_ml, mlenv, WORK, WORK/'mlflow.log')
-    res = {'ours': {}, 'mlflow': {}}
+    one, hundred = X.head(1), X.iloc[100:200]
+    X.head(100).to_json(WORK/'example.json', orient='records', date_format='iso')
+    sh([str(mlpy), '-c', MLFLOW_SAVE, str(skops_path), str(WORK/'mlflow-model'), str(WORK/'example.json'), str(ROOT)], env=dict(os.environ, **THREADS))
+    (WORK/'bento_service.py').write_text(BENTO_SERVICE)
+    split = lambda f: json.loads(f.to_json(orient='split', index=False, date_format='iso'))
+    bodies = {k: {'dataframe_split': split(f)} for k, f in (('one', one), ('hundred', hundred))}
+    records = {k: {'records': json.loads(f.to_json(orient='records', date_format='iso'))} for k, f in (('one', one), ('hundred', hundred))}
+    scripts = {(srv, k): lua(json.dumps(records[k] if srv.startswith('bentoml') else bodies[k]), WORK/f'{srv}-{k}.lua',
+                             '/predict' if srv.startswith('bentoml') else '/invocations') for srv in names for k in ('one', 'hundred')}
+    res, mem = {n: {} for n in names}, {}
+    servers = start_servers(WORK, version, names)
     try:
-        ours.wait_ready('/ready'); ml.wait_ready('/ping')
-        for srv in (ours, ml): run_wrk(wrk, srv.port, scripts['one'], 8, 3)   # warm-up
+        for p, ready in servers.values(): p.wait_ready(ready)
+        for n, (p, _) in servers.items(): run_wrk(wrk, p.port, scripts[n, 'one'], 8, 3)   # warm-up
         for rep in range(args.repeats):
             for label, kind, c in SCENARIOS:
-                order = (ours, ml) if rep % 2 == 0 else (ml, ours)
-                for srv in order:
-                    r = run_wrk(wrk, srv.port, scripts[kind], c, args.duration)
-                    res[srv.name].setdefault(label, []).append(r)
-                    print(rep, srv.name, label, r, flush=True)
-        mem = {'ours': ours.workers_rss_mb(), 'mlflow': ml.workers_rss_mb()}
+                order = names[rep % len(names):] + names[:rep % len(names)]
+                for n in order:
+                    r = run_wrk(wrk, servers[n][0].port, scripts[n, kind], c, args.duration)
+                    res[n].setdefault(label, []).append(r)
+                    print(rep, n, label, r, flush=True)
+        mem = {n: p.workers_rss_mb() for n, (p, _) in servers.items()}
     finally:
-        ours.stop(); ml.stop()
+        for p, _ in servers.values(): p.stop()
     batches = batch(WORK, X, WORK/'registry', args.batch_rows) if args.batch_rows else []
     loads.append(load_avg())
     (ROOT/'benchmarks'/'results').mkdir(exist_ok=True)
@@ -294,7 +355,7 @@ def main():
 
 
 def publish(args, runs, memory, batch, load):
-    "Print the report of a run (and put it into README with --write-readme)."
+    "Print the report of a run (and put it into the performance page and README with --write-readme)."
     text = report(runs, memory, batch, args, load)
     print(text)
     if args.write_readme:   # README.md is generated from nbs/index.ipynb: the figures go into the notebook, then README

@@ -172,6 +172,7 @@ def _serve_commands(sub):
     p.add_argument('--max-rows', type=int, help='rows allowed in one request')
     p.add_argument('--max-bytes', type=int, help='bytes allowed in one request body')
     p.add_argument('--unseen-categories', choices=['allow', 'error'], help='policy for categories not seen in training')
+    p.add_argument('--unknown-columns', choices=['error', 'ignore'], help='policy for request columns that are not model inputs (id columns are always echoed)')
     p.add_argument('--output', choices=['label', 'score', 'both'], help="what 'predictions' holds")
     p.add_argument('--poll-seconds', type=float, help='how often registry/aliases.json is checked')
     p.add_argument('--no-access-log', action='store_true', help='no JSON access log lines on stderr')

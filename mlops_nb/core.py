@@ -136,6 +136,7 @@ TRUSTED_TYPES = [
     'numpy.dtype',
     'sklearn.tree._tree.Tree',
     'sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor',
+    'mlops_nb.features.FeatureBuilder',   # the feature step inside every trained pipeline
 ]
 
 def skops_bytes(model, trusted:list[str]|None=None, check:bool=True) -> bytes:

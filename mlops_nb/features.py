@@ -6,15 +6,19 @@
 from __future__ import annotations
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from .core import MlopsError, get_logger
+from .data import _to_datetime
 
 # %% auto #0
-__all__ = ['TIME_PARTS', 'clean', 'add_features', 'time_split', 'feature_columns', 'make_preprocessor']
+__all__ = ['TIME_PARTS', 'clean', 'time_parts', 'check_spec', 'derived_columns', 'source_columns', 'build_features',
+           'add_features', 'FeatureBuilder', 'time_split', 'feature_columns', 'make_preprocessor']
 
 # %% ../nbs/03_features.ipynb #d1874e35
 def _none(col:str|None) -> str|None:
@@ -27,11 +31,14 @@ def _need(df:pd.DataFrame, cols, what:str):
     if missing: raise MlopsError(f"{what} needs column(s) {missing}, which are missing (have {list(df.columns)})")
 
 def _as_time(s:pd.Series) -> pd.Series:
-    "`s` as datetimes: text is parsed, datetimes and numbers (e.g. epoch seconds, day numbers) are kept."
-    if pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_numeric_dtype(s): return s
-    try: return pd.to_datetime(s)
-    except (ValueError, TypeError) as e:
-        raise MlopsError(f"time column '{s.name}' is not parseable as datetimes ({e})") from None
+    "`s` as datetimes: text is parsed (an ISO-8601 UTC offset is converted to naive UTC), datetimes and numbers (e.g. epoch seconds) are kept."
+    if pd.api.types.is_datetime64_any_dtype(s): return s.dt.tz_convert(None) if getattr(s.dt, 'tz', None) is not None else s
+    if pd.api.types.is_numeric_dtype(s): return s
+    t = _to_datetime(s)
+    bad = t.isna() & s.notna()
+    if bad.any(): raise MlopsError(f"time column '{s.name}' is not parseable as datetimes (e.g. {s[bad].iloc[0]!r})")
+    return t
+
 
 # %% ../nbs/03_features.ipynb #e9e24196
 def clean(df:pd.DataFrame, target:str, time_column:str|None=None, id_columns:list[str]=()) -> pd.DataFrame:
@@ -60,38 +67,125 @@ def clean(df:pd.DataFrame, target:str, time_column:str|None=None, id_columns:lis
     return out.reset_index(drop=True)
 
 # %% ../nbs/03_features.ipynb #de6c26ed
-TIME_PARTS = {
-    'hour': lambda t: t.dt.hour, 'dayofweek': lambda t: t.dt.day_of_week, 'month': lambda t: t.dt.month,
-    'dayofmonth': lambda t: t.dt.day, 'is_weekend': lambda t: (t.dt.day_of_week >= 5).astype('int64')}
+TIME_PARTS = ('hour', 'dayofweek', 'month', 'dayofmonth', 'is_weekend')
+
+def _epoch_to_datetime64(a:np.ndarray) -> np.ndarray:
+    "Epoch seconds (float, NaN for missing) as `datetime64[us]` (NaT for missing)."
+    a = np.asarray(a, dtype='float64')
+    us = np.where(np.isnan(a), 0, np.round(a * 1e6)).astype('int64').astype('datetime64[us]')
+    us[np.isnan(a)] = np.datetime64('NaT')
+    return us
+
+def time_parts(t:np.ndarray, parts) -> dict[str, np.ndarray]:
+    "The time `parts` of `t` (`datetime64`, naive UTC; or numbers = epoch seconds) as float64 arrays, NaN where `t` is missing."
+    t = np.asarray(t)
+    t = _epoch_to_datetime64(t) if t.dtype.kind in 'fiub' else t.astype('datetime64[us]')
+    nat, days = np.isnat(t), t.astype('datetime64[D]')
+    dow = (days.astype('int64') + 3) % 7                       # 1970-01-01 was a Thursday; Monday = 0
+    month = days.astype('datetime64[M]')
+    calc = {'hour': lambda: (t - days).astype('timedelta64[h]').astype('int64'), 'dayofweek': lambda: dow,
+            'month': lambda: month.astype('int64') % 12 + 1,
+            'dayofmonth': lambda: (days - month.astype('datetime64[D]')).astype('int64') + 1,
+            'is_weekend': lambda: (dow >= 5).astype('int64')}
+    out = {}
+    for p in parts:
+        v = calc[p]().astype('float64')
+        v[nat] = np.nan
+        out[p] = v
+    return out
 
 # %% ../nbs/03_features.ipynb #ebd4c27b
-def add_features(df:pd.DataFrame, spec:dict, time_column:str|None=None) -> pd.DataFrame:
-    "A copy of `df` with the time parts, logs and ratios asked for in `spec` (see `prepare.features`)."
+def check_spec(spec:dict|None, time_column:str|None=None) -> dict:
+    "`spec` (see `prepare.features`) checked: known keys, known time parts, a time column when time parts are asked for, ratio pairs."
     spec, time_column = dict(spec or {}), _none(time_column)
     unknown = set(spec) - {'time_parts', 'log', 'ratios'}
     if unknown: raise MlopsError(f"feature spec: unknown key(s) {sorted(unknown)}; use time_parts, log, ratios")
-    out = df.copy()
     parts = list(spec.get('time_parts') or [])
-    if parts:
-        bad = [p for p in parts if p not in TIME_PARTS]
-        if bad: raise MlopsError(f"feature spec: unknown time part(s) {bad}; choose from {list(TIME_PARTS)}")
-        if not time_column: raise MlopsError(f"feature spec: time parts {parts} need a time column, and none is set")
-        _need(df, [time_column], f"feature '{time_column}_{parts[0]}'")
-        t = _as_time(df[time_column])
-        if not pd.api.types.is_datetime64_any_dtype(t):
-            raise MlopsError(f"feature spec: time parts need datetimes, but '{time_column}' is {t.dtype}")
-        for p in parts: out[f'{time_column}_{p}'] = TIME_PARTS[p](t)
-    for c in spec.get('log') or []:
-        _need(df, [c], f"feature 'log_{c}'")
-        if not pd.api.types.is_numeric_dtype(df[c]): raise MlopsError(f"feature 'log_{c}': column '{c}' is not numeric")
-        out[f'log_{c}'] = np.log1p(df[c].astype('float64').clip(lower=0))
+    bad = [p for p in parts if p not in TIME_PARTS]
+    if bad: raise MlopsError(f"feature spec: unknown time part(s) {bad}; choose from {list(TIME_PARTS)}")
+    if parts and not time_column: raise MlopsError(f"feature spec: time parts {parts} need a time column, and none is set")
     for name, cols in (spec.get('ratios') or {}).items():
         if not isinstance(cols, (list, tuple)) or len(cols) != 2:
             raise MlopsError(f"feature '{name}': a ratio needs [numerator, denominator], got {cols!r}")
-        _need(df, cols, f"feature '{name}'")
-        num, den = (df[c].astype('float64') for c in cols)
-        out[name] = num.div(den.where(den != 0))
+    return spec
+
+def derived_columns(spec:dict|None, time_column:str|None=None) -> list[str]:
+    "The names of the columns `spec` adds, in the order they are added."
+    spec, time_column = check_spec(spec, time_column), _none(time_column)
+    return ([f'{time_column}_{p}' for p in spec.get('time_parts') or []] + [f'log_{c}' for c in spec.get('log') or []]
+            + list(spec.get('ratios') or {}))
+
+def source_columns(spec:dict|None, time_column:str|None=None) -> list[str]:
+    "The raw columns `spec` reads."
+    spec, time_column = check_spec(spec, time_column), _none(time_column)
+    cols = ([time_column] if spec.get('time_parts') else []) + list(spec.get('log') or [])
+    for pair in (spec.get('ratios') or {}).values(): cols += list(pair)
+    return list(dict.fromkeys(cols))
+
+def build_features(cols:dict, spec:dict|None, time_column:str|None=None) -> dict[str, np.ndarray]:
+    """The derived columns of `spec` from raw columns `cols` (name -> numpy array): numbers as float64, the time column as
+    `datetime64` (naive UTC) or epoch seconds. Numpy only: the server runs this before an ONNX model, `add_features` for pandas."""
+    spec, time_column = check_spec(spec, time_column), _none(time_column)
+    out = {}
+    if spec.get('time_parts'):
+        out |= {f'{time_column}_{p}': v for p, v in time_parts(cols[time_column], spec['time_parts']).items()}
+    for c in spec.get('log') or []:
+        out[f'log_{c}'] = np.log1p(np.clip(np.asarray(cols[c], dtype='float64'), 0, None))
+    for name, (a, b) in (spec.get('ratios') or {}).items():
+        num, den = np.asarray(cols[a], dtype='float64'), np.asarray(cols[b], dtype='float64')
+        with np.errstate(divide='ignore', invalid='ignore'): out[name] = num / np.where(den != 0, den, np.nan)
     return out
+
+def _numpy_column(s:pd.Series, what:str) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s): return s.to_numpy(dtype='float64', na_value=np.nan)
+    raise MlopsError(f"{what}: column '{s.name}' is not numeric")
+
+def add_features(df:pd.DataFrame, spec:dict, time_column:str|None=None) -> pd.DataFrame:
+    "A copy of `df` with the time parts, logs and ratios asked for in `spec` (see `prepare.features`), computed by `build_features`."
+    spec, time_column = check_spec(spec, time_column), _none(time_column)
+    cols = {}
+    if spec.get('time_parts'):
+        _need(df, [time_column], f"feature '{time_column}_{spec['time_parts'][0]}'")
+        s = df[time_column]
+        if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+            t = _as_time(s)
+            if not pd.api.types.is_datetime64_any_dtype(t):
+                raise MlopsError(f"feature spec: time parts need datetimes or epoch seconds, but '{time_column}' is {t.dtype}")
+            cols[time_column] = t.to_numpy(dtype='datetime64[us]')
+        else: cols[time_column] = s.to_numpy(dtype='float64', na_value=np.nan)
+    for c in spec.get('log') or []:
+        _need(df, [c], f"feature 'log_{c}'"); cols[c] = _numpy_column(df[c], f"feature 'log_{c}'")
+    for name, pair in (spec.get('ratios') or {}).items():
+        _need(df, pair, f"feature '{name}'")
+        for c in pair: cols[c] = _numpy_column(df[c], f"feature '{name}'")
+    out = df.copy()
+    for k, v in build_features(cols, spec, time_column).items(): out[k] = v
+    return out
+
+# %% ../nbs/03_features.ipynb #f11a0004
+class FeatureBuilder(TransformerMixin, BaseEstimator):
+    """The feature step inside the fitted model: raw records in (a DataFrame), the same columns plus the derived ones of
+    `spec` out. The first step of every trained pipeline, so the registered model is the whole prediction function."""
+    def __init__(self, spec:dict|None=None, time_column:str|None=None):
+        self.spec, self.time_column = spec, time_column
+
+    def fit(self, X, y=None):
+        check_spec(self.spec, self.time_column)
+        if not isinstance(X, pd.DataFrame): raise MlopsError(f"FeatureBuilder needs a DataFrame of raw columns, got {type(X).__name__}")
+        _need(X, source_columns(self.spec, self.time_column), 'FeatureBuilder')
+        self.feature_names_in_ = np.array([str(c) for c in X.columns], dtype=object)
+        self.n_features_in_ = len(X.columns)
+        self.derived_ = derived_columns(self.spec, self.time_column)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, 'derived_')
+        if not isinstance(X, pd.DataFrame): raise MlopsError(f"FeatureBuilder needs a DataFrame of raw columns, got {type(X).__name__}")
+        return add_features(X, self.spec or {}, self.time_column)
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, 'derived_')
+        return np.array([*self.feature_names_in_, *self.derived_], dtype=object)
 
 # %% ../nbs/03_features.ipynb #db376043
 def _fraction(name:str, f) -> float:

@@ -248,9 +248,9 @@ class Loop:
         if not f.exists():      # serve the day's traffic through the service
             raw = self._sim().day(day)
             info = self._reg().info(champ, verify=False)
-            X = self._features(raw)[info['features']]
+            X = raw[info['features']]     # the raw record: the version builds its own features
             scores, served = self.svc.predict(X, f'd{day:04d}')
-            out = self._features(raw).assign(score=scores, version=served, day=day)
+            out = self._features(raw).assign(score=scores, version=served, day=day)   # kept with derived features, for drift on both
             self.days_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(f, 'wb') as fh: out.to_parquet(fh, index=False)
         served = pd.read_parquet(f)

@@ -15,9 +15,9 @@ from .core import MlopsError, TRUSTED_TYPES, atomic_write, load_skops, read_json
 
 # %% auto #0
 __all__ = ['STATUSES', 'DEFAULT_MODEL', 'KEY_METRICS', 'onnx_input_spec', 'onnx_feeds', 'export_onnx', 'onnx_session',
-           'onnx_predict', 'onnx_parity', 'sha256_file', 'git_state', 'data_hash', 'card_markdown', 'card_html',
-           'check_model_name', 'parse_model_ref', 'Registry', 'registry_from_args', 'cli_models', 'TRUSTED_TYPES',
-           'load_skops']
+           'onnx_predict', 'split_feature_step', 'onnx_model_frame', 'onnx_parity', 'sha256_file', 'git_state',
+           'data_hash', 'card_markdown', 'card_html', 'check_model_name', 'parse_model_ref', 'Registry',
+           'registry_from_args', 'cli_models', 'TRUSTED_TYPES', 'load_skops']
 
 # %% ../nbs/07_registry.ipynb #1c4425f6
 _CONVERTERS = {}
@@ -231,10 +231,41 @@ def _sk_predict(pipeline, X) -> np.ndarray:
     if hasattr(pipeline, 'predict_proba'): return np.asarray(pipeline.predict_proba(X), dtype='float64')[:, -1]
     return np.asarray(pipeline.predict(X), dtype='float64').reshape(-1)
 
+def split_feature_step(pipeline):
+    "`(feature_step, rest)` of a pipeline whose first step is a `features.FeatureBuilder`, else `(None, pipeline)`."
+    from sklearn.pipeline import Pipeline
+    if isinstance(pipeline, Pipeline) and len(pipeline.steps) > 1 and type(pipeline.steps[0][1]).__name__ == 'FeatureBuilder':
+        return pipeline.steps[0][1], Pipeline(pipeline.steps[1:])
+    return None, pipeline
+
+def _used_columns(pipeline) -> list[str]:
+    "The input columns the first step (a `ColumnTransformer`) of `pipeline` reads, in its input order."
+    ct = pipeline.steps[0][1]
+    used = {c for name, t, cols in ct.transformers_ if not (isinstance(t, str) and t == 'drop') for c in cols}
+    return [c for c in ct.feature_names_in_ if c in used]
+
+def onnx_model_frame(step, X):
+    """The columns an ONNX graph of the rest of the pipeline takes, built from the raw frame `X` the way the server does it:
+    `X` as numpy arrays, then the numpy `features.build_features` (not pandas), so the parity check covers raw input."""
+    import pandas as pd
+    from mlops_nb.data import _to_datetime
+    from mlops_nb.features import build_features
+    cols = {}
+    for c in X.columns:
+        s = X[c]
+        if c == step.time_column and not (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)):
+            cols[c] = _to_datetime(s).to_numpy(dtype='datetime64[us]')
+        elif _is_numeric(s): cols[c] = s.to_numpy(dtype='float64', na_value=np.nan)
+        else: cols[c] = s.to_numpy(dtype=object)
+    derived = build_features(cols, step.spec or {}, step.time_column)
+    return pd.DataFrame({**{c: X[c].to_numpy() for c in X.columns}, **derived}, index=X.index)
+
 def onnx_parity(pipeline, onnx_bytes:bytes, X, tolerance:float=1e-4) -> dict:
-    "Compare ONNX and scikit-learn predictions on `X`: `max_abs_diff`, `ok` (within `tolerance`), `rows` over it."
+    """Compare ONNX and scikit-learn predictions on the rows `X` (raw records when the pipeline starts with a feature step):
+    `max_abs_diff`, `ok` (within `tolerance`), `rows` over it."""
     if len(X) == 0: raise MlopsError('onnx_parity: X has no rows')
-    ref, got = _sk_predict(pipeline, X), onnx_predict(onnx_session(onnx_bytes), X)
+    step, _ = split_feature_step(pipeline)
+    ref, got = _sk_predict(pipeline, X), onnx_predict(onnx_session(onnx_bytes), onnx_model_frame(step, X) if step is not None else X)
     diff = np.abs(ref - got)
     worst = float(np.nanmax(diff)) if np.isfinite(diff).any() else float('inf')
     if np.isnan(diff).any(): worst = float('inf')
@@ -338,7 +369,9 @@ def card_markdown(info:dict, figures:list[str]=()) -> str:
          '## Data', '',
          _md_table([('data folder', data.get('path')), ('snapshot sha256', data.get('sha256')), ('DVC md5', data.get('dvc_md5')),
                     ('rows (train / valid / test)', ' / '.join(str((info.get('rows') or {}).get(k, '—')) for k in ('train', 'valid', 'test')) if info.get('rows') else None),
-                    ('input columns', ', '.join(info.get('features') or []))], ('what', 'value')), '',
+                    ('input columns', ', '.join(info.get('features') or [])),
+                    *([('features built inside the model', ', '.join((info.get('feature_step') or {}).get('derived') or []) or 'none')]
+                      if info.get('feature_step') else [])], ('what', 'value')), '',
          '## Training', '',
          _md_table([('estimator', info.get('estimator')), ('best parameters', json.dumps(info.get('best_params') or {}, sort_keys=True)),
                     ('trained at', info.get('trained_at')), ('training time (s)', info.get('training_seconds')),
@@ -663,9 +696,12 @@ def _register(self, model, *, features:list[str], task:str, schema=None, metrics
         onnx = dict(kept=False, tolerance=float(onnx_tolerance))
         if X_test is not None and len(X_test):
             try:
-                b = export_onnx(model, X_test)
+                step, rest = split_feature_step(model)   # the feature step runs before the graph, in numpy (features.build_features)
+                Xm = X_test if step is None else onnx_model_frame(step, X_test)[_used_columns(rest)]
+                b = export_onnx(rest, Xm)
                 onnx |= onnx_parity(model, b, X_test, onnx_tolerance)
-                onnx['inputs'] = onnx_input_spec(X_test)
+                onnx['inputs'] = onnx_input_spec(Xm)
+                if step is not None: onnx['pre_step'] = dict(spec=step.spec or {}, time_column=step.time_column, derived=list(step.derived_))
                 onnx['outputs'] = [o.name for o in onnx_session(b).get_outputs()]
                 if onnx['ok']:
                     (tmp/'model.onnx').write_bytes(b); onnx['kept'] = True
@@ -760,6 +796,7 @@ def _set_alias(self, version, alias:str='champion', reason:str='', actor:str|Non
     if not _ALIAS.match(str(alias)): raise MlopsError(f"alias {alias!r} is not valid: use lowercase letters, digits, '-' or '_' (e.g. champion)")
     v = self.resolve(version)
     info = self.info(v)                       # verifies the manifest: a damaged version is never promoted
+    self.load_check(v)                        # and loads it as a server would: a version no server can start is never promoted
     if info['status'] != 'accepted' and not force:
         raise MlopsError(f"{v} has status '{info['status']}': only accepted versions can be promoted "
                          f"({'it failed the deploy gate' if info['status'] == 'rejected' else 'it was archived'}); use force to override")
@@ -775,11 +812,22 @@ def _set_alias(self, version, alias:str='champion', reason:str='', actor:str|Non
     self.log.info('%s: %s -> %s (was %s)', action, alias, v, prev)
     return entry
 
+def _load_check(self, version) -> Path:
+    """Load `version` as a server would, without keeping it: manifest, the skops file with trusted types only, the ONNX
+    session. Raises `MlopsError` naming what fails; called before an alias moves."""
+    d = self.version_dir(version)
+    load_skops(d/'model.skops')
+    if (d/'model.onnx').exists():
+        try: onnx_session((d/'model.onnx').read_bytes())
+        except MlopsError as e: raise MlopsError(f"{d/'model.onnx'}: {e}") from None
+    return d
+
 def _promote(self, version, alias:str='champion', reason:str='', actor:str|None=None, force:bool=False) -> dict|None:
     "Point `alias` (default `champion`) at `version`, recording who, when and why."
     return self._set_alias(version, alias, reason, actor, 'promote', force)
 
 Registry._append_history, Registry._set_alias, Registry.promote = _append_history, _set_alias, _promote
+Registry.load_check = _load_check
 
 # %% ../nbs/07_registry.ipynb #9fe7250e
 def _rollback(self, to=None, alias:str='champion', reason:str='', actor:str|None=None) -> dict:

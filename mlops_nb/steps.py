@@ -19,10 +19,11 @@ from .params import check_params
 
 # %% auto #0
 __all__ = ['log', 'KEY_METRICS', 'batch_summary', 'recorded_failure', 'rounded', 'key_metrics', 'key_path', 'run_collect',
-           'reference_rows', 'Prepared', 'champion_contract', 'quarantine', 'run_prepare', 'load_split', 'Trained',
-           'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed',
-           'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference',
-           'monitor_reference', 'current_window', 'run_monitor']
+           'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared', 'champion_contract', 'quarantine',
+           'Checked', 'check_batches', 'reject', 'run_prepare', 'load_split', 'Trained', 'run_train', 'Evaluated',
+           'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of',
+           'release_line', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference', 'monitor_reference',
+           'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -56,11 +57,11 @@ import contextlib
 
 @contextlib.contextmanager
 def recorded_failure(stage:str, quality_path:str|Path|None):
-    "On any `MlopsError` inside, write `{ok: false, stage, error}` to `quality_path` (unless the stage wrote its own report), then re-raise."
+    "On any error inside, write `{ok: false, stage, error}` to `quality_path` (unless the stage wrote its own report), then re-raise."
     p = Path(quality_path) if quality_path else None
     before = p.stat().st_mtime_ns if p is not None and p.exists() else None
     try: yield
-    except MlopsError as e:
+    except Exception as e:
         if p is not None and (not p.exists() or p.stat().st_mtime_ns == before):
             err = e.to_dict() if isinstance(e, DataError) else dict(detail=str(e))
             write_json(p, dict(ok=False, stage=stage, error=dict(type=type(e).__name__, message=str(e), **err)))
@@ -102,7 +103,7 @@ def key_path(detail_path:str|Path, stage:str) -> Path:
 
 # %% ../nbs/06_steps.ipynb #1e2be1a1
 def run_collect(params:dict, raw_dir:str|Path='data/raw', quality_path:str|Path|None=None) -> pd.DataFrame:
-    "Collect the configured sources' data window into `raw_dir` (replaced atomically); return the batch summary."
+    "Collect the configured sources' data window, validate it as prepare will (`check_batches`) and only then replace `raw_dir` with it; return the batch summary.\n    A rejected window goes to `quarantine/` beside `raw_dir`, with its report in `quality_path`; `raw_dir` keeps the last good batches."
     with recorded_failure('collect', quality_path):
         check_params(params)
         task, c = _task(params), params.get('collect') or {}
@@ -110,8 +111,32 @@ def run_collect(params:dict, raw_dir:str|Path='data/raw', quality_path:str|Path|
         batches = collect(c['sources'], start_day=int(c.get('start_day', 0)),
                           days=int(c.get('days', 0)), seed=int(params.get('seed', 0)), sim_params=params.get('sim') or {},
                           time_column=task['time_column'])
-        write_batches(batches, raw_dir)
+        with atomic_dir(raw_dir) as tmp:    # the new snapshot: it replaces the last good one only once it passed
+            write_batches(batches, tmp)
+            checked = check_batches(params, read_batches(tmp))   # read back: exactly what prepare will read
+            if not checked.ok: reject(checked, raw_dir, quality_path, 'collect', f'{raw_dir} keeps the last good batches')
     return batch_summary(batches, task['target'], task['time_column'])
+
+# %% ../nbs/06_steps.ipynb #1e2be1a2
+def run_fingerprint(params_path:str|Path='params.yaml', out_path:str|Path='data/sources.json',
+                    quality_path:str|Path|None='metrics/data_quality.json') -> list[dict]:
+    "The `sources` stage: write what every source of `collect.sources` holds now (`data.source_fingerprint`) to `out_path`, for collect to depend on."
+    from mlops_nb.core import load_params
+    from mlops_nb.data import source_fingerprint
+    with recorded_failure('sources', quality_path):
+        params = check_params(load_params(params_path), str(params_path))
+        fp = source_fingerprint((params.get('collect') or {}).get('sources') or [], _task(params)['time_column'])
+        write_json(out_path, fp)
+    return fp
+
+def sources_stage(params_path:str|Path='params.yaml', out_path:str|Path='data/sources.json') -> int:
+    "The `sources` stage's command (`dvc.yaml`): 0 when the fingerprint is written, else 1 with the error, as itself, on stderr."
+    import sys
+    try: run_fingerprint(params_path, out_path)
+    except MlopsError as e:
+        print(f"sources: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 # %% ../nbs/06_steps.ipynb #f644bd6f
 def reference_rows(batches:list[Batch], time_column:str|None, train_fraction:float) -> pd.DataFrame:
@@ -151,10 +176,10 @@ class Prepared:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=['source', 'column', 'rule', 'count', 'total', 'detail', 'severity'])
 
 # %% ../nbs/06_steps.ipynb #48c85d91
-def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.DataFrame|None) -> dict:
+def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.DataFrame|None, stage:str='prepare') -> dict:
     "The JSON data-quality report: per-batch verdicts and violations, and per-column statistics of the accepted data."
     errors = [v for r in reports for v in r.violations if v.get('severity', 'error') == 'error']
-    q = dict(ok=not errors, stage='prepare', batches=len(reports), rows=sum(r.rows for r in reports),
+    q = dict(ok=not errors, stage=stage, batches=len(reports), rows=sum(r.rows for r in reports),
              failed_batches=sum(not r.ok for r in reports), errors=len(errors),
              warnings=sum(v.get('severity') == 'warning' for r in reports for v in r.violations),
              per_batch=[dict(source=r.source, rows=r.rows, ok=r.ok, violations=r.violations) for r in reports])
@@ -200,41 +225,66 @@ def quarantine(batches:list[Batch], reports:list[ValidationReport], folder:str|P
     if out: log.error('rejected batches kept in %s: %s', folder, ', '.join(p.stem for p in out))
     return out
 
+# %% ../nbs/06_steps.ipynb #b3e1c0d5
+@dataclass
+class Checked:
+    "Batches as validated (null tokens applied), the schema they were checked against and one report per batch."
+    batches: list[Batch]
+    schema: Schema
+    reports: list[ValidationReport]
+
+    @property
+    def ok(self) -> bool: return all(r.ok for r in self.reports)
+
+def check_batches(params:dict, batches:list[Batch]) -> Checked:
+    "Every check a batch must pass, the same in collect (before `data/raw` is replaced) and in prepare: the columns params name,\n    the schema (pinned, or inferred from the reference window, with the absolute rules), and the champion's schema (the production contract)."
+    task, p = _task(params), params.get('prepare') or {}
+    split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
+    batches = [Batch(b.name, b.source, apply_null_tokens(b.frame, p.get('null_tokens'))) for b in batches]
+    _check_task_columns(task, p, batches)
+    if p.get('schema'): schema = Schema.load(p['schema'])
+    else:
+        ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
+        schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'], id_columns=task['id_columns'])
+    reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
+    contract = champion_contract(params) if (p.get('schema_evolution') or 'refuse') != 'allow' else None
+    if contract is not None:   # the production contract: a change of columns or kinds is refused
+        cschema, cversion, derived = contract
+        for b, r in zip(batches, reports):
+            r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema",
+                                           expected=[task['target'], task['time_column'], *task['id_columns']])
+    return Checked(batches, schema, reports)
+
+def reject(checked:Checked, raw_dir:str|Path, quality_path:str|Path|None, stage:str, kept:str):
+    "Stop `stage` on a checked set with a failed batch: its quality report to `quality_path`, the bad batches to quarantine, the first error raised."
+    if quality_path: write_json(quality_path, _quality_report(checked.schema, checked.reports, None, stage))
+    quarantine(checked.batches, checked.reports, Path(raw_dir).parent/'quarantine')
+    bad = [r for r in checked.reports if not r.ok]
+    log.error('%s: %d of %d batches break the schema; %s', stage, len(bad), len(checked.reports), kept)
+    bad[0].raise_for_errors()
+
+
 # %% ../nbs/06_steps.ipynb #10d437f1
 def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data/prepared',
                 quality_path:str|Path='metrics/data_quality.json') -> Prepared:
     "Validate every raw batch against the schema, then clean, add features and split by time into `out_dir`.\n    Rejected batches are copied, each with its violations, to `quarantine/` beside `raw_dir`."
     with recorded_failure('prepare', quality_path):
         check_params(params)
-        from mlops_nb.features import add_features, clean, feature_columns, time_split
+        from mlops_nb.features import add_features, clean, feature_columns, source_columns, time_split
         task, p = _task(params), params.get('prepare') or {}
         split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
-        batches = [Batch(b.name, b.source, apply_null_tokens(b.frame, p.get('null_tokens'))) for b in read_batches(raw_dir)]
-        _check_task_columns(task, p, batches)
-        if p.get('schema'): schema = Schema.load(p['schema'])
-        else:
-            ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
-            schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'], id_columns=task['id_columns'])
-        reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
-        evolution = p.get('schema_evolution') or 'refuse'
-        contract = champion_contract(params) if evolution != 'allow' else None
-        if contract is not None:   # the production contract: a change of columns or kinds is refused
-            cschema, cversion, derived = contract
-            for b, r in zip(batches, reports):
-                r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema",
-                                               expected=[task['target'], task['time_column'], *task['id_columns']])
+        checked = check_batches(params, read_batches(raw_dir))
+        batches, schema, reports = checked.batches, checked.schema, checked.reports
         result = Prepared(schema, reports)
-        if not result.ok:
-            write_json(quality_path, _quality_report(schema, reports, None))
-            bad = [r for r in reports if not r.ok]
-            quarantine(batches, reports, Path(raw_dir).parent/'quarantine')
-            log.error('%d of %d batches break the schema; nothing was written to %s', len(bad), len(reports), out_dir)
-            bad[0].raise_for_errors()
+        if not result.ok: reject(checked, raw_dir, quality_path, 'prepare', f'nothing was written to {out_dir}')
         frame = pd.concat([schema.apply_dtypes(b.frame) for b in batches], ignore_index=True)
         frame = clean(frame, task['target'], task['time_column'], task['id_columns'])
-        frame = add_features(frame, p.get('features') or {}, task['time_column'])
-        result.splits = time_split(frame, task['time_column'], split['valid_fraction'], split['test_fraction'])
         exclude = task['id_columns'] + ([task['time_column']] if task['time_column'] else [])
+        fspec = p.get('features') or {}
+        used = set(source_columns(fspec, task['time_column']))   # the time column is an input when time parts are derived from it
+        inputs = [c for c in frame.columns if c != task['target'] and (c not in exclude or c in used)]
+        frame = add_features(frame, fspec, task['time_column'])
+        result.splits = time_split(frame, task['time_column'], split['valid_fraction'], split['test_fraction'])
         result.numeric, result.categorical = feature_columns(result.splits['train'], task['target'], exclude)
         result.quality = _quality_report(schema, reports, frame)
         with atomic_dir(out_dir) as tmp:
@@ -242,6 +292,7 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
             schema.save(tmp/'schema.json')
             write_json(tmp/'features.json', dict(task=task['type'], target=task['target'], time_column=task['time_column'],
                                                  id_columns=task['id_columns'], numeric=result.numeric, categorical=result.categorical,
+                                                 inputs=inputs, features=fspec,
                                                  rows={k: len(v) for k, v in result.splits.items()}))
         write_json(quality_path, result.quality)
         write_json(key_path(quality_path, 'prepare'), key_metrics('prepare', result.quality))
@@ -271,11 +322,14 @@ def run_train(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|
     from mlops_nb.train import make_estimator, make_pipeline, save_model, search
     task, t, seed = _task(params), params.get('train') or {}, int(params.get('seed', 0))
     train, spec = load_split(prepared_dir, 'train')
-    cols = spec['numeric'] + spec['categorical']
+    # the pipeline takes the raw record (`inputs`) and builds the features itself; folders prepared before that take the model columns
+    raw = 'inputs' in spec
+    cols = spec['inputs'] if raw else spec['numeric'] + spec['categorical']
     est = make_estimator(t.get('estimator', 'hist_gradient_boosting'), task['type'], t.get('estimator_params'), seed)
     s = dict(method='random', n_iter=10, cv_splits=3, scoring=None, space={}) | (t.get('search') or {})
     start = time.perf_counter()
-    args = (make_pipeline(spec['numeric'], spec['categorical'], est), train[cols], train[task['target']], s['space'])
+    args = (make_pipeline(spec['numeric'], spec['categorical'], est, spec.get('features') or {} if raw else None,
+                          spec.get('time_column')), train[cols], train[task['target']], s['space'])
     kw = dict(method=s['method'], n_iter=int(s['n_iter']), cv_splits=int(s['cv_splits']), scoring=s['scoring'], seed=seed)
     dk = params.get('dask') or {}
     if dk or any(os.environ.get(v) for v in ('MLOPS_NB_DASK_SCHEDULER', 'DASK_SCHEDULER_ADDRESS')):
@@ -320,7 +374,7 @@ def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:s
     task, e, seed = _task(params), params.get('evaluate') or {}, int(params.get('seed', 0))
     model = load_model(Path(model_dir)/'model.skops')
     test, spec = load_split(prepared_dir, 'test')
-    cols, y = spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
+    cols, y = spec.get('inputs') or spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
     scores = ev.predict_scores(model, test[cols], task['type'])
     n_bins = int(e.get('calibration_bins', 10))
     if task['type'] == 'classification':
@@ -418,7 +472,7 @@ def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir
     reg = Registry(registry or d['registry'], d['model_name'])
     model, spec = load_model(Path(model_dir)/'model.skops'), read_json(Path(model_dir)/'model.json')
     test, _ = load_split(prepared_dir, 'test')
-    features, y = spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
+    features, y = spec.get('inputs') or spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
     n_bins, n_lat = int(e.get('calibration_bins', 10)), int(d['latency_rows'])
     threshold = None
     if task['type'] == 'classification':
@@ -470,14 +524,16 @@ class Deployed:
 
 # %% ../nbs/06_steps.ipynb #eb09b3d0
 def reference_profile_of(model, features:list[str], numeric:list[str], train:pd.DataFrame, test:pd.DataFrame,
-                         task:str, threshold:float|None):
-    "The monitor `Profile` of a model: its input `features` of `train`, its scores/labels on the `test` rows."
+                         task:str, threshold:float|None, profiled:list[str]|None=None):
+    """The monitor `Profile` of a model: the columns `profiled` (default: its input `features`; e.g. raw inputs + derived
+    features) of `train`, its scores/labels on the `test` rows (predicted from `features`)."""
     from mlops_nb import monitor as mon
     from mlops_nb.evaluate import predict_scores
-    num = [f for f in features if f in (numeric or [])]
+    cols = [f for f in (profiled or features) if f in train.columns]
+    num = [f for f in cols if f in (numeric or [])]
     scores = predict_scores(model, test[features], task)
     labels = (scores >= (threshold if threshold is not None else 0.5)).astype(int) if task == 'classification' else None
-    return mon.reference_profile(train, num, [f for f in features if f not in num], scores, labels,
+    return mon.reference_profile(train, num, [f for f in cols if f not in num], scores, labels,
                                  psi_bins=mon.DEFAULTS['drift']['psi_bins'])
 
 # %% ../nbs/06_steps.ipynb #013b90bf
@@ -516,14 +572,24 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     figures = {p.stem: p for p in sorted(Path(figures_dir).glob('*.png'))} if Path(figures_dir).is_dir() else {}
     status = 'accepted' if c.gate['passed'] else 'rejected'
     spec = c.spec
-    profile = reference_profile_of(c.model, c.features, spec.get('numeric'), train, c.test, task['type'], c.threshold)
+    step = None
+    if 'inputs' in spec:   # the version takes the raw record: its schema is the raw contract, drift is watched on inputs and derived features
+        from mlops_nb.features import derived_columns
+        step = dict(spec=spec.get('features') or {}, time_column=spec.get('time_column'), inputs=spec['inputs'],
+                    derived=derived_columns(spec.get('features') or {}, spec.get('time_column')), id_columns=spec.get('id_columns') or [])
+        schema = Schema.load(Path(prepared_dir)/'schema.json')
+        schema = Schema({k: v for k, v in schema.columns.items() if k in c.features}, None, None)
+    else: schema = Schema.infer(train[c.features])
+    profile = reference_profile_of(c.model, c.features, spec.get('numeric'), train, c.test, task['type'], c.threshold,
+                                   (spec.get('numeric') or []) + (spec.get('categorical') or []) if step else None)
     with tempfile.TemporaryDirectory(prefix='mlops-nb-profile-') as td:
-        version = reg.register(c.model, features=c.features, task=task['type'], schema=Schema.infer(train[c.features]),
+        version = reg.register(c.model, features=c.features, task=task['type'], schema=schema,
                                metrics=c.metrics, params={k: params.get(k) for k in ('seed', 'task', 'prepare', 'train', 'evaluate', 'deploy') if k in params},
                                threshold=c.threshold, X_test=c.test[c.features], onnx_tolerance=float(d['onnx_tolerance']), status=status,
                                lineage=lineage, figures=figures, gate=c.gate,
                                extra=dict(estimator=spec.get('estimator'), best_params=spec.get('best_params'), target=spec.get('target'),
-                                          numeric=spec.get('numeric'), categorical=spec.get('categorical'), rows=spec.get('rows')),
+                                          numeric=spec.get('numeric'), categorical=spec.get('categorical'), rows=spec.get('rows'),
+                                          **({'feature_step': step} if step else {})),
                                artifacts={'profile': profile.save(Path(td)/'profile')})
     before, alias = c.champion, None
     if c.gate['passed']:
@@ -583,6 +649,7 @@ class MonitorReference:
     note: str
     model_path: Path|None = None
     registry: object = None
+    inputs: list|None = None    # the model's input columns (the raw record for versions with a feature step)
 
     def load_model(self):
         "The reference's scikit-learn pipeline (verified and trusted-types only)."
@@ -608,16 +675,19 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
         metrics = dict(info.get('metrics') or {}, threshold=info.get('threshold'))
         if prof is not None:
             return MonitorReference(prof, metrics, info.get('threshold'), 'registry', champ,
-                                    f"champion {champ} of {reg.where}: profile saved at registration", registry=reg)
+                                    f"champion {champ} of {reg.where}: profile saved at registration", registry=reg, inputs=info.get('features'))
         train, spec = load_split(prepared_dir, 'train')
         test, _ = load_split(prepared_dir, 'test')
         lost = [f for f in info['features'] if f not in train.columns]
         if lost: raise MlopsError(f"{reg.where}: champion {champ} has no saved profile and {prepared_dir} lacks its input column(s) {lost}")
-        prof = reference_profile_of(reg.load(champ), info['features'], spec['numeric'], train, test, task['type'], info.get('threshold'))
+        model = reg.load(champ)
+        from mlops_nb.registry import split_feature_step   # a raw-record model: watch its raw inputs and derived features, as deploy does
+        profiled = spec['numeric'] + spec['categorical'] if split_feature_step(model)[0] is not None else None
+        prof = reference_profile_of(model, info['features'], spec['numeric'], train, test, task['type'], info.get('threshold'), profiled)
         return MonitorReference(prof, metrics, info.get('threshold'), 'registry', champ,
                                 f"champion {champ} of {reg.where} was registered without a reference profile: profiled "
                                 f"{Path(prepared_dir)/'train.parquet'} (the current training split) and scored its test split instead",
-                                registry=reg)
+                                registry=reg, inputs=info.get('features'))
     train, spec = load_split(prepared_dir, 'train')
     evaluation = read_json(evaluation_path) if Path(evaluation_path).exists() else {}
     scores = labels = None
@@ -627,7 +697,7 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
     prof = mon.reference_profile(train, spec['numeric'], spec['categorical'], scores, labels)
     return MonitorReference(prof, evaluation, evaluation.get('threshold'), 'candidate', None,
                             f"no champion in {reg.where} yet: the reference is the candidate ({Path(prepared_dir)/'train.parquet'}, "
-                            f"{model_dir}, {evaluation_path})", model_path=Path(model_dir)/'model.skops')
+                            f"{model_dir}, {evaluation_path})", model_path=Path(model_dir)/'model.skops', inputs=spec.get('inputs'))
 
 def current_window(params:dict, current:dict|None=None) -> pd.DataFrame:
     "The raw rows of the monitored window described by `monitor.current` (simulator days, a file/folder, or captures)."
@@ -655,13 +725,17 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
                 plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None) -> Monitored:
     "Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality, predictions, performance, alerts."
     from mlops_nb import monitor as mon
-    from mlops_nb.features import add_features
+    from mlops_nb.features import add_features, derived_columns
     task, m = _task(params), dict(params.get('monitor') or {})
     cfg = mon.settings(m)
     ref = monitor_reference(params, prepared_dir, model_dir, predictions_path, evaluation_path, registry)
     (log.info if ref.source == 'registry' else log.warning)(f"monitor: reference: {ref.note}")
     profile = ref.profile.rebin(cfg['drift']['psi_bins'])
     cols = list(profile.columns)
+    lost = [f for f in cfg['alerts']['features'] if f not in cols]
+    if lost:   # an alert on a column that is not there would never fire: say so instead
+        raise MlopsError(f"params monitor.alerts.features: {', '.join(map(repr, lost))} {'is' if len(lost) == 1 else 'are'} not "
+                         f"a feature of the model monitored ({'champion ' + ref.version if ref.version else 'the candidate'}); its features: {', '.join(cols)}")
     cur = current_window(params, m.get('current')) if current is None else current
     if len(cur):
         try: cur = add_features(Schema.load(Path(prepared_dir)/'schema.json').apply_dtypes(cur), (params.get('prepare') or {}).get('features') or {}, task['time_column'])
@@ -673,14 +747,16 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
             scores = cur['prediction'].to_numpy(dtype='float64', na_value=np.nan)
             labels = cur['predicted_label'].to_numpy() if clf and 'predicted_label' in cur.columns else ((scores >= thr).astype(int) if clf else None)
             cur_pred = dict(score=scores, label=labels)
-        elif all(c in cur.columns for c in cols) and (ref.registry is not None or (ref.model_path and ref.model_path.exists())):
+        elif all(c in cur.columns for c in (ref.inputs or cols)) and (ref.registry is not None or (ref.model_path and ref.model_path.exists())):
             from mlops_nb.evaluate import predict_scores
-            scores = predict_scores(ref.load_model(), cur[cols], task['type'])
+            scores = predict_scores(ref.load_model(), cur[ref.inputs or cols], task['type'])
             cur_pred = dict(score=scores, label=(scores >= thr).astype(int) if clf else None)
     result = mon.monitor(profile, cur, cfg, columns=cols, cur_predictions=cur_pred,
                          target=task['target'], time_column=task['time_column'], task=task['type'],
                          threshold=thr, reference_metrics=ref.metrics)
     result.reference = ref.describe()
+    derived = set(derived_columns((params.get('prepare') or {}).get('features') or {}, task['time_column']))
+    result.drift.table.insert(1, 'source', ['derived feature' if c in derived else 'raw input' for c in result.drift.table['column']])
     dot = None
     if task['time_column'] and task['time_column'] in cur.columns and len(cur):
         dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)

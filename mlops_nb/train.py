@@ -20,7 +20,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, RandomizedSearc
 from sklearn.pipeline import Pipeline
 
 from .core import MlopsError, TRUSTED_TYPES, atomic_write, get_logger, load_skops, save_skops
-from .features import make_preprocessor
+from .features import FeatureBuilder, make_preprocessor
 
 # %% auto #0
 __all__ = ['ESTIMATORS', 'TASKS', 'make_estimator', 'make_pipeline', 'search', 'save_model', 'load_model', 'TRUSTED_TYPES']
@@ -53,9 +53,13 @@ def make_estimator(name:str, task:str, params:dict|None=None, seed:int=0):
     return est.set_params(**params)
 
 # %% ../nbs/04_train.ipynb #54cf5596
-def make_pipeline(numeric:list[str], categorical:list[str], estimator) -> Pipeline:
-    "A `Pipeline` of the `features.make_preprocessor` step `'preprocess'` and the estimator step `'model'`."
-    return Pipeline([('preprocess', make_preprocessor(numeric, categorical)), ('model', estimator)])
+def make_pipeline(numeric:list[str], categorical:list[str], estimator, features:dict|None=None, time_column:str|None=None) -> Pipeline:
+    """A `Pipeline` of the feature step `'features'` (a `features.FeatureBuilder` of the spec `features`, taking raw records),
+    the `features.make_preprocessor` step `'preprocess'` and the estimator step `'model'`. `features=None` leaves the feature
+    step out (the pipeline then takes the model columns themselves)."""
+    steps = [('preprocess', make_preprocessor(numeric, categorical)), ('model', estimator)]
+    if features is not None: steps.insert(0, ('features', FeatureBuilder(dict(features), time_column or None)))
+    return Pipeline(steps)
 
 # %% ../nbs/04_train.ipynb #b7621604
 def _space(pipeline:Pipeline, space:dict) -> dict:

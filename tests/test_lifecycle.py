@@ -31,7 +31,7 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     model = load_model(p/'models/candidate/model.skops')
     spec = json.loads((p/'data/prepared/features.json').read_text())
     preds = pd.read_parquet(p/'data/predictions/test.parquet')
-    scores = model.predict_proba(splits['test'][spec['numeric'] + spec['categorical']])[:, 1]
+    scores = model.predict_proba(splits['test'][spec['inputs']])[:, 1]
     assert len(preds) == len(splits['test']) and abs(preds.score.to_numpy() - scores).max() < 1e-12
     for f in ['roc.csv', 'pr.csv', 'calibration.csv', 'importance.csv', 'figures/roc.png', 'figures/confusion.png']:
         assert (p/'plots/evaluate'/f).stat().st_size > 0
@@ -42,8 +42,9 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     assert any('metrics/key/evaluate.json' in str(v) for v in shown.values())
     assert 'metrics/evaluate.json' not in json.dumps(shown)       # the full result is a plain output, not a DVC metric
 
-    # Nothing changed: nothing runs.
-    assert 'Data and pipelines are up to date' in project.run('dvc repro').stdout
+    # Nothing changed: nothing runs but the look at the sources (always_changed), which finds them unchanged.
+    again = project.run('dvc repro').stdout
+    assert "Running stage 'sources'" in again and 'Running stage' not in again.replace("Running stage 'sources'", ''), again
     project.commit('first run')
 
     # A training param changed: train and evaluate run again, collect and prepare do not.
@@ -66,7 +67,7 @@ def test_two_clean_runs_are_identical(project, tmp_path):
     for f, content in first.items(): assert (project.path/f).read_bytes() == content, f
     pd.testing.assert_frame_equal(pd.read_parquet(project.path/'data/predictions/test.parquet'), first_preds)
 
-def test_a_bad_batch_stops_dvc_repro_at_prepare(project):
+def test_a_bad_batch_stops_dvc_repro_before_data_raw_is_replaced(project):
     project.run('dvc repro prepare')   # the stages up to prepare are what this test is about
     p = project.path
     (p/'data/schema.json').write_bytes((p/'data/prepared/schema.json').read_bytes())  # the team pins the reviewed schema
@@ -74,6 +75,7 @@ def test_a_bad_batch_stops_dvc_repro_at_prepare(project):
     project.run('dvc repro prepare')
     project.commit('pinned schema')
     before = {f.name: f.read_bytes() for f in (p/'data/prepared').iterdir()}
+    raw_before = {f.name: f.read_bytes() for f in (p/'data/raw').iterdir()}
     bad = pd.read_parquet(sorted((p/'data/raw').glob('*.parquet'))[-1]).drop(columns=['country'])
     bad['transaction_id'] = 'ext-' + bad['transaction_id']
     (p/'data/external').mkdir(parents=True)
@@ -84,7 +86,8 @@ def test_a_bad_batch_stops_dvc_repro_at_prepare(project):
     assert "data/external/late.csv: column 'country' breaks rule 'missing_column'" in r.stdout + r.stderr
     assert "Running stage 'train'" not in r.stdout
     assert {f.name: f.read_bytes() for f in (p/'data/prepared').iterdir()} == before
-    assert errors_in(p/'reports/02_prepare.ipynb') == ['DataError']
+    assert {f.name: f.read_bytes() for f in (p/'data/raw').iterdir()} == raw_before   # collect refused the window
+    assert errors_in(p/'reports/01_collect.ipynb') == ['DataError']
     q = json.loads((p/'metrics/data_quality.json').read_text())
     assert not q['ok'] and q['failed_batches'] == 1
 
@@ -104,6 +107,7 @@ def test_same_pipeline_on_a_regression_csv(project):
                                                        'space': {'alpha': [0.1, 1.0, 10.0]}}}
     params['deploy']['gates'] = {'r2': {'threshold': 0.2}, 'latency_ms': {'threshold': 250}}   # regression metrics (params check)
     params['monitor']['performance']['metric'] = 'rmse'
+    params['monitor']['alerts']['features'] = ['bmi', 'sex']   # the simulator's alert columns are not in this data (an error)
     (p/'params.yaml').write_text(yaml.safe_dump(params, sort_keys=False))
     project.run('dvc repro')
     m = json.loads((p/'metrics/evaluate.json').read_text())

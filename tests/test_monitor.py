@@ -243,7 +243,9 @@ def test_monitor_stage_uses_the_champions_saved_profile(repro):
     assert {'profile/profile.json', 'profile/profile.npz'} <= set(files)          # inside the immutable version
     prof = mon.Profile.load(reg.version_dir(champ)/'profile')
     train = pd.read_parquet(repro.path/'data/prepared/train.parquet')
-    assert prof.rows == len(train) and list(prof.columns) == reg.info(champ)['features']
+    info = reg.info(champ)     # the raw inputs the model takes (but its time column) and the features it derives
+    assert prof.rows == len(train) and sorted(prof.columns) == sorted(info['numeric'] + info['categorical'])
+    assert set(info['feature_step']['derived']) <= set(prof.columns) and 'timestamp' not in prof.columns
     test = pd.read_parquet(repro.path/'data/prepared/test.parquet')
     assert prof.outputs['prediction'].rows == len(test)                             # held-out scores, not training ones
     m = json.loads((repro.path/'metrics/monitor.json').read_text())
@@ -266,7 +268,7 @@ def test_champion_without_saved_profile_is_profiled_from_the_prepared_data(repro
     P = load_params(repro.path/'params.yaml')
     ref = monitor_reference(P, repro.path/'data/prepared', registry=tmp_path/'registry')
     assert (ref.source, ref.version) == ('registry', v) and 'registered without a reference profile' in ref.note
-    assert list(ref.profile.columns) == info['features'] and ref.profile.rows == len(train)
+    assert sorted(ref.profile.columns) == sorted(info['numeric'] + info['categorical']) and ref.profile.rows == len(train)
     assert ref.profile.outputs['prediction'].rows == len(test)       # the champion's scores on the held-out rows
     saved = mon.Profile.load(src.version_dir('champion')/'profile')
     assert np.allclose(ref.profile.outputs['prediction'].values, saved.outputs['prediction'].values)   # same model, same rows
@@ -300,20 +302,20 @@ class _Service:
 def test_monitor_over_real_captures_with_feedback(repro):
     "Post-drift traffic through the real service, labels through /feedback, then `mlops-nb monitor --reference champion --current captures`."
     from mlops_nb.capture import read_captures
-    from mlops_nb.features import add_features, clean
+    from mlops_nb.features import clean
     from mlops_nb.registry import Registry
     from mlops_nb.sim import simulate
     from sklearn.metrics import roc_auc_score
     p, params = repro.path, repro.params
     info = Registry(p/'registry').info('champion')
     df = simulate(61, 4, params['seed'], **{k: v for k, v in params['sim'].items() if k in ('transactions_per_day', 'n_customers', 'fraud_rate', 'start_date', 'drift')})
-    df = add_features(clean(df, 'is_fraud', 'timestamp', ['transaction_id', 'customer_id']), params['prepare']['features'], 'timestamp')
-    X, y = df[info['features']], df['is_fraud'].to_numpy()
+    df = clean(df, 'is_fraud', 'timestamp', ['transaction_id', 'customer_id'])
+    X, y = df[info['features']], df['is_fraud'].to_numpy()      # raw records: the model builds its features
     labelled = {}
     svc = _Service(p, p/'captures')
     try:
         for b, start in enumerate(range(0, len(X), 200)):
-            rows = json.loads(X.iloc[start:start + 200].to_json(orient='records'))
+            rows = json.loads(X.iloc[start:start + 200].to_json(orient='records', date_format='iso'))
             status, obj = svc.post_raw('POST', '/invocations', {'dataframe_records': rows}, {'X-Request-ID': f'b{b}'})
             assert status == 200, obj
             for i in range(len(rows)):
@@ -332,7 +334,7 @@ def test_monitor_over_real_captures_with_feedback(repro):
     assert r.returncode == 1, r.stdout + r.stderr                                   # drift: an alert fires
     s, m = json.loads((p/'cap/status.json').read_text()), json.loads((p/'cap/monitor.json').read_text())
     assert s['reference']['source'] == 'registry' and s['reference']['version'] == info['version']
-    assert m['rows_current'] == len(X) and m['tested_features'] == len(info['features'])
+    assert m['rows_current'] == len(X) and m['tested_features'] == len(info['numeric'] + info['categorical'])
     for f in ('amount', 'log_amount', 'merchant_category'): assert m['features'][f]['drift'] is True, (f, m['features'][f])
     for f in ('country', 'timestamp_hour'): assert m['features'][f]['drift'] is False, (f, m['features'][f])
     assert {'feature_drift', 'data_quality'} <= {a['rule'] for a in s['alerts']}

@@ -63,7 +63,8 @@ def test_deploy_stage_registers_gates_and_promotes(deployed):
     shown = '\n'.join(str(o.get('data', {}).get('text/markdown', '')) for o in outs)
     assert 'Gate passed' in shown and 'v0001' in shown and 'pr_auc' in shown
     # the second repro changes nothing and keeps the registry
-    assert 'Data and pipelines are up to date' in deployed.second_repro
+    again = deployed.second_repro   # only the look at the sources runs (always_changed); it finds them unchanged
+    assert "Running stage 'sources'" in again and 'Running stage' not in again.replace("Running stage 'sources'", ''), again
     # the exp run with a stricter margin reran deploy only, rejected v0002 and kept the champion
     assert "Running stage 'deploy'" in deployed.exp and "Running stage 'train'" not in deployed.exp
     g2 = json.loads((p/'metrics/gate.json').read_text())
@@ -89,9 +90,9 @@ def test_version_holds_lineage_schema_card_and_safe_artefacts(deployed):
     assert info['data']['dvc_md5'] and info['data']['dvc_md5'] in lock and len(info['data']['sha256']) == 64
     assert info['training_seconds'] > 0 and info['trained_at'] and info['created_at']
     assert info['params']['train']['estimator'] == 'hist_gradient_boosting' and info['estimator'] == 'hist_gradient_boosting'
-    # the schema is the model's input columns, in order
+    # the schema is the raw record the model takes (its feature step builds the rest), in order
     spec = json.loads((p/'data/prepared/features.json').read_text())
-    assert info['features'] == spec['numeric'] + spec['categorical']
+    assert info['features'] == spec['inputs'] and not set(info['feature_step']['derived']) & set(info['features'])
     assert [c['name'] for c in json.loads((d/'schema.json').read_text())['columns']] == info['features']
     # the model loads back (skops, trusted types) and predicts like the candidate
     test = pd.read_parquet(p/'data/prepared/test.parquet')
@@ -103,7 +104,10 @@ def test_version_holds_lineage_schema_card_and_safe_artefacts(deployed):
     o = info['onnx']
     assert o['tolerance'] == 1e-4 and o['rows'] == len(test)
     assert o['kept'] and o['max_abs_diff'] < 1e-6 and o['rows_over'] == 0 and (d/'model.onnx').exists(), o
-    assert o['inputs'] == [dict(name=c, type='double') for c in info['numeric']] + [dict(name=c, type='string') for c in info['categorical']]
+    # the graph takes the model's columns after the feature step, which the version keeps as its numpy pre-step
+    assert o['inputs'] and all(i['type'] == ('double' if i['name'] in info['numeric'] else 'string') for i in o['inputs'])
+    assert {i['name'] for i in o['inputs']} <= set(info['numeric'] + info['categorical'])
+    assert o['pre_step']['derived'] == info['feature_step']['derived'] and set(o['pre_step']['derived']) & {i['name'] for i in o['inputs']}
     from mlops_nb.registry import onnx_session
     sess = onnx_session(reg.load_onnx('champion'))
     assert [(i.name, i.type) for i in sess.get_inputs()] == [(i['name'], f"tensor({i['type']})") for i in o['inputs']]
@@ -124,18 +128,22 @@ def test_default_model_onnx_matches_in_double_on_real_data(deployed):
     cand = load_model(p/'models/candidate/model.skops')
     assert type(cand.named_steps['model']).__name__ == 'HistGradientBoostingClassifier'
     test = pd.read_parquet(p/'data/prepared/test.parquet')
-    Xt = test[info['features']].copy()
-    num = info['numeric']
-    Xt.loc[Xt.index[::7], num[0]] = np.nan; Xt.loc[Xt.index[::11], num[-1]] = np.nan   # the imputers' path too
-    Xt.loc[Xt.index[::13], info['categorical'][0]] = None
-    b = export_onnx(cand, Xt)
+    from mlops_nb.registry import _used_columns, onnx_model_frame, split_feature_step
+    Xt = test[info['features']].copy()                       # raw records
+    num = [c for c in info['features'] if c in info['numeric']]
+    Xt.loc[Xt.index[::7], num[0]] = np.nan; Xt.loc[Xt.index[::11], num[-1]] = np.nan   # the imputers' path (and a ratio of a null) too
+    Xt.loc[Xt.index[::13], [c for c in info['categorical'] if c in info['features']][0]] = None
+    step, rest = split_feature_step(cand)
+    assert step is not None
+    frame = lambda X: onnx_model_frame(step, X)[_used_columns(rest)]   # what the server feeds the graph: the numpy pre-step's output
+    b = export_onnx(rest, frame(Xt))
     par = onnx_parity(cand, b, Xt, tolerance=1e-6)
     assert par['ok'] and par['rows_over'] == 0 and par['max_abs_diff'] < 1e-6 and par['rows'] == len(Xt), par
     # also batch by batch and row by row, as the server calls it
-    sess, spec = onnx_session(b), onnx_input_spec(Xt)
+    sess, spec = onnx_session(b), onnx_input_spec(frame(Xt))
     ref = cand.predict_proba(Xt)[:, 1]
-    np.testing.assert_allclose(np.concatenate([onnx_predict(sess, Xt.iloc[i:i + 100], spec) for i in range(0, len(Xt), 100)]), ref, rtol=0, atol=1e-6)
-    np.testing.assert_allclose([onnx_predict(sess, Xt.iloc[[i]], spec)[0] for i in range(0, len(Xt), 37)], ref[::37], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([onnx_predict(sess, frame(Xt.iloc[i:i + 100]), spec) for i in range(0, len(Xt), 100)]), ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose([onnx_predict(sess, frame(Xt.iloc[[i]]), spec)[0] for i in range(0, len(Xt), 37)], ref[::37], rtol=0, atol=1e-6)
 
 
 def test_onnx_parity_rejects_a_differing_export(deployed):
@@ -143,7 +151,8 @@ def test_onnx_parity_rejects_a_differing_export(deployed):
     from mlops_nb.train import load_model, make_estimator, make_pipeline
     info = Registry(p/'registry').info('champion')
     train, test = (pd.read_parquet(p/f'data/prepared/{s}.parquet') for s in ('train', 'test'))
-    X, Xt = train[info['features']], test[info['features']]
+    cols = info['numeric'] + info['categorical']            # a pipeline without a feature step, on the prepared columns
+    X, Xt = train[cols], test[cols]
     lr = make_pipeline(info['numeric'], info['categorical'], make_estimator('logistic_regression', 'classification')).fit(X, train.is_fraud)
     good = onnx_parity(lr, export_onnx(lr, Xt), Xt)
     assert good['ok'] and good['max_abs_diff'] < 1e-5
@@ -152,8 +161,8 @@ def test_onnx_parity_rejects_a_differing_export(deployed):
     assert not bad['ok'] and bad['max_abs_diff'] > 1e-3 and bad['rows_over'] > 0
     # register keeps model.onnx only when parity holds at the stated tolerance
     reg = Registry(p.parent/'onnx-registry')
-    v_ok = reg.register(lr, features=info['features'], task='classification', X_test=Xt)
-    v_strict = reg.register(lr, features=info['features'], task='classification', X_test=Xt, onnx_tolerance=0.0)
+    v_ok = reg.register(lr, features=cols, task='classification', X_test=Xt)
+    v_strict = reg.register(lr, features=cols, task='classification', X_test=Xt, onnx_tolerance=0.0)
     assert (reg.version_dir(v_ok)/'model.onnx').exists() and reg.info(v_ok)['onnx']['kept']
     assert not (reg.version_dir(v_strict)/'model.onnx').exists()
     assert not reg.info(v_strict)['onnx']['kept'] and '> tolerance 0' in reg.info(v_strict)['onnx']['reason']

@@ -1,0 +1,52 @@
+"""The floor of our serving stack, for benchmarks/serve.py: Starlette + uvicorn + orjson + ONNX Runtime, nothing else.
+
+It serves a registry version's `model.onnx` with its numpy feature pre-step (`features.build_features`), from a
+`dataframe_split` body, with no validation, capture, metrics or hot swap. What `mlops-nb serve` costs above this is
+the price of what it does that this does not.
+
+    FLOOR_VERSION_DIR=<registry>/versions/v0001 uvicorn floor_app:app --app-dir benchmarks --port 8001
+"""
+import json, os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mlops_nb.features import build_features
+
+VDIR = Path(os.environ['FLOOR_VERSION_DIR'])
+INFO = json.loads((VDIR/'model.json').read_text())
+PRE = INFO['onnx']['pre_step']
+SCHEMA = {c['name']: c['kind'] for c in json.loads((VDIR/'schema.json').read_text())['columns']}
+so = ort.SessionOptions()
+so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+SESSION = ort.InferenceSession(str(VDIR/'model.onnx'), so, providers=['CPUExecutionProvider'])
+INPUTS = [(i.name, i.type) for i in SESSION.get_inputs()]
+OUT = next(o.name for o in SESSION.get_outputs() if 'prob' in o.name)
+
+
+def column(name, values):
+    kind = SCHEMA.get(name)
+    if kind == 'datetime': return np.array(values, dtype='datetime64[us]')
+    if kind == 'categorical': return np.array(values, dtype=object)
+    return np.array(values, dtype='float64')
+
+
+async def invocations(request):
+    body = orjson.loads(await request.body())['dataframe_split']
+    rows = body['data']
+    cols = {c: column(c, [r[i] for r in rows]) for i, c in enumerate(body['columns'])}
+    cols |= build_features(cols, PRE['spec'], PRE.get('time_column'))
+    n = len(rows)
+    feed = {k: (cols[k].astype(object) if t == 'tensor(string)' else cols[k].astype('float64')).reshape(n, 1) for k, t in INPUTS}
+    score = SESSION.run([OUT], feed)[0][:, -1]
+    return Response(orjson.dumps({'predictions': score.tolist()}), media_type='application/json')
+
+
+async def ping(request): return Response(b'ok')
+
+app = Starlette(routes=[Route('/invocations', invocations, methods=['POST']), Route('/ping', ping)])
