@@ -71,6 +71,7 @@ def _monitor_commands(sub):
     p.add_argument('--reference', required=True, help="a registered model ('champion', an alias, 'v0003', or a registry/versions/vNNNN folder: "
                                                        "its profile saved at registration), reference data (CSV/Parquet file or folder), or a saved Profile folder")
     p.add_argument('--registry', help="registry folder for a model --reference (default: deploy.registry of --params, else ./registry)")
+    p.add_argument('--model', help="registered model name for --reference (default: deploy.model_name of --params; or write --reference NAME@champion)")
     p.add_argument('--current', required=True, help='current window: CSV/Parquet file or folder, or a capture store folder')
     p.add_argument('--params', default='params.yaml', help="params file whose 'monitor' and 'task' sections apply, if it exists (default: params.yaml)")
     p.add_argument('--columns', help='comma-separated columns to compare (default: features.json beside the reference, else all but ids/target/time)')
@@ -91,17 +92,20 @@ def _models_and_gate(sub):
     p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history',
                        description='Inspect and change the model registry. Exit 0 done, 2 bad input (unknown version/alias, damaged version).')
     p.add_argument('--registry', help="registry folder (default: deploy.registry of ./params.yaml, else ./registry)")
+    p.add_argument('--model', help="registered model name (default: deploy.model_name of ./params.yaml, else the registry's root model; list: all)")
     p.set_defaults(func=handler('mlops_nb.registry:cli_models'))
     s = p.add_subparsers(dest='models_command', metavar='ACTION', required=True)
     def add(name, help, *args_):
         q = s.add_parser(name, help=help, description=help)
         q.add_argument('--json', action='store_true', help='print JSON')
         q.add_argument('--registry', default=argparse.SUPPRESS, help='registry folder (also accepted before the action)')
+        q.add_argument('--model', default=argparse.SUPPRESS, help='registered model name (also accepted before the action)')
         for a, kw in args_: q.add_argument(*a, **kw)
         return q
     ref = (('ref',), dict(help="a version (v0003 or 3) or an alias (champion)"))
     who = [(('--reason',), dict(default='', help='why (kept in the history)')), (('--actor',), dict(help='who (default: $MLOPS_NB_ACTOR, $GITHUB_ACTOR or user@host)'))]
-    add('list', 'every version with status, aliases and key metrics')
+    add('list', 'every version with status, aliases and key metrics (of every model, or of --model)')
+    add('names', 'every registered model: its number of versions and its aliases')
     add('show', "one version's model.json, lineage, gate reasons and metrics (after checking its manifest)", ref)
     add('promote', 'point an alias (default champion) at a version', ref, (('--alias',), dict(default='champion')),
         (('--force',), dict(action='store_true', help='allow a rejected or archived version')), *who)

@@ -1026,17 +1026,25 @@ def _columns_for(reference:pd.DataFrame, ref_path:Path, task:dict, given:str|Non
     return [str(c) for c in reference.columns if c not in skip]
 
 def _registry_ref(args, params:dict):
-    "The (registry, version ref) that `--reference` names: a version folder, or an alias/version of `--registry`; else None."
+    """The (registry model, version ref) that `--reference` names: a version folder, `NAME@REF` (`fraud@champion`), or an
+    alias/version of `--registry`'s model `--model` (else deploy.model_name, else the root model); else None."""
+    from mlops_nb.registry import Registry, parse_model_ref
     ref = str(args.reference)
     p = Path(ref)
-    if p.is_dir() and (p/'model.json').is_file() and p.parent.name == 'versions':   # registry/versions/v0003
-        return p.parent.parent, p.name
+    if p.is_dir() and (p/'model.json').is_file() and p.parent.name == 'versions':   # registry/versions/v0003, registry/models/NAME/versions/v0003
+        home = p.parent.parent
+        return (Registry(home.parent.parent, home.name) if home.parent.name == 'models' else Registry(home)), p.name
     if p.exists(): return None
-    if '/' in ref or '.' in p.name: raise MlopsError(f"{ref}: file or folder not found")
+    name = getattr(args, 'model', None) or (params.get('deploy') or {}).get('model_name')
+    if '@' in ref or ref.startswith('models:/'): name, ref = parse_model_ref(ref, name)
+    elif '/' in ref or '.' in p.name: raise MlopsError(f"{ref}: file or folder not found")
     root = getattr(args, 'registry', None) or (params.get('deploy') or {}).get('registry') or 'registry'
-    if not (Path(root)/'versions').is_dir():
-        raise MlopsError(f"{ref}: file or folder not found (and no model registry at {root} to resolve it as a version/alias)")
-    return Path(root), ref
+    reg = Registry(root, name)
+    if not reg.versions_dir.is_dir():
+        have = Registry(root).names()
+        raise MlopsError(f"{args.reference}: file or folder not found (and no model '{reg.name}' in the registry at {root} to resolve it as a "
+                         f"version/alias{'; models: ' + ', '.join(have) if have else ''})")
+    return reg, ref
 
 def cli_monitor(args) -> int:
     "`mlops-nb monitor`: compare --current with --reference, write status/metrics, exit 1 on alert unless --report-only."
@@ -1051,11 +1059,11 @@ def cli_monitor(args) -> int:
     reg_ref, reference = _registry_ref(args, params), dict(source='path', path=str(ref_path))
     if reg_ref:                                              # a registered model: its saved profile, metrics and threshold
         ref, info = registry_reference(*reg_ref)
-        if ref is None: raise MlopsError(f"{reg_ref[0]}: version {info['version']} has no saved reference profile (registered before "
+        if ref is None: raise MlopsError(f"{reg_ref[0].where}: version {info['version']} has no saved reference profile (registered before "
                                          "profiles were saved); pass its training data as --reference instead")
         if not args.evaluation: evaluation = dict(info.get('metrics') or {}, threshold=info.get('threshold'))
         task = dict(task, type=info.get('task', task.get('type', 'classification')))
-        reference = dict(source='registry', registry=str(reg_ref[0]), version=info['version'], ref=reg_ref[1], profile='saved at registration')
+        reference = dict(source='registry', registry=str(reg_ref[0].root), model=reg_ref[0].name, version=info['version'], ref=reg_ref[1], profile='saved at registration')
         columns = [c.strip() for c in args.columns.split(',')] if args.columns else list(ref.columns)
     elif (ref_path/'profile.json').exists():
         ref = Profile.load(ref_path)

@@ -58,6 +58,7 @@ PARAMS_SCHEMA = _obj({
     'deploy': _obj({'registry': {'type': 'string', 'minLength': 1}, 'auto_promote': _bool, 'onnx_tolerance': _num,
                     'latency_rows': {'type': 'integer', 'minimum': 1}, 'gates': {'type': 'object', 'additionalProperties': _rule},
                     'release_branch': {'type': 'string', 'minLength': 1},
+                    'model_name': {'type': 'string', 'pattern': r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'},
                     'evidence': _obj({'n_boot': {'type': 'integer', 'minimum': 100}, 'confidence': {'type': 'number', 'exclusiveMinimum': 0, 'exclusiveMaximum': 1},
                                       'min_rows': {'type': 'integer', 'minimum': 1}, 'min_class_rows': {'type': 'integer', 'minimum': 1}, 'seed': _int})}),
     'monitor': _obj({

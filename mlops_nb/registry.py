@@ -14,9 +14,10 @@ from filelock import FileLock, Timeout
 from .core import MlopsError, TRUSTED_TYPES, atomic_write, load_skops, read_json, skops_bytes, to_jsonable, write_json, get_logger
 
 # %% auto #0
-__all__ = ['STATUSES', 'KEY_METRICS', 'onnx_input_spec', 'onnx_feeds', 'export_onnx', 'onnx_session', 'onnx_predict',
-           'split_feature_step', 'onnx_model_frame', 'onnx_parity', 'sha256_file', 'git_state', 'data_hash',
-           'card_markdown', 'card_html', 'Registry', 'registry_from_args', 'cli_models', 'TRUSTED_TYPES', 'load_skops']
+__all__ = ['STATUSES', 'DEFAULT_MODEL', 'KEY_METRICS', 'onnx_input_spec', 'onnx_feeds', 'export_onnx', 'onnx_session',
+           'onnx_predict', 'split_feature_step', 'onnx_model_frame', 'onnx_parity', 'sha256_file', 'git_state',
+           'data_hash', 'card_markdown', 'card_html', 'check_model_name', 'parse_model_ref', 'Registry',
+           'registry_from_args', 'cli_models', 'TRUSTED_TYPES', 'load_skops']
 
 # %% ../nbs/07_registry.ipynb #1c4425f6
 _CONVERTERS = {}
@@ -422,20 +423,99 @@ _VERSION = re.compile(r'^v(\d{4,})$')
 _ALIAS = re.compile(r'^[a-z][a-z0-9_-]{0,39}$')
 STATUSES = ('accepted', 'rejected', 'archived')
 
+DEFAULT_MODEL = 'model'
+_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
+
+def check_model_name(name) -> str:
+    "`name` if it is a valid registered-model name (letters, digits, '_', '.', '-'; up to 64), else a clear error."
+    if not isinstance(name, str) or not _NAME.match(name) or name in ('.', '..'):
+        raise MlopsError(f"model name {name!r} is not valid: use letters, digits, '_', '.' or '-' (up to 64, e.g. fraud)")
+    return name
+
+def parse_model_ref(spec, name:str|None=None) -> tuple[str|None, str]:
+    "`(name, ref)` of a model reference: `NAME@REF` (`fraud@champion`, `fraud@v0003`), MLflow's `models:/NAME@ALIAS` or `models:/NAME/3`, or a bare `REF` (then `name`)."
+    s = str(spec).strip()
+    if s.startswith('models:/'):
+        s = s[len('models:/'):]
+        if '@' not in s and '/' in s: s = s.replace('/', '@', 1)
+    if '@' in s:
+        n, ref = s.split('@', 1)
+        if not ref: raise MlopsError(f"model reference {spec!r}: nothing after '@' (use NAME@champion or NAME@v0003)")
+        return check_model_name(n), ref
+    return (check_model_name(name) if name else None), s
+
 class Registry:
-    "A file-based model registry rooted at `root` (see the layout above). Every write holds `root/.lock`."
-    def __init__(self, root:str|os.PathLike='registry', lock_timeout:float=60):
+    """A file-based registry at `root` holding one or more named models (see the layout above); `Registry(root, 'fraud')` is
+    the model `fraud`, `Registry(root)` the model kept at the root. Every write holds the model's `.lock`."""
+    def __init__(self, root:str|os.PathLike='registry', name:str|None=None, lock_timeout:float=60):
         self.root, self.lock_timeout = Path(root), lock_timeout
-        self.versions_dir = self.root/'versions'
-        self.aliases_path, self.history_path = self.root/'aliases.json', self.root/'history.jsonl'
-        self.status_path, self.lock_path = self.root/'status.json', self.root/'.lock'
+        self._name, self._root_name = (check_model_name(name) if name is not None else None), None
         self.log = get_logger('mlops_nb.registry')
 
-    def __repr__(self): return f"Registry({str(self.root)!r}: {len(self.versions())} versions, aliases {self.aliases()})"
+    def root_model(self) -> str|None:
+        "The name of the model kept at the registry root: `registry.json`'s, else the one of versions written there before named models existed, else `None` (an empty registry)."
+        if self._root_name: return self._root_name
+        p = self.root/'registry.json'
+        if p.is_file(): n = check_model_name(read_json(p).get('root_model'))
+        elif any(_VERSION.match(q.name) for q in (self.root/'versions').glob('v*')):
+            first = sorted((q for q in (self.root/'versions').glob('v*') if _VERSION.match(q.name)), key=lambda q: int(q.name[1:]))[0]
+            try: n = read_json(first/'model.json').get('name') or DEFAULT_MODEL
+            except MlopsError: n = DEFAULT_MODEL
+            n = n if _NAME.match(str(n)) else DEFAULT_MODEL
+        else: return None
+        self._root_name = n
+        return n
+
+    @property
+    def name(self) -> str:
+        "This model's name."
+        return self._name or self.root_model() or DEFAULT_MODEL
+
+    @property
+    def dir(self) -> Path:
+        "This model's folder: the root for the root model (the layout of a one-model registry), else `root/models/NAME`."
+        r = self.root_model()
+        return self.root if self._name is None or r in (None, self._name) else self.root/'models'/self._name
+
+    versions_dir = property(lambda self: self.dir/'versions')
+    aliases_path = property(lambda self: self.dir/'aliases.json')
+    history_path = property(lambda self: self.dir/'history.jsonl')
+    status_path = property(lambda self: self.dir/'status.json')
+    lock_path = property(lambda self: self.dir/'.lock')
+
+    def model(self, name:str) -> Registry:
+        "The model `name` of the same registry."
+        return Registry(self.root, name, self.lock_timeout)
+
+    def names(self) -> list[str]:
+        "Every model name the registry holds (with at least one version, or claimed), root model first."
+        out = [self.root_model()] if self.root_model() and (self.root/'versions').is_dir() else []
+        if (self.root/'models').is_dir():
+            out += sorted(p.name for p in (self.root/'models').iterdir() if p.is_dir() and _NAME.match(p.name) and (p/'versions').is_dir() and p.name not in out)
+        return out
+
+    @property
+    def where(self) -> str:
+        "The registry folder and model name, for messages."
+        return f"{self.root} (model '{self.name}')"
+
+    def __repr__(self): return f"Registry({str(self.root)!r}, {self.name!r}: {len(self.versions())} versions, aliases {self.aliases()})"
+
+    def _claim(self):
+        "Before the first write to an empty registry: record that this model is the one kept at the root."
+        if self.root_model() is not None: return
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.root/'.lock'), timeout=self.lock_timeout)
+        try: lock.acquire()
+        except Timeout: raise MlopsError(f"{self.root/'.lock'}: another process has held the registry lock for over {self.lock_timeout} s") from None
+        try:
+            if self.root_model() is None: _replace_json(self.root/'registry.json', dict(root_model=self.name), kill='claim:registry-json')
+        finally: lock.release()
 
     @contextlib.contextmanager
     def _locked(self):
-        "Hold the registry's file lock (creating the folder first), or fail naming the lock file."
+        "Hold the model's file lock (creating its folder first), or fail naming the lock file."
+        self._claim()
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.lock_path), timeout=self.lock_timeout)
         try: lock.acquire()
@@ -475,10 +555,10 @@ def _resolve(self, ref) -> str:
         v = f'v{int(m[1]):04d}'
         if v in versions: return v
         have = f"{versions[0]} … {versions[-1]}" if versions else 'none yet'
-        raise MlopsError(f"{self.root}: unknown version '{ref}' (registered: {have})")
+        raise MlopsError(f"{self.where}: unknown version '{ref}' (registered: {have})")
     if _ALIAS.match(ref):
-        raise MlopsError(f"{self.root}: alias '{ref}' is not set (aliases: {', '.join(f'{a}={v}' for a, v in aliases.items()) or 'none yet'})")
-    raise MlopsError(f"{self.root}: '{ref}' is neither a version (v0003, 3) nor an alias")
+        raise MlopsError(f"{self.where}: alias '{ref}' is not set (aliases: {', '.join(f'{a}={v}' for a, v in aliases.items()) or 'none yet'})")
+    raise MlopsError(f"{self.where}: '{ref}' is neither a version (v0003, 3) nor an alias")
 
 def _verify(self, version:str) -> Path:
     "Check every file of `version` against its manifest (presence, size, sha256); return the folder."
@@ -550,7 +630,7 @@ def _recover(self):
         for p in self.versions_dir.iterdir():
             m = re.match(r'^\.tmp-(\d+)-', p.name)
             if m and not _pid_alive(int(m[1])): shutil.rmtree(p, ignore_errors=True)
-    for p in self.root.glob('.*.tmp'):
+    for p in self.dir.glob('.*.tmp'):
         with contextlib.suppress(OSError): p.unlink()
     if self.history_path.exists():
         raw = self.history_path.read_bytes()
@@ -580,12 +660,16 @@ def _check_artifacts(artifacts:dict|None) -> dict[str, Path]:
 def _register(self, model, *, features:list[str], task:str, schema=None, metrics:dict|None=None, params:dict|None=None,
               threshold:float|None=None, X_test=None, onnx_tolerance:float=1e-4, status:str='accepted',
               lineage:dict|None=None, figures:dict|None=None, card:dict|None=None, gate:dict|None=None,
-              extra:dict|None=None, trusted:list[str]|None=None, name:str='model', artifacts:dict|None=None) -> str:
+              extra:dict|None=None, trusted:list[str]|None=None, name:str|None=None, artifacts:dict|None=None) -> str:
     """Register the fitted pipeline `model` as a new immutable version; return its name (`'v0004'`).
     `features` are its input columns in order; `schema` a `data.Schema` of them (inferred from `X_test` if `None`);
     `X_test` (those columns of the held-out data) drives the ONNX parity check; `figures` maps names to PNG paths;
-    `artifacts` maps names to more files or folders to keep in the version (e.g. the monitor's reference `profile`)."""
+    `artifacts` maps names to more files or folders to keep in the version (e.g. the monitor's reference `profile`).
+    `name`, if given, must be this model's name (the version's `model.json` records it)."""
     from mlops_nb.data import Schema
+    if name is not None and name != self.name: raise MlopsError(f"register: name {name!r} differs from this registry model's name {self.name!r}; use Registry(root, {name!r})")
+    name = self.name
+    self._claim()
     artifacts = _check_artifacts(artifacts)
     if status not in ('accepted', 'rejected'): raise MlopsError(f"register: status must be 'accepted' or 'rejected', got {status!r}")
     if task not in ('classification', 'regression'): raise MlopsError(f"register: unknown task {task!r}")
@@ -661,7 +745,7 @@ def _register(self, model, *, features:list[str], task:str, schema=None, metrics
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    self.log.info('registered %s (%s) in %s', version, status, self.root)
+    self.log.info('registered %s (%s) of model %s in %s', version, status, name, self.root)
     return version
 
 Registry.register = _register
@@ -720,7 +804,7 @@ def _set_alias(self, version, alias:str='champion', reason:str='', actor:str|Non
         current = self.aliases()
         prev = current.get(alias)
         if prev == v: return None
-        entry = dict(ts=_now(), action=action, alias=alias, version=v, previous=prev, actor=actor or _actor(), reason=reason)
+        entry = dict(ts=_now(), action=action, model=self.name, alias=alias, version=v, previous=prev, actor=actor or _actor(), reason=reason)
         self._append_history(entry)
         _kill_point(f'{action}:history-appended')
         _replace_json(self.aliases_path, current | {alias: v}, kill=f'{action}:aliases-written')
@@ -749,7 +833,7 @@ Registry.load_check = _load_check
 def _rollback(self, to=None, alias:str='champion', reason:str='', actor:str|None=None) -> dict:
     "Point `alias` back at `to`, or at the version it pointed at before its current one (skipping archived ones)."
     current = self.aliases().get(alias)
-    if current is None: raise MlopsError(f"{self.root}: alias '{alias}' is not set; nothing to roll back")
+    if current is None: raise MlopsError(f"{self.where}: alias '{alias}' is not set; nothing to roll back")
     if to is None:
         archived = {v for v, s in self._statuses().items() if s == 'archived'}
         seen, target = {current}, None
@@ -757,10 +841,10 @@ def _rollback(self, to=None, alias:str='champion', reason:str='', actor:str|None
             for cand in (r.get('version'), r.get('previous')):
                 if cand and cand not in seen and cand not in archived and cand in self.versions(): target = cand; break
             if target: break
-        if target is None: raise MlopsError(f"{self.root}: '{alias}' has no earlier version to roll back to (history: {len(self.history(alias))} changes)")
+        if target is None: raise MlopsError(f"{self.where}: '{alias}' has no earlier version to roll back to (history: {len(self.history(alias))} changes)")
         to = target
     entry = self._set_alias(to, alias, reason or f'rollback from {current}', actor, 'rollback')
-    if entry is None: raise MlopsError(f"{self.root}: '{alias}' already points at {self.resolve(to)}")
+    if entry is None: raise MlopsError(f"{self.where}: '{alias}' already points at {self.resolve(to)}")
     return entry
 
 def _archive(self, version, reason:str='', actor:str|None=None) -> dict:
@@ -771,7 +855,7 @@ def _archive(self, version, reason:str='', actor:str|None=None) -> dict:
         if holding: raise MlopsError(f"{v} is the {' and '.join(holding)}: promote or roll back another version first, then archive it")
         st = self._statuses()
         if st.get(v) == 'archived': raise MlopsError(f"{v} is already archived")
-        entry = dict(ts=_now(), action='archive', alias=None, version=v, previous=None, actor=actor or _actor(), reason=reason)
+        entry = dict(ts=_now(), action='archive', model=self.name, alias=None, version=v, previous=None, actor=actor or _actor(), reason=reason)
         self._append_history(entry)
         _kill_point('archive:history-appended')
         _replace_json(self.status_path, st | {v: 'archived'}, kill='archive:status-written')
@@ -825,12 +909,13 @@ Registry.list, Registry.diff = _list, _diff
 
 # %% ../nbs/07_registry.ipynb #6a86b781
 def registry_from_args(args) -> Registry:
-    "The registry a command works on: `--registry`, else `deploy.registry` of ./params.yaml, else ./registry."
-    if getattr(args, 'registry', None): return Registry(args.registry)
-    if Path('params.yaml').is_file():
+    """The registry model a command works on: folder `--registry`, else `deploy.registry` of ./params.yaml, else ./registry;
+    model `--model`, else `deploy.model_name` of ./params.yaml, else the model kept at the registry root."""
+    d = {}
+    if Path('params.yaml').is_file() and not (getattr(args, 'registry', None) and getattr(args, 'model', None)):
         from mlops_nb.core import load_params
-        return Registry((load_params('params.yaml').get('deploy') or {}).get('registry') or 'registry')
-    return Registry('registry')
+        d = load_params('params.yaml').get('deploy') or {}
+    return Registry(getattr(args, 'registry', None) or d.get('registry') or 'registry', getattr(args, 'model', None) or d.get('model_name'))
 
 def _table(rows:list[dict], cols:list[str]|None=None) -> str:
     "A plain text table of `rows` for the terminal."
@@ -850,15 +935,21 @@ def _out(args, obj, text:str):
 def cli_models(args) -> int:
     "Handler of `mlops-nb models ACTION`."
     reg, cmd = registry_from_args(args), args.models_command
-    if not reg.versions_dir.is_dir(): raise MlopsError(f"{reg.root}: no model registry here (run the deploy stage, or pass --registry)")
+    if not reg.versions_dir.is_dir() and not reg.names(): raise MlopsError(f"{reg.root}: no model registry here (run the deploy stage, or pass --registry)")
+    if cmd == 'names':
+        rows = [dict(model=n, versions=len(m.versions()), root=n == reg.root_model(), **m.aliases()) for n in reg.names() for m in [reg.model(n)]]
+        _out(args, rows, _table(rows)); return 0
+    if not reg.versions_dir.is_dir():
+        raise MlopsError(f"{reg.root}: no model named '{reg.name}' (models: {', '.join(reg.names())}; pick one with --model)")
     if cmd == 'list':
-        rows = reg.list(verify=True)             # every version's manifest checked: a damaged one is flagged, not listed as fine
-        _out(args, rows, _table(rows, [c for c in ['version', 'status', 'aliases', 'created_at', 'estimator', *KEY_METRICS, 'onnx']
-                                       if any(c in r for r in rows)]))
+        models = [reg] if getattr(args, 'model', None) or len(reg.names()) == 1 else [reg.model(n) for n in reg.names()]
+        rows = [dict(model=m.name, **r) for m in models for r in m.list(verify=True)]   # every manifest checked: a damaged version is flagged
+        _out(args, rows, _table(rows, [c for c in ['model', 'version', 'status', 'aliases', 'created_at', 'estimator', *KEY_METRICS, 'onnx']
+                                       if any(c in r for r in rows) and (c != 'model' or len(models) > 1)]))
     elif cmd == 'show':
         i = reg.info(args.ref)
         m = {k: v for k, v in (i.get('metrics') or {}).items() if isinstance(v, (int, float))}
-        text = '\n'.join([f"{i['version']}  status={i['status']}  aliases={','.join(i['aliases']) or '-'}  created {i.get('created_at')}",
+        text = '\n'.join([f"{i.get('name', reg.name)} {i['version']}  status={i['status']}  aliases={','.join(i['aliases']) or '-'}  created {i.get('created_at')}",
                           f"task {i.get('task')}  estimator {i.get('estimator')}  threshold {_fmt(i.get('threshold'))}",
                           f"features {', '.join(i.get('features') or [])}",
                           f"data sha256 {(i.get('data') or {}).get('sha256')}  git {(i.get('git') or {}).get('commit')} dirty={(i.get('git') or {}).get('dirty')}",
@@ -893,6 +984,6 @@ def cli_models(args) -> int:
         else: print(path.read_text(encoding='utf-8'))
     elif cmd == 'history':
         rows = reg.history(args.alias)
-        _out(args, rows, _table(rows, ['ts', 'action', 'alias', 'version', 'previous', 'actor', 'reason']))
+        _out(args, rows, _table(rows, ['ts', 'action', 'model', 'alias', 'version', 'previous', 'actor', 'reason']))
     else: raise MlopsError(f"unknown models action {cmd!r}")
     return 0

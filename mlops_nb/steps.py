@@ -18,11 +18,12 @@ from .params import check_params
 # them when it runs, so a stage that does not need them (collect) starts fast.
 
 # %% auto #0
-__all__ = ['log', 'batch_summary', 'recorded_failure', 'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows',
-           'Prepared', 'champion_contract', 'quarantine', 'Checked', 'check_batches', 'reject', 'run_prepare',
-           'load_split', 'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms',
-           'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored',
-           'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
+__all__ = ['log', 'KEY_METRICS', 'batch_summary', 'recorded_failure', 'rounded', 'key_metrics', 'key_path', 'run_collect',
+           'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared', 'champion_contract', 'quarantine',
+           'Checked', 'check_batches', 'reject', 'run_prepare', 'load_split', 'Trained', 'run_train', 'Evaluated',
+           'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of',
+           'release_line', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference', 'monitor_reference',
+           'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -65,6 +66,40 @@ def recorded_failure(stage:str, quality_path:str|Path|None):
             err = e.to_dict() if isinstance(e, DataError) else dict(detail=str(e))
             write_json(p, dict(ok=False, stage=stage, error=dict(type=type(e).__name__, message=str(e), **err)))
         raise
+
+# %% ../nbs/06_steps.ipynb #384e26b3
+def rounded(obj, digits:int=4):
+    "`obj` with every float rounded to `digits` significant digits (NaN and infinity become None), through dicts and lists."
+    if isinstance(obj, bool) or obj is None: return obj
+    if isinstance(obj, (float, np.floating)):
+        return float(f'{float(obj):.{digits}g}') if np.isfinite(obj) else None
+    if isinstance(obj, (int, np.integer)): return int(obj)
+    if isinstance(obj, dict): return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [rounded(v, digits) for v in obj]
+    return obj
+
+KEY_METRICS = {'prepare': ('rows',), 'train': ('cv_score',), 'evaluate': ('roc_auc', 'pr_auc', 'f1', 'recall', 'r2', 'rmse', 'mae'),
+               'deploy': ('passed', 'promoted'), 'monitor': ('alert', 'drift_share', 'drifted')}
+
+def key_metrics(stage:str, detail:dict, metric:str|None=None) -> dict:
+    """The numbers of `stage`'s full result `detail` that DVC tracks, rounded: prepare `rows`; train `cv_score`; evaluate ROC AUC, PR AUC, F1,
+    recall at the threshold (R², RMSE, MAE for regression); deploy `passed` and `promoted` (the alias set, or `none`);
+    monitor `alert`, `drift_share`, `drifted` (features) and `live_<metric>`, the monitor's metric on labelled traffic."""
+    d = detail or {}
+    if stage == 'prepare': out = dict(rows=d.get('rows'))
+    elif stage == 'train': out = dict(cv_score=d.get('cv_best_score'))
+    elif stage == 'evaluate': out = {k: d[k] for k in KEY_METRICS['evaluate'] if k in d}
+    elif stage == 'deploy': out = dict(passed=bool(d.get('passed')), promoted=d.get('promoted_to') or 'none')
+    elif stage == 'monitor':
+        out = dict(alert=bool(d.get('alert')), drift_share=d.get('drift_share'), drifted=d.get('drifted_features'))
+        perf = d.get('performance') or {}
+        if metric and perf.get(metric) is not None: out[f'live_{metric}'] = perf[metric]
+    else: raise MlopsError(f"key_metrics: unknown stage {stage!r} (one of {sorted(KEY_METRICS)})")
+    return rounded({k: v for k, v in out.items() if v is not None})
+
+def key_path(detail_path:str|Path, stage:str) -> Path:
+    "Where the key metrics of `stage` go: `metrics/key/STAGE.json` beside its full result `metrics/NAME.json`."
+    return Path(detail_path).parent/'key'/f'{stage}.json'
 
 # %% ../nbs/06_steps.ipynb #1e2be1a1
 def run_collect(params:dict, raw_dir:str|Path='data/raw', quality_path:str|Path|None=None) -> pd.DataFrame:
@@ -167,10 +202,9 @@ def _check_task_columns(task:dict, prep:dict, batches:list[Batch]) -> None:
 # %% ../nbs/06_steps.ipynb #b3e1c0d3
 def champion_contract(params:dict) -> tuple[Schema, str, list[str]]|None:
     "The registry champion's schema, its version and the columns its prepare step derives (not in raw data); None without a champion."
-    root = Path((params.get('deploy') or {}).get('registry') or 'registry')
-    if not (root/'aliases.json').exists(): return None
     from mlops_nb.registry import Registry
-    reg = Registry(root)
+    reg = Registry((params.get('deploy') or {}).get('registry') or 'registry', (params.get('deploy') or {}).get('model_name'))
+    if not reg.aliases_path.exists(): return None
     if 'champion' not in reg.aliases(): return None
     info = reg.info('champion')
     derived = []
@@ -261,6 +295,7 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
                                                  inputs=inputs, features=fspec,
                                                  rows={k: len(v) for k, v in result.splits.items()}))
         write_json(quality_path, result.quality)
+        write_json(key_path(quality_path, 'prepare'), key_metrics('prepare', result.quality))
     return result
 
 # %% ../nbs/06_steps.ipynb #bcdaef81
@@ -316,6 +351,7 @@ def run_train(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|
         write_json(tmp/'model.json', dict(spec, estimator=metrics['estimator'], best_params=metrics['best_params']))
         write_json(tmp/'run.json', dict(fit_seconds=round(seconds, 3)))
     write_json(metrics_path, metrics)
+    write_json(key_path(metrics_path, 'train'), key_metrics('train', metrics))
     return Trained(model, cv, metrics)
 
 # %% ../nbs/06_steps.ipynb #10ee151f
@@ -371,6 +407,7 @@ def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:s
         for name, fig in figures.items(): fig.savefig(tmp/'figures'/f'{name}.png', dpi=80, bbox_inches='tight', metadata={'Software': None})
     with atomic_write(predictions_path, 'wb') as f: predictions.to_parquet(f, index=False)
     write_json(metrics_path, metrics)
+    write_json(key_path(metrics_path, 'evaluate'), key_metrics('evaluate', metrics))
     return Evaluated(metrics, curves, imp, figures, predictions)
 
 # %% ../nbs/06_steps.ipynb #b430a6e5
@@ -410,7 +447,7 @@ def latency_ms(model, X:pd.DataFrame, n:int=50) -> float:
 # %% ../nbs/06_steps.ipynb #c8d494d0
 def _deploy_params(params:dict) -> dict:
     "The `deploy` section with its defaults."
-    d = dict(registry='registry', auto_promote=True, release_branch='main', onnx_tolerance=1e-4, latency_rows=50, gates={},
+    d = dict(registry='registry', model_name=None, auto_promote=True, release_branch='main', onnx_tolerance=1e-4, latency_rows=50, gates={},
              evidence={}) | (params.get('deploy') or {})
     if not isinstance(d['evidence'], dict): raise MlopsError(f"params deploy.evidence must be a mapping (n_boot, confidence, min_rows, seed), got {d['evidence']!r}")
     bad = sorted(set(d['evidence']) - {'n_boot', 'confidence', 'min_rows', 'min_class_rows', 'seed'})
@@ -432,7 +469,7 @@ def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir
     from mlops_nb.registry import Registry
     from mlops_nb.train import load_model
     task, d, e = _task(params), _deploy_params(params), params.get('evaluate') or {}
-    reg = Registry(registry or d['registry'])
+    reg = Registry(registry or d['registry'], d['model_name'])
     model, spec = load_model(Path(model_dir)/'model.skops'), read_json(Path(model_dir)/'model.json')
     test, _ = load_split(prepared_dir, 'test')
     features, y = spec.get('inputs') or spec['numeric'] + spec['categorical'], test[spec['target']].to_numpy()
@@ -522,7 +559,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     from mlops_nb.registry import Registry, data_hash, git_state
     import datetime as dt
     task, d = _task(params), _deploy_params(params)
-    reg = Registry(registry or d['registry'])
+    reg = Registry(registry or d['registry'], d['model_name'])
     c = gate_candidate(params, prepared_dir, model_dir, evaluate_path, reg.root)
     train, _ = load_split(prepared_dir, 'train')
     mfile = Path(model_dir)/'model.skops'
@@ -565,6 +602,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
                                champion_before=before, champion_after=after, reasons=c.gate['reasons'], failed=c.gate['failed'],
                                release=release, checks=c.gate['checks'], candidate=c.metrics, champion_metrics=c.champion_metrics,
                                champion_error=c.champion_error, onnx_kept=bool(onnx.get('kept')), onnx_max_abs_diff=onnx.get('max_abs_diff')))
+    write_json(key_path(gate_path, 'deploy'), key_metrics('deploy', read_json(gate_path)))
     log.info('deploy: %s registered as %s; %s (%s)', version, status, f'promoted to {alias}' if alias else f'champion stays {before}', release['why'])
     return Deployed(c, version, status, alias, before, after)
 
@@ -630,24 +668,24 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
     from mlops_nb import monitor as mon
     from mlops_nb.registry import Registry
     task = _task(params)
-    reg = Registry(registry or _deploy_params(params)['registry'])
+    reg = Registry(registry or _deploy_params(params)['registry'], _deploy_params(params)['model_name'])
     champ = reg.aliases().get('champion')
     if champ:
         prof, info = mon.registry_reference(reg, 'champion')   # a damaged champion is an error, not a silent fallback
         metrics = dict(info.get('metrics') or {}, threshold=info.get('threshold'))
         if prof is not None:
             return MonitorReference(prof, metrics, info.get('threshold'), 'registry', champ,
-                                    f"champion {champ} of {reg.root}: profile saved at registration", registry=reg, inputs=info.get('features'))
+                                    f"champion {champ} of {reg.where}: profile saved at registration", registry=reg, inputs=info.get('features'))
         train, spec = load_split(prepared_dir, 'train')
         test, _ = load_split(prepared_dir, 'test')
         lost = [f for f in info['features'] if f not in train.columns]
-        if lost: raise MlopsError(f"{reg.root}: champion {champ} has no saved profile and {prepared_dir} lacks its input column(s) {lost}")
+        if lost: raise MlopsError(f"{reg.where}: champion {champ} has no saved profile and {prepared_dir} lacks its input column(s) {lost}")
         model = reg.load(champ)
         from mlops_nb.registry import split_feature_step   # a raw-record model: watch its raw inputs and derived features, as deploy does
         profiled = spec['numeric'] + spec['categorical'] if split_feature_step(model)[0] is not None else None
         prof = reference_profile_of(model, info['features'], spec['numeric'], train, test, task['type'], info.get('threshold'), profiled)
         return MonitorReference(prof, metrics, info.get('threshold'), 'registry', champ,
-                                f"champion {champ} of {reg.root} was registered without a reference profile: profiled "
+                                f"champion {champ} of {reg.where} was registered without a reference profile: profiled "
                                 f"{Path(prepared_dir)/'train.parquet'} (the current training split) and scored its test split instead",
                                 registry=reg, inputs=info.get('features'))
     train, spec = load_split(prepared_dir, 'train')
@@ -658,7 +696,7 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
         scores, labels = p['score'].to_numpy(), (p['prediction'].to_numpy() if task['type'] == 'classification' else None)
     prof = mon.reference_profile(train, spec['numeric'], spec['categorical'], scores, labels)
     return MonitorReference(prof, evaluation, evaluation.get('threshold'), 'candidate', None,
-                            f"no champion in {reg.root} yet: the reference is the candidate ({Path(prepared_dir)/'train.parquet'}, "
+                            f"no champion in {reg.where} yet: the reference is the candidate ({Path(prepared_dir)/'train.parquet'}, "
                             f"{model_dir}, {evaluation_path})", model_path=Path(model_dir)/'model.skops', inputs=spec.get('inputs'))
 
 def current_window(params:dict, current:dict|None=None) -> pd.DataFrame:
@@ -724,9 +762,18 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
         dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)
     status = mon.deliver(result.status(), status_path, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
     write_json(metrics_path, result.metrics(), digits=12)   # drift scores summed on several cores: no last-digit noise
+    write_json(key_path(metrics_path, 'monitor'), key_metrics('monitor', result.metrics(), cfg['performance']['metric']))
     with atomic_dir(plots_dir) as tmp:
         if dot is not None: dot.to_csv(tmp/'drift_over_time.csv', index=False, float_format='%.6g')
         result.drift.table.drop(columns=['new_categories']).to_csv(tmp/'drift.csv', index=False, float_format='%.6g')
         result.quality.to_csv(tmp/'quality.csv', index=False, float_format='%.6g')
         if result.performance is not None: result.performance.to_csv(tmp/'performance.csv', index=False, float_format='%.6g')
+        (tmp/'figures').mkdir()                   # the report's figures, for `dvc plots show` (plots/monitor/figures)
+        if not any(a['rule'] == 'window_too_small' for a in result.alerts):
+            from mlops_nb.report import time_part_columns
+            metric = cfg['performance']['metric']
+            figs = dict(drift=mon.plot_drift_scores(result.drift))
+            if dot is not None: figs['drift_over_time'] = mon.plot_drift_over_time(dot[~dot.column.isin(time_part_columns(params))])
+            if result.performance is not None: figs['performance'] = mon.plot_performance(result.performance, metric, (ref.metrics or {}).get(metric))
+            for name, fig in figs.items(): fig.savefig(tmp/'figures'/f'{name}.png', dpi=80, bbox_inches='tight', metadata={'Software': None})
     return Monitored(result, profile, cur, status, ref.metrics, dot, ref.describe())

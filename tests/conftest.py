@@ -7,7 +7,7 @@ import pytest, yaml
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # What a fresh clone holds that a pipeline run needs (no data, no caches, no reports).
-PROJECT_FILES = ['dvc.yaml', 'params.yaml', 'settings.ini', 'pipelines', 'mlops_nb', '.dvc/config', '.dvc/.gitignore', '.gitignore', 'reports/.gitkeep']
+PROJECT_FILES = ['dvc.yaml', 'params.yaml', 'settings.ini', 'pipelines', 'mlops_nb', '.dvc/config', '.dvc/plots_offline.html', '.dvc/.gitignore', '.gitignore', 'reports/.gitkeep']
 
 def run(cmd, cwd, check=True, timeout=600):
     "Run a shell command with the project's environment first on PATH; return the CompletedProcess."

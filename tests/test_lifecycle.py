@@ -39,7 +39,8 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     assert not plots.get('errors') and {'ROC', 'Precision-recall', 'Calibration'} <= set(plots['data'])
     assert any(k.endswith('figures/confusion.png') for k in plots['data'])
     shown = json.loads(project.run('dvc metrics show --json').stdout)
-    assert any('metrics/evaluate.json' in str(v) for v in shown.values())
+    assert any('metrics/key/evaluate.json' in str(v) for v in shown.values())
+    assert 'metrics/evaluate.json' not in json.dumps(shown)       # the full result is a plain output, not a DVC metric
 
     # Nothing changed: nothing runs but the look at the sources (always_changed), which finds them unchanged.
     again = project.run('dvc repro').stdout
@@ -53,7 +54,8 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     diff = json.loads(project.run('dvc params diff --json').stdout)
     assert (diff['params.yaml']['train.search.n_iter']['old'], diff['params.yaml']['train.search.n_iter']['new']) == (2, 1)
     mdiff = json.loads(project.run('dvc metrics diff --json').stdout)
-    assert 'metrics/train.json' in mdiff and mdiff['metrics/train.json']['candidates'] == {'old': 2, 'new': 1, 'diff': -1}
+    assert all(f.startswith('metrics/key/') for f in mdiff), mdiff   # only the key metrics, none of the full results
+    assert json.loads((project.path/'metrics/train.json').read_text())['candidates'] == 1
 
 def report_content(path:Path) -> dict:
     "An executed report without the times papermill and nbclient record (when each cell ran and for how long)."
@@ -69,7 +71,8 @@ def test_two_clean_runs_are_identical(project, tmp_path):
     assert 'unknown parameter' not in r.stdout + r.stderr, r.stderr[-2000:]   # every params.yaml section is a declared parameter
     files = ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json', 'models/candidate/model.json',
              'models/candidate/model.skops',
-             'plots/evaluate/roc.csv', 'plots/evaluate/figures/roc.png']
+             'plots/evaluate/roc.csv', 'plots/evaluate/figures/roc.png',
+             'metrics/key/evaluate.json', 'metrics/key/train.json', 'metrics/key/prepare.json']
     first = {f: (project.path/f).read_bytes() for f in files}
     first_reports = {s: report_content(project.path/f'reports/{s}.ipynb') for s in STAGES}
     first_preds = pd.read_parquet(project.path/'data/predictions/test.parquet')

@@ -229,7 +229,7 @@ def test_monitor_stage_detects_the_simulated_drift(repro):
     report = repro.path/'reports/06_monitor.ipynb'
     assert report.stat().st_size < 2_000_000                            # aggregated figures, no raw data
     out = repro.run('dvc metrics show --json').stdout
-    assert 'metrics/monitor.json' in out
+    assert 'metrics/key/monitor.json' in out
     assert 'monitor' not in repro.run('dvc status').stdout               # up to date after the run
 
 # ----------------------------------------------- the champion as reference; real captures from the real service

@@ -74,7 +74,7 @@ def test_deploy_stage_registers_gates_and_promotes(deployed):
     assert reg.versions() == ['v0001', 'v0002'] and reg.aliases() == {'champion': 'v0001'}
     assert reg.info('v0002')['status'] == 'rejected' and reg.info('v0002')['gate']['passed'] is False
     shown = json.loads(deployed.run('dvc metrics show --json').stdout)
-    assert 'metrics/gate.json' in json.dumps(shown)
+    assert 'metrics/key/deploy.json' in json.dumps(shown)
 
 
 def test_version_holds_lineage_schema_card_and_safe_artefacts(deployed):
