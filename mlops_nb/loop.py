@@ -189,7 +189,7 @@ class Loop:
             version = dep.version
         reg = self._reg(); info = reg.info(version, verify=False)
         if info.get('status') == 'accepted' and reg.aliases().get('champion') != version and (info.get('gate') or {}).get('passed') \
-           and not any(h.get('to') == version for h in reg.history('champion')):
+           and not any(h.get('version') == version for h in reg.history('champion')):
             reg.promote(version, 'champion', reason=f"loop day {day}: gate passed")    # registered, then killed before the promotion
         after = reg.aliases().get('champion')
         self.state['runs'][version] = str(run.relative_to(self.dir))
