@@ -92,6 +92,24 @@ def test_abrupt_drift_alert_retrain_promotion_new_version_served(drift_run):
     assert set(fb['request_id'].str.split(':').str[0]) == {f'd{d:04d}' for d in range(10, 10 + DAYS - 2)}
 
 
+def test_simulate_writes_the_timeline_table_and_figure(drift_run):
+    import pandas as pd
+    from matplotlib.image import imread
+    h = history(drift_run)
+    tl = pd.read_csv(drift_run/'loop'/'timeline.csv')
+    assert tl['day'].tolist() == [r['day'] for r in h] and tl['version'].tolist() == [r['version'] for r in h]
+    assert tl['retrain'].tolist() == [r['decision']['retrain'] for r in h]
+    assert tl['data_drift'].tolist() == [r['signals']['data_drift'] for r in h]
+    assert tl['promoted'].tolist() == [bool((r.get('retrain') or {}).get('promoted')) for r in h]
+    assert tl.loc[tl['retrain'], 'retrain_version'].tolist() == [r['retrain']['version'] for r in h if r['decision']['retrain']]
+    for col in ('realised', 'estimated'):
+        want = [r['signals'].get(col) for r in h]
+        got = tl[col].tolist()
+        assert [w is None for w in want] == pd.isna(got).tolist() and all(abs(g - w) < 1e-9 for g, w in zip(got, want) if w is not None)
+    img = imread(drift_run/'loop'/'timeline.png')
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500 and img.std() > 0
+
+
 def test_kill_and_resume_gives_the_uninterrupted_run(drift_run, tmp_path):
     write_params(tmp_path, small_params())
     rng, kills = random.Random(15), 0
