@@ -87,7 +87,7 @@ def _monitor_commands(sub):
 # %% ../nbs/12_cli.ipynb #276c480a
 @command_group
 def _models_and_gate(sub):
-    "`mlops-nb models list|show|promote|rollback|archive|diff|card|history` and `mlops-nb gate` (issue 3, mlops_nb.registry)."
+    "`mlops-nb models list|show|promote|rollback|archive|diff|card|history` and `mlops-nb gate` (mlops_nb.registry)."
     p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history',
                        description='Inspect and change the model registry. Exit 0 done, 2 bad input (unknown version/alias, damaged version).')
     p.add_argument('--registry', help="registry folder (default: deploy.registry of ./params.yaml, else ./registry)")

@@ -12,8 +12,9 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['TRUSTED_TYPES', 'MlopsError', 'DataError', 'atomic_write', 'atomic_dir', 'to_jsonable', 'write_json', 'read_json',
-           'load_params', 'project_root', 'stage_params', 'skops_bytes', 'save_skops', 'load_skops', 'get_logger']
+__all__ = ['TRUSTED_TYPES', 'MlopsError', 'DataError', 'atomic_write', 'atomic_dir', 'to_jsonable', 'round_floats', 'write_json',
+           'read_json', 'load_params', 'project_root', 'stage_params', 'skops_bytes', 'save_skops', 'load_skops',
+           'get_logger']
 
 # %% ../nbs/00_core.ipynb #052e3259
 class MlopsError(Exception):
@@ -85,10 +86,20 @@ def to_jsonable(obj:Any) -> Any:
     return obj
 
 # %% ../nbs/00_core.ipynb #8e4f8ce0
-def write_json(path:str|os.PathLike, obj:Any, indent:int=2) -> Path:
-    "Atomically write `obj` as stable, sorted JSON to `path`."
+def round_floats(obj:Any, digits:int) -> Any:
+    "`obj` (plain JSON values) with every float rounded to `digits` significant digits; ints, bools and text unchanged."
+    if isinstance(obj, dict): return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list): return [round_floats(v, digits) for v in obj]
+    if isinstance(obj, float): return float(f'{obj:.{digits}g}')
+    return obj
+
+def write_json(path:str|os.PathLike, obj:Any, indent:int=2, digits:int|None=None) -> Path:
+    """Atomically write `obj` as stable, sorted JSON to `path`. With `digits`, floats keep that many significant digits:
+    the last digits of a sum depend on the order threads add it up in, and a tracked file must not change with them."""
+    obj = to_jsonable(obj)
+    if digits is not None: obj = round_floats(obj, digits)
     with atomic_write(path) as f:
-        json.dump(to_jsonable(obj), f, indent=indent, sort_keys=True, allow_nan=False)
+        json.dump(obj, f, indent=indent, sort_keys=True, allow_nan=False)
         f.write('\n')
     return Path(path)
 
@@ -139,10 +150,30 @@ TRUSTED_TYPES = [
     'mlops_nb.features.FeatureBuilder',   # the feature step inside every trained pipeline
 ]
 
+def _canonical_skops(data:bytes) -> bytes:
+    """The same skops archive with fixed member dates and member names numbered in the order `schema.json` cites them
+    (skops names arrays and ids after memory addresses), so that one model always gives the same bytes."""
+    import io, re, zipfile
+    src = zipfile.ZipFile(io.BytesIO(data))
+    schema = src.read('schema.json').decode('utf-8')
+    cited = list(dict.fromkeys(re.findall(r'"file": "([^"]+)"', schema)))
+    names = {old: f'{i:05d}{Path(old).suffix}' for i, old in enumerate(cited)}
+    if set(names) != set(src.namelist()) - {'schema.json'}: return data          # not the layout this expects: leave it
+    schema = re.sub(r'"file": "([^"]+)"', lambda m: f'"file": "{names[m.group(1)]}"', schema)
+    ids = {v: str(i) for i, v in enumerate(dict.fromkeys(re.findall(r'"__id__": (\d+)', schema)))}   # addresses too
+    schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids[m.group(1)]}', schema)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, 'w') as dst:
+        for info in src.infolist():
+            new = zipfile.ZipInfo('schema.json' if info.filename == 'schema.json' else names[info.filename], (1980, 1, 1, 0, 0, 0))
+            new.compress_type, new.external_attr = info.compress_type, info.external_attr
+            dst.writestr(new, schema.encode('utf-8') if info.filename == 'schema.json' else src.read(info))
+    return out.getvalue()
+
 def skops_bytes(model, trusted:list[str]|None=None, check:bool=True) -> bytes:
     "`model` in the skops format; with `check`, refuse a model that could not be loaded back with the trusted types."
     import skops.io as sio
-    data = sio.dumps(model)
+    data = _canonical_skops(sio.dumps(model))
     if check:
         bad = [t for t in sio.get_untrusted_types(data=data) if t not in set(TRUSTED_TYPES) | set(trusted or ())]
         if bad: raise MlopsError(f"refusing to save a model holding type(s) {bad}, which are not trusted for loading back; "

@@ -17,9 +17,9 @@ from .core import MlopsError, DataError, atomic_dir, write_json, read_json, to_j
 
 # %% auto #0
 __all__ = ['FILE_FORMATS', 'SOURCE_TYPES', 'KINDS', 'DEFAULT_RULES', 'Batch', 'number_mask', 'strict_numbers', 'parse_numbers',
-           'apply_null_tokens', 'read_table_file', 'file_batches', 'expand_env', 'sql_batches', 'simulator_batches',
-           'collect', 'write_batches', 'read_batches', 'ColumnSchema', 'Schema', 'ValidationReport', 'validate',
-           'schema_changes', 'quality_table']
+           'apply_null_tokens', 'read_table_file', 'file_batches', 'expand_env', 'sql_batches', 'sql_fingerprint',
+           'file_fingerprint', 'source_fingerprint', 'simulator_batches', 'collect', 'write_batches', 'read_batches',
+           'ColumnSchema', 'Schema', 'ValidationReport', 'validate', 'schema_changes', 'quality_table']
 
 # %% ../nbs/02_data.ipynb #62648fbf
 _log = get_logger('mlops_nb.data')
@@ -151,14 +151,15 @@ def expand_env(s:str) -> str:
         return os.environ[m.group(1)]
     return re.sub(r'\$\{([A-Za-z_][A-Za-z0-9_]*)\}', sub, s)
 
-# %% ../nbs/02_data.ipynb #e2adeccd
-def sql_batches(url:str, query:str|None=None, table:str|None=None, name:str|None=None) -> list[Batch]:
-    "Read a `table` or the rows of a `query` from the database at SQLAlchemy `url` (`${VAR}`s taken from the environment) as one `Batch`."
+# %% ../nbs/02_data.ipynb #e2adecc0
+import contextlib
+
+@contextlib.contextmanager
+def _sql_connection(template:str):
+    "A connection to the database at `template` (`${VAR}`s from the environment) and a function that cleans an error's text of its password."
     import sqlalchemy as sa
-    template, url = url, expand_env(url)
-    if (query is None) == (table is None): raise MlopsError(f"{_mask_url(url)}: give exactly one of `query` or `table`")
-    masked, where = _mask_url(template), _sql_where(template, query, table)
-    def _clean(e):
+    url, masked = expand_env(template), _mask_url(template)
+    def clean(e):
         msg = _first_line(getattr(e, 'orig', None) or e)
         try: pw = sa.engine.make_url(url).password
         except Exception: pw = None
@@ -169,18 +170,74 @@ def sql_batches(url:str, query:str|None=None, table:str|None=None, name:str|None
             if not Path(u.database).is_file(): raise FileNotFoundError(f"database file {u.database} does not exist")
         engine = sa.create_engine(u)
     except (ImportError, sa.exc.NoSuchModuleError) as e:
-        raise DataError(masked, 'sql_driver_missing', detail=f"{_clean(e)}; install the database's driver"
+        raise DataError(masked, 'sql_driver_missing', detail=f"{clean(e)}; install the database's driver"
                         + (", e.g. pip install 'mlops-nb[postgres]'" if u.get_backend_name() == 'postgresql' else '')) from None
-    except Exception as e: raise DataError(masked, 'sql_unreachable', detail=_clean(e)) from None
+    except Exception as e: raise DataError(masked, 'sql_unreachable', detail=clean(e)) from None
     try:
         try: conn = engine.connect()
-        except Exception as e: raise DataError(masked, 'sql_unreachable', detail=_clean(e)) from None
-        with conn:
-            try: df = pd.read_sql_table(table, conn) if table else pd.read_sql_query(sa.text(query), conn)
-            except Exception as e: raise DataError(where, 'sql_query_failed', detail=_clean(e)) from None
+        except Exception as e: raise DataError(masked, 'sql_unreachable', detail=clean(e)) from None
+        with conn: yield conn, clean
     finally: engine.dispose()
+
+
+# %% ../nbs/02_data.ipynb #e2adeccd
+def sql_batches(url:str, query:str|None=None, table:str|None=None, name:str|None=None) -> list[Batch]:
+    "Read a `table` or the rows of a `query` from the database at SQLAlchemy `url` (`${VAR}`s taken from the environment) as one `Batch`."
+    import sqlalchemy as sa
+    if (query is None) == (table is None): raise MlopsError(f"{_mask_url(url)}: give exactly one of `query` or `table`")
+    where = _sql_where(url, query, table)
+    with _sql_connection(url) as (conn, clean):
+        try: df = pd.read_sql_table(table, conn) if table else pd.read_sql_query(sa.text(query), conn)
+        except Exception as e: raise DataError(where, 'sql_query_failed', detail=clean(e)) from None
     if len(df) == 0: raise DataError(where, 'empty_result', detail='the query returned no rows')
     return [Batch(_safe_name(name or f"sql_{table or 'query'}"), where, df)]
+
+
+# %% ../nbs/02_data.ipynb #e2adecc2
+def sql_fingerprint(url:str, query:str|None=None, table:str|None=None, time_column:str|None=None, check:str|None=None) -> dict:
+    "A cheap summary of what a SQL source holds now: its `check` query's result, else its row count and newest `time_column` value."
+    import hashlib, sqlalchemy as sa
+    where = _sql_where(url, query, table)
+    with _sql_connection(url) as (conn, clean):
+        if check:
+            try: rows = conn.execute(sa.text(check)).fetchall()
+            except Exception as e: raise DataError(where, 'sql_query_failed', detail=f"check query: {clean(e)}") from None
+            return dict(check=hashlib.sha256(repr([tuple(r) for r in rows]).encode()).hexdigest())
+        src = sa.table(table) if table else sa.text(query).columns().subquery('q')
+        q = conn.dialect.identifier_preparer.quote
+        for with_time in ([True, False] if time_column else [False]):
+            cols = [sa.func.count().label('rows')] + ([sa.func.max(sa.literal_column(q(time_column))).label('newest')] if with_time else [])
+            try: r = conn.execute(sa.select(*cols).select_from(src)).one()
+            except Exception as e:
+                conn.rollback()
+                if with_time: continue       # no such column in this source: its row count only
+                raise DataError(where, 'sql_query_failed', detail=clean(e)) from None
+            return dict(rows=int(r[0])) | (dict(newest=str(r[1])) if with_time else {})
+
+def file_fingerprint(path:str) -> list[dict]:
+    "Size and sha256 of every CSV/Parquet file a file source reads."
+    import hashlib
+    out = []
+    spec = str(path)
+    files = [Path(p) for p in glob.glob(spec)] if _is_glob(spec) else (list(Path(spec).iterdir()) if Path(spec).is_dir() else [Path(spec)])
+    for f in sorted(f for f in files if f.is_file() and _file_format(f)):
+        h = hashlib.sha256()
+        with open(f, 'rb') as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b''): h.update(chunk)
+        out.append(dict(file=str(f), bytes=f.stat().st_size, sha256=h.hexdigest()))
+    return out
+
+def source_fingerprint(sources:list[dict], time_column:str|None=None) -> list[dict]:
+    "One entry per source of `collect.sources` that changes what collect reads: files and SQL (the simulator follows its params)."
+    out = []
+    for i, s in enumerate(sources or []):
+        kind = s.get('type') if isinstance(s, dict) else None
+        if kind == 'file': out.append(dict(source=i, type='file', files=file_fingerprint(s.get('path', ''))))
+        elif kind == 'sql':
+            out.append(dict(source=i, type='sql', where=_sql_where(s['url'], s.get('query'), s.get('table')))
+                       | sql_fingerprint(s['url'], s.get('query'), s.get('table'), time_column, s.get('check')))
+        else: out.append(dict(source=i, type=kind))
+    return out
 
 # %% ../nbs/02_data.ipynb #49d14df6
 def simulator_batches(start_day:int, days:int, seed:int, sim_params:dict) -> list[Batch]:

@@ -128,7 +128,7 @@ def search(pipeline, X:pd.DataFrame, y, space:dict, method:str='random', n_iter:
     from mlops_nb import train as T
     if scoring is not None and scoring not in T.get_scorer_names(): return T.search(pipeline, X, y, space, method, n_iter, cv_splits, scoring, seed)
     if method not in ('grid', 'random') or len(X) != len(y) or not space:   # the same errors and the empty-space fit
-        return T.search(pipeline, X, y, space, method, n_iter, cv_splits, scoring, seed)
+        return (*T.search(pipeline, X, y, space, method, n_iter, cv_splits, scoring, seed), dict(candidates=0, from_store=0, ran=0))
     grid = T._space(pipeline, space)
     y = y if isinstance(y, pd.Series) else pd.Series(np.asarray(y))
     if method == 'grid': cands = list(ParameterGrid(grid))

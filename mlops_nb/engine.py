@@ -4,14 +4,14 @@
 
 # %% ../nbs/14_engine.ipynb #bd275305
 from __future__ import annotations
-import os, shutil, tempfile
+import os, re, shutil, tempfile
 from pathlib import Path
 
 from papermill.engines import NBClientEngine
 from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['KERNEL_ARGUMENTS', 'kernel_config', 'stage_log', 'StageEngine']
+__all__ = ['KERNEL_ARGUMENTS', 'kernel_config', 'mask_secrets', 'scrub_parameters', 'stage_log', 'StageEngine']
 
 # %% ../nbs/14_engine.ipynb #1bf13414
 KERNEL_ARGUMENTS = ['--HistoryManager.enabled=False']  # a batch kernel keeps no input history
@@ -20,6 +20,28 @@ def kernel_config(socket_dir:Path) -> Config:
     "Traitlets config for a kernel reached through Unix-domain sockets named `socket_dir/kernel-N`."
     return Config({'KernelManager': {'transport': 'ipc', 'ip': str(Path(socket_dir)/'kernel')}})
 
+# %% ../nbs/14_engine.ipynb #e1a5ec02
+_URL_PASSWORD = re.compile(r"(://[^:/@\s'\"]*:)([^@/\s'\"]+)@")
+_ENV_REF = re.compile(r'\$\{[A-Za-z_][A-Za-z0-9_]*\}')
+
+def mask_secrets(text:str) -> str:
+    "`text` with every password written into a URL (`scheme://user:password@host`) replaced by `***`; `${VAR}` references are kept."
+    return _URL_PASSWORD.sub(lambda m: m.group(0) if _ENV_REF.fullmatch(m.group(2)) else f"{m.group(1)}***@", text)
+
+def _masked(v):
+    if isinstance(v, str): return mask_secrets(v)
+    if isinstance(v, dict): return {k: _masked(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_masked(x) for x in v]
+    return v
+
+def scrub_parameters(nb):
+    "Mask the secrets in what papermill injected into `nb`: the `injected-parameters` cell and `metadata.papermill.parameters`."
+    for cell in nb.cells:
+        if 'injected-parameters' in cell.get('metadata', {}).get('tags', []): cell.source = mask_secrets(cell.source)
+    pm = nb.metadata.get('papermill')
+    if pm and 'parameters' in pm: pm['parameters'] = _masked(pm['parameters'])
+    return nb
+
 # %% ../nbs/14_engine.ipynb #3cd60d2d
 def stage_log(output_path) -> Path|None:
     "The log file of the stage writing report `output_path`: `reports/01_collect.ipynb` logs to `reports/01_collect.log`."
@@ -27,7 +49,11 @@ def stage_log(output_path) -> Path|None:
     return Path(output_path).with_suffix('.log')
 
 class StageEngine(NBClientEngine):
-    "papermill's nbclient engine with an immediate kernel shutdown, `ipc` sockets, no IPython history, logs to the stage's log."
+    "papermill's nbclient engine with an immediate kernel shutdown, `ipc` sockets, no IPython history, logs to the stage's log, secrets masked."
+    @classmethod
+    def execute_notebook(cls, nb, kernel_name, **kwargs):
+        return super().execute_notebook(scrub_parameters(nb), kernel_name, **kwargs)   # before the first write of the report
+
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
         socket_dir = Path(tempfile.mkdtemp(prefix='mlops-nb-kernel-'))
@@ -36,5 +62,7 @@ class StageEngine(NBClientEngine):
         kwargs.setdefault('extra_arguments', KERNEL_ARGUMENTS)
         log = stage_log(nb_man.nb.metadata.get('papermill', {}).get('output_path'))
         if log: log.parent.mkdir(parents=True, exist_ok=True); log.write_text('', encoding='utf-8'); os.environ['MLOPS_NB_LOG_FILE'] = str(log)
+        for c in nb_man.nb.cells:   # papermill gives the cell it injects a random id: the same run would make a different report
+            if 'injected-parameters' in c.get('metadata', {}).get('tags', []): c['id'] = 'injected-parameters'
         try: return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
         finally: shutil.rmtree(socket_dir, ignore_errors=True)

@@ -663,7 +663,7 @@ def deliver(status:dict, path:str|Path|None=None, webhook:str='', timeout:float=
     if status.get('alert'):
         log.warning(f"monitor ALERT: {'; '.join(a['message'] for a in status['alerts'])} | retrain={status['recommendation']['retrain']}")
     else: log.info(f"monitor ok: no alert ({status.get('summary', {}).get('drifted_features', 0)} drifted features)")
-    if path: write_json(path, status)
+    if path: write_json(path, status, digits=12)   # a tracked file: scores without their last, machine-dependent digits
     return status
 
 # %% ../nbs/10_monitor.ipynb #27254d3a

@@ -27,7 +27,7 @@ _source = {'type': 'object', 'required': ['type'], 'properties': {'type': {'enum
            'allOf': [
     {'if': {'properties': {'type': {'const': 'simulator'}}}, 'then': _obj({'type': {}})},
     {'if': {'properties': {'type': {'const': 'file'}}}, 'then': _obj({'type': {}, 'path': {'type': 'string', 'minLength': 1}, 'name': _str}, ['path'])},
-    {'if': {'properties': {'type': {'const': 'sql'}}}, 'then': {**_obj({'type': {}, 'url': {'type': 'string', 'minLength': 1}, 'table': _str, 'query': _str, 'name': _str}, ['url']),
+    {'if': {'properties': {'type': {'const': 'sql'}}}, 'then': {**_obj({'type': {}, 'url': {'type': 'string', 'minLength': 1}, 'table': _str, 'query': _str, 'name': _str, 'check': _str}, ['url']),
                                                              'oneOf': [{'required': ['table']}, {'required': ['query']}]}},
 ]}
 
@@ -75,7 +75,8 @@ PARAMS_SCHEMA = _obj({
                    'capture_flush_seconds': _num, 'max_rows': _int, 'max_bytes': _int,
                    'unseen_categories': {'enum': ['allow', 'error']}, 'unknown_columns': {'enum': ['error', 'ignore']},
                    'output': {'enum': ['label', 'score', 'both']}, 'poll_seconds': _num, 'access_log': _bool,
-                   'micro_batch': _bool, 'registry': _str}),
+                   'micro_batch': _bool, 'registry': _str, 'read_timeout': _pos, 'keep_alive_seconds': _pos,
+                   'limit_concurrency': {'type': 'integer', 'minimum': 1}}),
     'dask': _obj({'scheduler': _str, 'trial_store': _str}),   # where the work runs (mlops_nb.distributed)
     'loop': _obj({'dir': {'type': 'string', 'minLength': 1}, 'start_day': {'type': 'integer', 'minimum': 0},
                   'label_delay_days': {'type': 'integer', 'minimum': 0}, 'monitor_days': {'type': 'integer', 'minimum': 1},

@@ -712,6 +712,7 @@ def _set_alias(self, version, alias:str='champion', reason:str='', actor:str|Non
     if not _ALIAS.match(str(alias)): raise MlopsError(f"alias {alias!r} is not valid: use lowercase letters, digits, '-' or '_' (e.g. champion)")
     v = self.resolve(version)
     info = self.info(v)                       # verifies the manifest: a damaged version is never promoted
+    self.load_check(v)                        # and loads it as a server would: a version no server can start is never promoted
     if info['status'] != 'accepted' and not force:
         raise MlopsError(f"{v} has status '{info['status']}': only accepted versions can be promoted "
                          f"({'it failed the deploy gate' if info['status'] == 'rejected' else 'it was archived'}); use force to override")
@@ -727,11 +728,22 @@ def _set_alias(self, version, alias:str='champion', reason:str='', actor:str|Non
     self.log.info('%s: %s -> %s (was %s)', action, alias, v, prev)
     return entry
 
+def _load_check(self, version) -> Path:
+    """Load `version` as a server would, without keeping it: manifest, the skops file with trusted types only, the ONNX
+    session. Raises `MlopsError` naming what fails; called before an alias moves."""
+    d = self.version_dir(version)
+    load_skops(d/'model.skops')
+    if (d/'model.onnx').exists():
+        try: onnx_session((d/'model.onnx').read_bytes())
+        except MlopsError as e: raise MlopsError(f"{d/'model.onnx'}: {e}") from None
+    return d
+
 def _promote(self, version, alias:str='champion', reason:str='', actor:str|None=None, force:bool=False) -> dict|None:
     "Point `alias` (default `champion`) at `version`, recording who, when and why."
     return self._set_alias(version, alias, reason, actor, 'promote', force)
 
 Registry._append_history, Registry._set_alias, Registry.promote = _append_history, _set_alias, _promote
+Registry.load_check = _load_check
 
 # %% ../nbs/07_registry.ipynb #9fe7250e
 def _rollback(self, to=None, alias:str='champion', reason:str='', actor:str|None=None) -> dict:

@@ -4,17 +4,18 @@
 
 # %% ../nbs/17_report.ipynb #c35f2e5e
 from __future__ import annotations
-import html, json, math, numbers, re, textwrap
+import hashlib, html, json, math, numbers, re, textwrap
 from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display, update_display
+from pandas.io.formats.style import Styler
 
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['SUMMARY_ID', 'STOPPED', 'placeholder', 'fmt_value', 'table', 'params_table', 'changes', 'summary',
-           'time_part_columns']
+__all__ = ['SUMMARY_ID', 'STOPPED', 'NOT_RATES', 'placeholder', 'is_rate', 'fmt_value', 'ReportTable', 'table', 'params_table',
+           'changes', 'summary', 'time_part_columns']
 
 # %% ../nbs/17_report.ipynb #7e108891
 SUMMARY_ID = 'mlops-nb-summary'
@@ -27,6 +28,13 @@ def placeholder(text:str=STOPPED):
 
 # %% ../nbs/17_report.ipynb #b49b6b32
 _LONG_FLOAT = re.compile(r'^-?\d+\.\d{7,}$')
+_RATE_NAME = re.compile(r'(?:^|_)(?:rate|share)(?:_|$)')
+NOT_RATES = {'learning_rate'}   # hyper-parameters named like rates, shown as they are set
+
+def is_rate(name) -> bool:
+    "Whether a column or measure called `name` holds a proportion shown as %: `*_rate`, `*_share`, `rate_*`, `target_mean`."
+    return isinstance(name, str) and name not in NOT_RATES and (bool(_RATE_NAME.search(name)) or name == 'target_mean')
+
 _ISO_TIME = re.compile(r'^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?$')
 
 def fmt_value(v, rate:bool=False, digits:int=4) -> str:
@@ -39,9 +47,11 @@ def fmt_value(v, rate:bool=False, digits:int=4) -> str:
     if isinstance(v, numbers.Integral): return f'{int(v):,}'
     if isinstance(v, numbers.Real):
         v = float(v)
+        if abs(v) < 1e-12: v = 0.0                                         # 1.388e-17 is a zero computed in floats
         if rate: return f'{v:.1%}' if abs(v) >= .001 or v == 0 else f'{v:.3%}'
         if math.isinf(v): return '∞' if v > 0 else '-∞'
         if v == int(v) and abs(v) < 1e15: return f'{int(v):,}'
+        if abs(v) >= 10 ** digits: return f'{v:,.0f}'                     # 15,810, not 1.581e+04
         return f'{v:.{digits}g}'
     if isinstance(v, dict): return ', '.join(f'{k}={fmt_value(x)}' for k, x in v.items())
     if isinstance(v, (list, tuple, set)): return ', '.join(fmt_value(x) for x in v)
@@ -54,15 +64,23 @@ def fmt_value(v, rate:bool=False, digits:int=4) -> str:
 def _wrap(s:str, width:int) -> str:
     return '<br>'.join(html.escape(l) for l in textwrap.wrap(s, width)) if len(s) > width else html.escape(s)
 
+class ReportTable(Styler):
+    "A formatted table; as plain text, the formatted values (not pandas' `<Styler at 0x...>`, which changes every run)."
+    def __repr__(self): return self.data.to_string()
+
 def table(df:pd.DataFrame|pd.Series|list|dict, rates=(), wrap:int=70, digits:int=4, index:bool|None=None):
     "`df` formatted for a report: integers as integers, `rates` columns (or those named `*rate*`/`share`) as %, text wrapped."
     if isinstance(df, pd.Series): df = df.to_frame()
     if not isinstance(df, pd.DataFrame): df = pd.DataFrame(df)
     if index is None: index = not isinstance(df.index, pd.RangeIndex)
-    rates = set(rates) | {c for c in df.columns if isinstance(c, str) and ('rate' in c or c in ('share', 'target_mean'))}
-    out = pd.DataFrame({c: [_wrap(fmt_value(v, c in rates, digits), wrap) for v in df[c]] for c in df.columns}, index=df.index)
+    rates = set(rates) | {c for c in df.columns if is_rate(c)}
+    row_rates = [is_rate(i) or i in rates for i in df.index]               # a table of named measures: its rate rows
+    out = pd.DataFrame({c: [_wrap(fmt_value(v, c in rates or r, digits), wrap) for v, r in zip(df[c], row_rates)] for c in df.columns},
+                       index=df.index)
     out.index = [_wrap(fmt_value(i), wrap) for i in out.index]
-    s = out.style.set_table_attributes('class="dataframe report-table"')
+    # the id pandas gives the table's CSS is random; a report that changes with every run would change DVC's hash of it
+    uid = hashlib.sha1(json.dumps([list(map(str, out.columns)), list(out.index), out.values.tolist()]).encode()).hexdigest()[:10]
+    s = ReportTable(out).set_uuid(uid).set_table_attributes('class="dataframe report-table"')
     if not index: s = s.hide(axis='index')
     return s.set_table_styles([dict(selector='td, th', props=[('text-align', 'left'), ('vertical-align', 'top')]),
                                dict(selector='th', props=[('white-space', 'nowrap')])])
@@ -97,7 +115,7 @@ def changes(stage:str, numbers:dict, history:str|Path='reports/.history') -> lis
 def summary(stage:str, verdict:str, numbers:dict, next_steps, detail:str='', history:str|Path='reports/.history',
             rates=()) -> Markdown:
     "The report's summary as markdown; also written into the `placeholder` at the top of the report."
-    rates = set(rates) | {k for k in numbers if 'rate' in k or k == 'share'}
+    rates = set(rates) | {k for k in numbers if is_rate(k)}
     lines = [f'**{verdict}**' + (f' {detail}' if detail else ''), '',
              '| measure | value |', '|---|---|'] + [f'| {k} | {fmt_value(v, k in rates)} |' for k, v in numbers.items()]
     lines += ['', '**Since the last run:** ' + '; '.join(changes(stage, numbers, history)) + '.']

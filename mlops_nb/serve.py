@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_serve.ipynb #555a80e6
 from __future__ import annotations
-import asyncio, bisect, contextlib, csv, hmac, io, itertools, math, operator, os, re, sys, threading, time, uuid
+import asyncio, bisect, contextlib, csv, hmac, io, itertools, json, math, operator, os, re, struct, sys, threading, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,13 @@ import orjson
 
 from .core import MlopsError, DataError, read_json, get_logger
 from .data import Schema, ColumnSchema
+from .validation import RequestError, _bad, Validator
+from .protocols import (parse_json_payload, parse_csv_payload, loads_json, _v2_columns, _v2_path, _predictions_body,
+                                _V2_NUMBERS)
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'ServeConfig', 'RequestError', 'parse_json_payload', 'parse_csv_payload',
-           'Validator', 'LoadedModel', 'ModelSource', 'Stats', 'Service', 'openapi_spec', 'build_app', 'app_from_env',
-           'predict_file', 'serve_cmd', 'predict_cmd']
+__all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'ServeConfig', 'LoadedModel', 'ModelSource', 'Stats', 'Service', 'openapi_spec',
+           'build_app', 'app_from_env', 'predict_file', 'serve_cmd', 'predict_cmd']
 
 # %% ../nbs/09_serve.ipynb #2f8e36fa
 _log = get_logger('mlops_nb.serve')
@@ -44,6 +46,9 @@ class ServeConfig:
     access_log: bool = True            # one JSON line per request on stderr
     intra_op_threads: int = 1
     micro_batch: bool = True           # requests waiting in the same event-loop turn share one model call
+    read_timeout: float = 30.0         # seconds a request's headers and body may take to arrive; then the connection is closed
+    keep_alive_seconds: float = 5.0    # an idle keep-alive connection is closed after this
+    limit_concurrency: int = 1000      # connections + requests in progress per worker; more are answered 503
 
     ENV = dict(registry='MLOPS_NB_REGISTRY', model='MLOPS_NB_MODEL', host='MLOPS_NB_HOST', port='MLOPS_NB_PORT',
                workers='MLOPS_NB_WORKERS', capture_dir='MLOPS_NB_CAPTURE_DIR')
@@ -67,278 +72,11 @@ class ServeConfig:
             except (TypeError, ValueError): raise MlopsError(f"serve setting '{k}': expected {typ.__name__}, got {v!r}") from None
         for k, ok in (('unseen_categories', ('allow', 'error')), ('unknown_columns', ('error', 'ignore')), ('output', ('label', 'score', 'both'))):
             if getattr(cfg, k) not in ok: raise MlopsError(f"serve setting '{k}': expected one of {', '.join(ok)}, got {getattr(cfg, k)!r}")
-        for k in ('port', 'workers', 'max_rows', 'max_bytes', 'capture_flush_rows', 'intra_op_threads'):
+        for k in ('read_timeout', 'keep_alive_seconds'):
+            if not getattr(cfg, k) > 0: raise MlopsError(f"serve setting '{k}': must be positive, got {getattr(cfg, k)}")
+        for k in ('port', 'workers', 'max_rows', 'max_bytes', 'capture_flush_rows', 'intra_op_threads', 'limit_concurrency'):
             if getattr(cfg, k) < (0 if k == 'port' else 1): raise MlopsError(f"serve setting '{k}': must be positive, got {getattr(cfg, k)}")
         return cfg
-
-# %% ../nbs/09_serve.ipynb #e2395fa7
-class RequestError(Exception):
-    "A request the service refuses: HTTP `status`, machine-readable `rule`, the `field` and `value` at fault."
-    CODES = {400: 'BAD_REQUEST', 401: 'UNAUTHENTICATED', 403: 'PERMISSION_DENIED', 404: 'RESOURCE_DOES_NOT_EXIST',
-             405: 'METHOD_NOT_ALLOWED', 413: 'PAYLOAD_TOO_LARGE', 415: 'UNSUPPORTED_MEDIA_TYPE', 422: 'INVALID_PARAMETER_VALUE',
-             503: 'TEMPORARILY_UNAVAILABLE'}
-    def __init__(self, status:int, rule:str, message:str, field:str|None=None, value:Any=None, row:int|None=None):
-        super().__init__(message)
-        self.status, self.rule, self.field, self.value, self.row = status, rule, field, value, row
-
-    def to_dict(self) -> dict:
-        d = dict(error_code=self.CODES.get(self.status, 'BAD_REQUEST'), rule=self.rule, message=str(self))
-        if self.field is not None: d['field'] = self.field
-        if self.row is not None: d['row'] = self.row
-        if self.value is not None: d['value'] = self.value if isinstance(self.value, (int, float, bool)) else repr(self.value)[:200]
-        return d
-
-def _bad(rule:str, message:str, field:str|None=None, value:Any=None, row:int|None=None, status:int=422) -> RequestError:
-    return RequestError(status, rule, message, field, value, row)
-
-# %% ../nbs/09_serve.ipynb #036d3d2c
-def _uniform(rows:list, typ:type, size:int) -> bool:
-    "True when every item of `rows` is a `typ` of length `size`: two C-level passes, no Python loop per row."
-    return set(map(type, rows)) == {typ} and set(map(len, rows)) == {size}
-
-def _transpose(rows:list, names:list) -> dict:
-    "Rows of equal length (lists, or tuples from `itemgetter`) into a dict of column lists, in one `zip`."
-    return dict(zip(names, map(list, zip(*rows))))
-
-def _records_to_columns(records:list, names:list[str], where:str) -> tuple[dict, int]:
-    "Rows given as dicts (`dataframe_records`) or as lists in schema order into columns."
-    if not records: raise _bad('empty_payload', f"'{where}' has no rows", where, status=400)
-    first = records[0]
-    if isinstance(first, dict):
-        keys = list(first)
-        if keys and _uniform(records, dict, len(keys)):
-            try:   # same length and every key of row 0 present: the same keys
-                return _transpose(list(map(operator.itemgetter(*keys), records)) if len(keys) > 1 else [[r[keys[0]]] for r in records], keys), len(records)
-            except KeyError: pass
-        cols = set(keys)
-        for i, r in enumerate(records):   # the slow path only finds the first bad row for the message
-            if not isinstance(r, dict): raise _bad('wrong_shape', f"'{where}' row {i} is not an object like row 0", where, r, i, 400)
-            if len(r) != len(keys) or any(k not in cols for k in r):
-                missing = [k for k in keys if k not in r]
-                extra = [k for k in r if k not in cols]
-                k = (missing or extra)[0] if (missing or extra) else None
-                raise _bad('missing_column' if missing else 'unknown_column',
-                           f"row {i} {'lacks' if missing else 'has an extra'} column '{k}' that row 0 {'has' if missing else 'has not'}", k, None, i)
-        raise _bad('wrong_shape', f"'{where}' rows must be objects with the keys of row 0", where, status=400)
-    if isinstance(first, list):
-        if _uniform(records, list, len(names)): return _transpose(records, names), len(records)
-        for i, r in enumerate(records):
-            if not isinstance(r, list) or len(r) != len(names):
-                raise _bad('wrong_shape', f"'{where}' row {i} has {len(r) if isinstance(r, list) else 'no list of'} values; "
-                           f"expected {len(names)} in schema order ({', '.join(names)})", where, None, i, 400)
-    raise _bad('wrong_shape', f"'{where}' must be a list of objects or of lists, got a list of {type(first).__name__}", where, first, status=400)
-
-def _columns_dict(d:dict, where:str) -> tuple[dict, int]:
-    "Columns given as a mapping name -> list of values (or one value for a single row)."
-    if not d: raise _bad('empty_payload', f"'{where}' has no columns", where, status=400)
-    cols = {k: (v if isinstance(v, list) else [v]) for k, v in d.items()}
-    lens = {len(v) for v in cols.values()}
-    if len(lens) != 1:
-        raise _bad('ragged_columns', f"'{where}' columns have different lengths {sorted(lens)}", where, status=400)
-    return cols, lens.pop()
-
-def parse_json_payload(obj:Any, names:list[str]) -> tuple[dict, int]:
-    "MLflow's scoring formats (`dataframe_split`, `dataframe_records`, `instances`, `inputs`) into `(columns, n)`."
-    if isinstance(obj, list): return _records_to_columns(obj, names, 'body')   # a bare list of records, as pandas' orient=records
-    if not isinstance(obj, dict): raise _bad('wrong_shape', f"expected a JSON object, got {type(obj).__name__}", 'body', obj, status=400)
-    keys = [k for k in ('dataframe_split', 'dataframe_records', 'instances', 'inputs') if k in obj]
-    if len(keys) != 1:
-        raise _bad('wrong_format', "the body must have exactly one of 'dataframe_split', 'dataframe_records', 'instances', 'inputs'"
-                   + (f", got {keys}" if keys else f", got keys {list(obj)[:5]}"), 'body', status=400)
-    k = keys[0]; v = obj[k]
-    if k == 'dataframe_split':
-        if not isinstance(v, dict) or not isinstance(v.get('data'), list):
-            raise _bad('wrong_shape', "'dataframe_split' needs 'columns' and 'data' (a list of rows)", k, status=400)
-        columns = v.get('columns', names)
-        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-            raise _bad('wrong_shape', "'dataframe_split.columns' must be a list of names", f'{k}.columns', columns, status=400)
-        if len(set(columns)) != len(columns): raise _bad('duplicate_column', f"'dataframe_split.columns' repeats a name", f'{k}.columns', columns, status=400)
-        data = v['data']
-        if not data: raise _bad('empty_payload', "'dataframe_split.data' has no rows", f'{k}.data', status=400)
-        if not _uniform(data, list, len(columns)):
-            for i, r in enumerate(data):
-                if not isinstance(r, list) or len(r) != len(columns):
-                    raise _bad('wrong_shape', f"'dataframe_split.data' row {i} has {len(r) if isinstance(r, list) else 'no list of'} values for "
-                               f"{len(columns)} columns", f'{k}.data', None, i, 400)
-        return _transpose(data, columns), len(data)
-    if k == 'dataframe_records':
-        if not isinstance(v, list): raise _bad('wrong_shape', "'dataframe_records' must be a list of objects", k, status=400)
-        return _records_to_columns(v, names, k)
-    if isinstance(v, dict): return _columns_dict(v, k)          # {"inputs": {"col": [...], ...}}
-    if isinstance(v, list): return _records_to_columns(v, names, k)
-    raise _bad('wrong_shape', f"'{k}' must be a list of rows or a mapping of columns", k, v, status=400)
-
-def parse_csv_payload(body:bytes) -> tuple[dict, int]:
-    "A CSV body with a header row into `(columns, n)` of strings ('' is a missing value)."
-    try: text = body.decode('utf-8-sig')
-    except UnicodeDecodeError as e: raise _bad('malformed_csv', f"the CSV body is not UTF-8 ({e.reason} at byte {e.start})", 'body', status=400) from None
-    rows = list(csv.reader(io.StringIO(text)))
-    rows = [r for r in rows if r]
-    if not rows: raise _bad('empty_payload', 'the CSV body is empty', 'body', status=400)
-    header, data = rows[0], rows[1:]
-    if not data: raise _bad('empty_payload', 'the CSV body has a header but no rows', 'body', status=400)
-    if len(set(header)) != len(header): raise _bad('duplicate_column', 'the CSV header repeats a name', 'header', header, status=400)
-    for i, r in enumerate(data):
-        if len(r) != len(header): raise _bad('wrong_shape', f"CSV row {i} has {len(r)} values for {len(header)} columns", 'body', None, i, 400)
-    return {h: [None if x == '' else x for x in col] for h, col in zip(header, zip(*data))}, len(data)
-
-# %% ../nbs/09_serve.ipynb #59eaae1a
-_NUMBER_TYPES = frozenset({int, float, type(None)})
-_STR_TYPES = frozenset({str, type(None)})
-def _utc_naive(v):
-    "A date-time value for numpy: `None` -> 'NaT'; an ISO-8601 text or datetime with a UTC offset -> naive UTC datetime."
-    import datetime as _dt
-    if v is None: return 'NaT'
-    if isinstance(v, str):
-        try: v = _dt.datetime.fromisoformat(v)
-        except ValueError: return v
-    if isinstance(v, _dt.datetime) and v.tzinfo is not None: v = v.astimezone(_dt.timezone.utc).replace(tzinfo=None)
-    return v
-
-_BOOL = {'true': 1.0, '1': 1.0, '1.0': 1.0, 't': 1.0, 'yes': 1.0, 'false': 0.0, '0': 0.0, '0.0': 0.0, 'f': 0.0, 'no': 0.0}
-
-class Validator:
-    "Checks request columns against a `Schema` (the model's input columns) and converts them to numpy."
-    def __init__(self, schema:Schema, unseen_categories:str='allow', unknown_columns:str='error', max_rows:int=10_000,
-                 id_columns:list[str]=()):
-        self.schema, self.unseen, self.unknown, self.max_rows = schema, unseen_categories, unknown_columns, max_rows
-        self.id_columns = [c for c in id_columns if c not in schema.columns]   # accepted and echoed beside the predictions
-        self.names = list(schema.columns)
-        self.cats = {k: frozenset(c.categories) for k, c in schema.columns.items() if c.kind == 'categorical' and c.categories}
-        self.unseen_count = 0          # values of categorical columns never seen in training (policy 'allow')
-        self.num_names = [k for k, c in schema.columns.items() if c.kind in ('numeric', 'integer')]
-        self.int_idx = [i for i, k in enumerate(self.num_names) if schema.columns[k].kind == 'integer']
-        self.other_names = [k for k in self.names if k not in self.num_names]
-        self.int_set = frozenset(self.num_names[i] for i in self.int_idx)
-
-    def _numeric(self, name:str, col:ColumnSchema, vals:list) -> np.ndarray:
-        try:
-            if any(type(v) is bool for v in vals): raise ValueError
-            a = np.array(vals, dtype='float64')
-        except (ValueError, TypeError):
-            for i, v in enumerate(vals):
-                try:
-                    if type(v) is bool or isinstance(v, (list, dict)): raise ValueError
-                    float(v if v is not None else 'nan')
-                except (ValueError, TypeError):
-                    raise _bad('wrong_type', f"column '{name}' must be a number ({col.kind}), got {v!r} in row {i}", name, v, i) from None
-            raise _bad('wrong_type', f"column '{name}' must hold numbers", name)
-        if a.ndim != 1: raise _bad('wrong_type', f"column '{name}' must hold one number per row, got nested lists", name)
-        if np.isinf(a).any():
-            i = int(np.flatnonzero(np.isinf(a))[0])
-            raise _bad('not_finite', f"column '{name}' must be finite, got {vals[i]!r} in row {i}", name, str(vals[i]), i)
-        if col.kind == 'integer':
-            frac = (a % 1 != 0) & ~np.isnan(a)
-            if frac.any():
-                i = int(np.flatnonzero(frac)[0])
-                raise _bad('wrong_type', f"column '{name}' must be a whole number (integer), got {vals[i]!r} in row {i}", name, vals[i], i)
-        return a
-
-    def _boolean(self, name:str, vals:list) -> np.ndarray:
-        out = np.empty(len(vals))
-        for i, v in enumerate(vals):
-            if v is None: out[i] = np.nan
-            elif type(v) is bool or v in (0, 1): out[i] = float(v)
-            elif isinstance(v, str) and v.strip().lower() in _BOOL: out[i] = _BOOL[v.strip().lower()]
-            else: raise _bad('wrong_type', f"column '{name}' must be a boolean, got {v!r} in row {i}", name, v, i)
-        return out
-
-    def _categorical(self, name:str, vals:list) -> np.ndarray:
-        if not set(map(type, vals)) <= _STR_TYPES:          # one C-level pass; the loop only finds the culprit
-            for i, v in enumerate(vals):
-                if type(v) is not str and v is not None:
-                    raise _bad('wrong_type', f"column '{name}' must be a string (category), got {v!r} in row {i}", name, v, i)
-        cats = self.cats.get(name)
-        if cats is not None and not cats.issuperset(vals):  # set algebra in C; None is in no category set
-            unseen = [i for i, v in enumerate(vals) if v is not None and v not in cats]
-            if unseen:
-                if self.unseen == 'error':
-                    i = unseen[0]
-                    raise _bad('unseen_category', f"column '{name}' has a category not seen in training: {vals[i]!r} in row {i} "
-                               f"(known: {', '.join(sorted(cats))})", name, vals[i], i)
-                self.unseen_count += len(unseen)
-        return np.array(vals, dtype=object)
-
-    def _datetime(self, name:str, vals:list) -> np.ndarray:
-        try: return np.array([v if v is not None else 'NaT' for v in vals], dtype='datetime64[us]')
-        except (ValueError, TypeError):   # ISO-8601 with a UTC offset (or tz-aware datetimes): converted to naive UTC
-            out = np.empty(len(vals), dtype='datetime64[us]')
-            for i, v in enumerate(vals):
-                try: out[i] = np.datetime64(_utc_naive(v), 'us')
-                except (ValueError, TypeError):
-                    raise _bad('wrong_type', f"column '{name}' must be an ISO date-time, got {v!r} in row {i}", name, v, i) from None
-            return out
-
-    def _numbers(self, cols:dict) -> np.ndarray:
-        "All numeric/integer columns as one float64 matrix (columns x rows): one numpy call when the values are good."
-        names = self.num_names
-        ints, strings, fractions, plain = self.int_set, False, False, True
-        try:
-            for k in names:
-                types = set(map(type, cols[k]))          # one C-level pass per column
-                if types <= _NUMBER_TYPES:
-                    if float in types and k in ints: fractions = True
-                    if type(None) in types: plain = False
-                    continue
-                if bool in types or list in types or dict in types: raise ValueError
-                strings, plain = True, False             # numbers sent as text (CSV, "12.5"): parsed below
-            vals = [cols[k] for k in names]
-            if plain:                                    # only int/float: one pass of C float conversions, no shape discovery
-                n = len(vals[0])
-                block = np.fromiter(itertools.chain.from_iterable(vals), 'float64', count=len(names) * n).reshape(len(names), n)
-            else: block = np.array(vals, dtype='float64')   # None -> NaN, "12.5" -> 12.5
-            if block.ndim != 2: raise ValueError
-        except (ValueError, TypeError):   # find the first bad value, column by column, for the error message
-            for k in names: self._numeric(k, self.schema.columns[k], cols[k])
-            raise _bad('wrong_type', 'numeric columns must hold one number per row')
-        if not np.isfinite(block).all():
-            for i, k in enumerate(names):
-                a = block[i]
-                if np.isinf(a).any():
-                    r = int(np.flatnonzero(np.isinf(a))[0])
-                    raise _bad('not_finite', f"column '{k}' must be finite, got {cols[k][r]!r} in row {r}", k, str(cols[k][r]), r)
-                if not self.schema.columns[k].nullable and np.isnan(a).any():
-                    r = int(np.flatnonzero(np.isnan(a))[0])
-                    raise _bad('null_not_allowed', f"column '{k}' must not be missing (null/NaN) in row {r}: the training data had none", k, None, r)
-        if self.int_idx and (strings or fractions):   # whole numbers sent as floats or text: check after parsing
-            sub = block[self.int_idx]
-            frac = (sub % 1 != 0) & ~np.isnan(sub)
-            if frac.any():
-                j, r = (int(x[0]) for x in np.nonzero(frac))
-                k = names[self.int_idx[j]]
-                raise _bad('wrong_type', f"column '{k}' must be a whole number (integer), got {cols[k][r]!r} in row {r}", k, cols[k][r], r)
-        return block
-
-    def columns(self, cols:dict, n:int) -> dict[str, np.ndarray]:
-        "Check `cols` (name -> list of `n` values) and return them as numpy arrays, in schema order."
-        if n == 0: raise _bad('empty_payload', 'the request has no rows', status=400)
-        if n > self.max_rows: raise _bad('too_many_rows', f"the request has {n} rows; the limit is {self.max_rows}", value=n, status=413)
-        missing = [k for k in self.names if k not in cols]
-        if missing: raise _bad('missing_column', f"column '{missing[0]}' is required"
-                               + (f" (and {len(missing) - 1} more: {', '.join(missing[1:4])})" if len(missing) > 1 else ''), missing[0])
-        if self.unknown == 'error' and len(cols) > len(self.names):
-            extra = [k for k in cols if k not in self.schema.columns and k not in self.id_columns]
-        else: extra = ()
-        if extra:
-            raise _bad('unknown_column', f"column '{extra[0]}' is not an input of the model (inputs: {', '.join(self.names)})", extra[0])
-        out = {}
-        if self.num_names:
-            block = self._numbers(cols)
-            for i, k in enumerate(self.num_names): out[k] = block[i]
-        for name in self.other_names:
-            col, vals = self.schema.columns[name], cols[name]
-            if col.kind == 'boolean': a = self._boolean(name, vals)
-            elif col.kind == 'categorical': a = self._categorical(name, vals)
-            else: a = self._datetime(name, vals)
-            if not col.nullable:
-                if a.dtype.kind == 'O': i = vals.index(None) if None in vals else -1   # `in` on a list: a C loop
-                else:
-                    nulls = np.isnan(a) if a.dtype.kind == 'f' else np.isnat(a)
-                    i = int(np.flatnonzero(nulls)[0]) if nulls.any() else -1
-                if i >= 0:
-                    raise _bad('null_not_allowed', f"column '{name}' must not be missing (null/NaN) in row {i}: the training data had none", name, None, i)
-            out[name] = a
-        return {k: out[k] for k in self.names}
 
 # %% ../nbs/09_serve.ipynb #a7d7bbd6
 _ORT_TYPES = {'tensor(float)': 'float32', 'tensor(double)': 'float64', 'tensor(int64)': 'int64', 'tensor(int32)': 'int32',
@@ -477,7 +215,8 @@ SCORE_BUCKETS = tuple(np.round(np.linspace(0.1, 1.0, 10), 2))
 
 class Stats:
     "Request counts, latency and score histograms, kept cheaply; exported by `collect` in Prometheus format."
-    def __init__(self):
+    def __init__(self, pid_label:bool=False):
+        self.pid_label = pid_label                               # several workers: every series says which one counted it
         self.requests: dict[tuple, int] = {}                     # (endpoint, method, status) -> count
         self.latency: dict[str, list] = {}                       # endpoint -> [bucket counts..., sum]
         self.rows = 0
@@ -513,32 +252,37 @@ class Stats:
         "The prometheus_client collector protocol."
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, GaugeMetricFamily, InfoMetricFamily
         self._bin_scores()
-        c = CounterMetricFamily('mlops_nb_requests', 'HTTP requests by endpoint, method and status', labels=['endpoint', 'method', 'status'])
-        errs = CounterMetricFamily('mlops_nb_request_errors', 'HTTP requests answered with a 4xx or 5xx status', labels=['endpoint', 'status'])
+        P, p = (['pid'], [str(os.getpid())]) if self.pid_label else ([], [])   # a worker's series never mix with another's
+        c = CounterMetricFamily('mlops_nb_requests', 'HTTP requests by endpoint, method and status', labels=['endpoint', 'method', 'status'] + P)
+        errs = CounterMetricFamily('mlops_nb_request_errors', 'HTTP requests answered with a 4xx or 5xx status', labels=['endpoint', 'status'] + P)
         for (e, m, s), n in sorted(self.requests.items()):
-            c.add_metric([e, m, str(s)], n)
-            if s >= 400: errs.add_metric([e, str(s)], n)
+            c.add_metric([e, m, str(s)] + p, n)
+            if s >= 400: errs.add_metric([e, str(s)] + p, n)
         yield c; yield errs
-        h = HistogramMetricFamily('mlops_nb_request_latency_seconds', 'Time from request to response, by endpoint', labels=['endpoint'])
+        h = HistogramMetricFamily('mlops_nb_request_latency_seconds', 'Time from request to response, by endpoint', labels=['endpoint'] + P)
         for e, counts in sorted(self.latency.items()):
             cum = np.cumsum(counts[:-1]).tolist()
-            h.add_metric([e], [(str(b), cum[i]) for i, b in enumerate(LATENCY_BUCKETS)] + [('+Inf', cum[-1])], counts[-1])
+            h.add_metric([e] + p, [(str(b), cum[i]) for i, b in enumerate(LATENCY_BUCKETS)] + [('+Inf', cum[-1])], counts[-1])
         yield h
-        yield CounterMetricFamily('mlops_nb_predicted_rows', 'Rows predicted', value=self.rows)
-        pc = CounterMetricFamily('mlops_nb_predictions_by_class', 'Predicted labels by class', labels=['label'])
-        for k, n in sorted(self.by_class.items()): pc.add_metric([k], n)
+        def one(cls, name, doc, val):
+            f = cls(name, doc, labels=P); f.add_metric(p, val); return f
+        yield one(CounterMetricFamily, 'mlops_nb_predicted_rows', 'Rows predicted', self.rows)
+        pc = CounterMetricFamily('mlops_nb_predictions_by_class', 'Predicted labels by class', labels=['label'] + P)
+        for k, n in sorted(self.by_class.items()): pc.add_metric([k] + p, n)
         yield pc
         cum = np.cumsum(self.scores).tolist()
-        sh = HistogramMetricFamily('mlops_nb_prediction_score', 'Class-1 scores of classification predictions')
-        sh.add_metric([], [(str(b), cum[i]) for i, b in enumerate(SCORE_BUCKETS)] + [('+Inf', cum[-1])], self.score_sum)
+        sh = HistogramMetricFamily('mlops_nb_prediction_score', 'Class-1 scores of classification predictions', labels=P)
+        sh.add_metric(p, [(str(b), cum[i]) for i, b in enumerate(SCORE_BUCKETS)] + [('+Inf', cum[-1])], self.score_sum)
         yield sh
         for name, doc, val in (('mlops_nb_unseen_categories', 'Categorical values never seen in training (policy allow)', self.info.get('unseen', 0)),
                                ('mlops_nb_model_swaps', 'Model versions swapped in after start', self.swaps),
                                ('mlops_nb_model_load_failures', 'Model versions refused because they failed to load', self.load_failures),
                                ('mlops_nb_micro_batched_requests', 'Requests that shared a model call with others', self.info.get('batched', 0)),
                                ('mlops_nb_capture_dropped_rows', 'Capture rows dropped because the writer fell behind', self.info.get('dropped', 0))):
-            yield CounterMetricFamily(name, doc, value=val)
-        yield GaugeMetricFamily('mlops_nb_capture_pending_rows', 'Capture rows queued, not yet written', value=self.info.get('pending', 0))
+            yield one(CounterMetricFamily, name, doc, val)
+        yield one(GaugeMetricFamily, 'mlops_nb_capture_pending_rows', 'Capture rows queued, not yet written', self.info.get('pending', 0))
+        yield one(GaugeMetricFamily, 'mlops_nb_model_reference_mismatch',
+                  "1 while the alias served (aliases.json) points at a version other than the one served", self.info.get('mismatch', 0))
         i = InfoMetricFamily('mlops_nb_model', 'The model version being served')
         i.add_metric([], dict(version=str(self.info.get('version')), runtime=str(self.info.get('runtime')), pid=str(os.getpid())))
         yield i
@@ -551,7 +295,7 @@ class Service:
         self.source = ModelSource(cfg.registry, cfg.model)
         self.model: LoadedModel|None = None
         self.failed: dict[str, str] = {}          # version -> why it was refused
-        self.stats = Stats()
+        self.stats = Stats(pid_label=cfg.workers > 1)
         self.capture = None
         self.started = time.time()
         self._capture_lock = threading.Lock()
@@ -560,6 +304,22 @@ class Service:
         self.token = os.environ.get('MLOPS_NB_ADMIN_TOKEN') or None
         self._pending, self._scheduled, self.batched = [], False, 0
         self._rid_prefix, self._rid_n = uuid.uuid4().hex[:16], 0
+        self.wanted: str|None = None              # the version the reference pointed at when last read
+
+    def serves(self, m:LoadedModel, name:str, version:str|None=None) -> bool:
+        "Whether a v2 model `name` (and `version`) names the model served: 'model', the reference (e.g. champion), the version or its registered name."
+        names = {'model', self.cfg.model, m.version} | ({str(m.info['name'])} if m.info.get('name') else set())
+        if name not in names: return False
+        if version is None or version == m.version: return True
+        num = lambda s: int(s.lstrip('vV')) if s.lstrip('vV').isdigit() else None
+        return num(version) is not None and num(version) == num(m.version)
+
+    def mismatch(self) -> RequestError|None:
+        "A 503 when the reference (an alias) points at a version this server refused to load, so it serves another one."
+        want, m = self.wanted, self.model
+        if m is None or want is None or want == m.version or want not in self.failed: return None
+        return RequestError(503, 'reference_not_served', f"'{self.cfg.model}' points at {want}, which this server refused "
+                            f"({self.failed[want]}); it still serves {m.version}", 'version', want)
 
     # -- models -----------------------------------------------------------------------------------
     def _load(self, version:str) -> LoadedModel:
@@ -586,20 +346,21 @@ class Service:
 
     def load_initial(self):
         "Load what the reference points at now (a missing alias leaves the service not ready)."
-        v = self.source.current(); self.source.changed()
+        v = self.wanted = self.source.current(); self.source.changed()
         if v is None:
             self.log(event='no_model', detail=f"'{self.cfg.model}' is not set in {self.cfg.registry}/aliases.json"); return
         self._install(self._load(v), swap=False)
 
-    async def reload(self, force:bool=False) -> dict:
-        "Load the version the reference points at if it differs from the one served; refuse it if it fails."
+    async def reload(self, force:bool=False, retry:bool=False) -> dict:
+        """Load the version the reference points at if it differs from the one served; refuse it if it fails. A version
+        refused before is tried again when `retry` (the alias file changed: it may have been repaired) or `force`."""
         async with self._swap_lock:
-            try: v = self.source.current()
+            try: v = self.wanted = self.source.current()
             except MlopsError as e:
                 self.log(event='aliases_unreadable', detail=str(e)); return dict(ok=False, error=str(e))
             cur = self.model.version if self.model else None
             if v is None or (v == cur and not force): return dict(ok=True, version=cur, changed=False)
-            if v in self.failed and not force: return dict(ok=False, version=cur, refused=v, error=self.failed[v])
+            if v in self.failed and not (force or retry): return dict(ok=False, version=cur, refused=v, error=self.failed[v])
             try: m = await asyncio.to_thread(self._load, v)
             except Exception as e:
                 self.failed[v] = f"{type(e).__name__}: {e}"
@@ -616,7 +377,8 @@ class Service:
         while True:
             await asyncio.sleep(self.cfg.poll_seconds)
             try:
-                if self.source.changed() or self.model is None: await self.reload()
+                if self.source.changed(): await self.reload(retry=True)
+                elif self.model is None: await self.reload()
             except Exception as e: self.log(event='watch_error', error=f"{type(e).__name__}: {e}")
 
     # -- logs -------------------------------------------------------------------------------------
@@ -689,9 +451,9 @@ class Service:
             for it, r in zip(items, results):
                 if not it[-1].done(): it[-1].set_result(r)
 
-    async def predict_columns(self, m:LoadedModel, cols:dict, n:int, rid:str, t0:float) -> tuple[np.ndarray, np.ndarray|None]:
-        "Validate, predict, count and capture one request's columns."
-        return await self._predict(m, m.validator.columns(cols, n), n, rid, t0)
+    async def predict_columns(self, m:LoadedModel, cols:dict, n:int, rid:str, t0:float, text:bool=False) -> tuple[np.ndarray, np.ndarray|None]:
+        "Validate, predict, count and capture one request's columns (`text`: numbers may come as text, as in CSV)."
+        return await self._predict(m, m.validator.columns(cols, n, text), n, rid, t0)
 
     def feedback(self, obj:Any) -> int:
         "Store labels sent to `/feedback`: `{request_id, label}`, a list of them, or `{feedback: [...]}`."
@@ -736,29 +498,15 @@ async def _read_body(receive, limit:int, declared:int|None) -> bytes:
 def _headers(scope) -> dict:
     return {k.decode('latin-1'): v.decode('latin-1') for k, v in scope['headers']}
 
-# %% ../nbs/09_serve.ipynb #5aa0334a
-def _v2_columns(obj:Any) -> tuple[dict, int, Any]:
-    "Open Inference Protocol v2 `inputs` (one tensor per column) into `(columns, n, request id)`."
-    if not isinstance(obj, dict) or not isinstance(obj.get('inputs'), list) or not obj['inputs']:
-        raise _bad('wrong_format', "a v2 inference request needs 'inputs': a non-empty list of tensors", 'inputs', status=400)
-    cols = {}
-    for i, t in enumerate(obj['inputs']):
-        if not isinstance(t, dict) or not isinstance(t.get('name'), str) or not isinstance(t.get('data'), list):
-            raise _bad('wrong_shape', f"input tensor {i} needs 'name' and 'data'", f'inputs[{i}]', status=400)
-        data = t['data']
-        if data and isinstance(data[0], list): data = [x for r in data for x in (r if isinstance(r, list) else [r])]
-        cols[t['name']] = data
-    lens = {len(v) for v in cols.values()}
-    if len(lens) != 1: raise _bad('ragged_columns', f"input tensors have different lengths {sorted(lens)}", 'inputs', status=400)
-    return cols, lens.pop(), obj.get('id')
+def _check_encoding(h:dict):
+    "Refuse (415) a compressed body (`Content-Encoding: gzip`...): it would be read as JSON or CSV and fail obscurely."
+    enc = h.get('content-encoding', '').strip().lower()
+    if enc and enc != 'identity':
+        raise _bad('unsupported_media_type', f"Content-Encoding {enc!r} is not supported: send the body uncompressed", 'content-encoding', enc, status=415)
 
-def _predictions_body(score:np.ndarray, label:np.ndarray|None, output:str, ids:dict|None=None) -> bytes:
-    "`{'predictions': [...]}`, and `ids` (the request's id columns, echoed so the answer joins back) when it sent any."
-    extra = {'ids': ids} if ids else {}
-    if label is None or output == 'score': preds = score
-    elif output == 'label': preds = label
-    else: return orjson.dumps({'predictions': [{'label': int(l), 'score': float(s)} for l, s in zip(label, score)], **extra})
-    return orjson.dumps({'predictions': preds, **extra}, option=orjson.OPT_SERIALIZE_NUMPY)
+def _error_body(e:RequestError, v2:bool=False) -> bytes:
+    "A refusal's JSON: MLflow's fields; on the v2 routes the protocol's `error` (the message its clients show) first."
+    return orjson.dumps({'error': str(e), **e.to_dict()} if v2 else e.to_dict())
 
 # %% ../nbs/09_serve.ipynb #8cdb5000
 def openapi_spec(svc:Service) -> dict:
@@ -778,33 +526,52 @@ def openapi_spec(svc:Service) -> dict:
     ok_pred = {'description': 'Predictions', 'content': {'application/json': {'schema': {'type': 'object', 'properties': {'predictions': {'type': 'array'}}}}}}
     bad = {s: err for s in ('400', '413', '415', '422')}
     plain = lambda d: {'get': {'summary': d, 'responses': {'200': {'description': 'OK'}, '503': {'description': 'Not ready'}}}}
+    name_param = {'name': 'name', 'in': 'path', 'required': True, 'schema': {'type': 'string'}, 'description': "'model', or the alias served (e.g. champion)"}
+    version_param = {'name': 'version', 'in': 'path', 'required': True, 'schema': {'type': 'string'}, 'description': 'the version served (e.g. v0001)'}
     return {'openapi': '3.0.3', 'info': {'title': 'mlops-nb prediction service', 'version': m.version if m else 'none'},
             'paths': {
                 '/invocations': {'post': {'summary': 'Predict (MLflow scoring protocol)', 'requestBody': {'required': True, 'content': {
                     'application/json': {'schema': {'oneOf': [
                         {'type': 'object', 'required': ['dataframe_records'], 'properties': {'dataframe_records': {'type': 'array', 'items': record, 'minItems': 1}}},
                         {'type': 'object', 'required': ['dataframe_split'], 'properties': {'dataframe_split': {'type': 'object', 'required': ['columns', 'data'],
-                            'properties': {'columns': {'type': 'array', 'items': {'type': 'string'}}, 'data': {'type': 'array', 'items': {'type': 'array'}}}}}},
-                        {'type': 'object', 'required': ['instances'], 'properties': {'instances': {'type': 'array', 'items': record}}},
-                        {'type': 'object', 'required': ['inputs'], 'properties': {'inputs': {'type': 'object'}}}]}},
+                            'properties': {'columns': {'type': 'array', 'items': {'type': 'string'}, 'minItems': 1, 'uniqueItems': True},
+                                           'data': {'type': 'array', 'items': {'type': 'array'}, 'minItems': 1}}}}},
+                        {'type': 'object', 'required': ['instances'], 'properties': {'instances': {'type': 'array', 'items': record, 'minItems': 1}}},
+                        {'type': 'object', 'required': ['inputs'], 'properties': {'inputs': {'type': 'object', 'minProperties': 1}}}]}},
                     'text/csv': {'schema': {'type': 'string'}}}},
                     'responses': {'200': ok_pred, **bad, '503': {'description': 'No model loaded'}}}},
                 '/v2/models/{name}/infer': {'post': {'summary': 'Predict (Open Inference Protocol v2)',
                     'parameters': [{'name': 'name', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}],
                     'requestBody': {'required': True, 'content': {'application/json': {'schema': {'type': 'object', 'required': ['inputs'], 'properties': {
-                        'inputs': {'type': 'array', 'items': {'type': 'object', 'required': ['name', 'shape', 'datatype', 'data'], 'properties': {
-                            'name': {'type': 'string'}, 'shape': {'type': 'array', 'items': {'type': 'integer'}}, 'datatype': {'type': 'string'}, 'data': {'type': 'array'}}}}}}}}},
+                        'inputs': {'type': 'array', 'minItems': 1, 'items': {'type': 'object', 'required': ['name', 'shape', 'datatype', 'data'], 'properties': {
+                            'name': {'type': 'string', 'minLength': 1},
+                            'shape': {'type': 'array', 'items': {'type': 'integer', 'minimum': 1}, 'minItems': 1, 'maxItems': 2},
+                            'datatype': {'type': 'string', 'enum': ['BOOL', *_V2_NUMBERS, 'BYTES']}, 'data': {'type': 'array', 'minItems': 1}}}},
+                        'outputs': {'type': 'array', 'items': {'type': 'object', 'required': ['name'], 'properties': {'name': {'type': 'string'}}}}}}}}},
                     'responses': {'200': {'description': 'Outputs'}, **bad, '404': err}}},
                 '/feedback': {'post': {'summary': 'True labels for earlier requests', 'requestBody': {'required': True, 'content': {'application/json': {'schema': {
-                    'type': 'object', 'required': ['feedback'], 'properties': {'feedback': {'type': 'array', 'items': {'type': 'object', 'required': ['request_id', 'label'],
-                        'properties': {'request_id': {'type': 'string'}, 'label': {'type': 'number'}}}}}}}}},
+                    'type': 'object', 'required': ['feedback'], 'properties': {'feedback': {'type': 'array', 'minItems': 1, 'items': {'type': 'object', 'required': ['request_id', 'label'],
+                        'properties': {'request_id': {'type': 'string', 'minLength': 1}, 'label': {'type': 'number'}}}}}}}}},
                     'responses': {'200': {'description': 'Stored'}, **bad, '409': err}}},
-                '/ping': plain('Liveness (SageMaker style)'), '/health': plain('Liveness'), '/ready': plain('A model is loaded'),
+                '/': {'get': {'summary': 'A landing page linking /docs and /metadata', 'responses': {'200': {'description': 'HTML'}}}},
+                '/docs': {'get': {'summary': 'This description, as a page', 'responses': {'200': {'description': 'HTML'}}}},
+                '/ping': plain('Liveness (SageMaker style)'), '/health': plain('Liveness'), '/ready': plain('A model is loaded, and it is the one the alias names'),
                 '/version': plain('Served model version'), '/metadata': plain('Model version, schema, metrics'), '/metrics': plain('Prometheus metrics'),
+                '/v2': {'get': {'summary': 'v2 server metadata', 'responses': {'200': {'description': 'name, version, extensions'}}}},
                 '/v2/health/live': plain('v2 liveness'), '/v2/health/ready': plain('v2 readiness'),
-                '/v2/models/{name}': {'get': {'summary': 'v2 model metadata', 'parameters': [{'name': 'name', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}],
-                                             'responses': {'200': {'description': 'OK'}, '404': err}}},
-            }}
+                '/v2/models/{name}': {'get': {'summary': 'v2 model metadata', 'parameters': [name_param], 'responses': {'200': {'description': 'OK'}, '404': err}}},
+                '/v2/models/{name}/ready': {'get': {'summary': 'v2 model readiness', 'parameters': [name_param], 'responses': {'200': {'description': 'Ready'}, '404': err, '503': err}}},
+                '/v2/models/{name}/versions/{version}': {'get': {'summary': 'v2 model metadata of a version', 'parameters': [name_param, version_param],
+                                                                 'responses': {'200': {'description': 'OK'}, '404': err}}},
+                '/v2/models/{name}/versions/{version}/ready': {'get': {'summary': 'v2 readiness of a version', 'parameters': [name_param, version_param],
+                                                                       'responses': {'200': {'description': 'Ready'}, '404': err, '503': err}}},
+                '/admin/reload': {'post': {'summary': 'Reload the version the alias names now (also one refused before)', 'security': [{'bearer': []}],
+                                           'responses': {'200': {'description': 'Reloaded'}, '401': err, '403': err, '409': err}}},
+                '/admin/flush': {'post': {'summary': 'Write the capture queue to disk now', 'security': [{'bearer': []}],
+                                          'responses': {'200': {'description': 'Rows written'}, '401': err, '403': err}}},
+            },
+            'components': {'securitySchemes': {'bearer': {'type': 'http', 'scheme': 'bearer',
+                                                          'description': 'the server\'s MLOPS_NB_ADMIN_TOKEN (admin endpoints are off without one)'}}}}
 
 # %% ../nbs/09_serve.ipynb #810a31e4
 _DOCS_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>mlops-nb prediction service</title>
@@ -815,14 +582,22 @@ fetch('/openapi.json').then(r=>r.json()).then(s=>{for(const[p,ops]of Object.entr
 const li=document.createElement('li');li.innerHTML='<code>'+m.toUpperCase()+' '+p+'</code> '+(o.summary||'');document.getElementById('p').append(li)}})
 </script></body></html>"""
 
-def build_app(cfg:ServeConfig):
-    "The ASGI application of the service for `cfg`."
+_LANDING_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>mlops-nb prediction service</title>
+<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}</style></head>
+<body><h1>mlops-nb prediction service</h1><ul><li><a href="/docs">/docs</a>: the endpoints (OpenAPI: <a href="/openapi.json">/openapi.json</a>)</li>
+<li><a href="/metadata">/metadata</a>: the model version served, its input schema and metrics</li>
+<li><a href="/ready">/ready</a>, <a href="/metrics">/metrics</a></li>
+<li>Predict: <code>POST /invocations</code> (MLflow's scoring protocol) or <code>POST /v2/models/model/infer</code> (Open Inference Protocol v2)</li></ul></body></html>"""
+
+def build_app(cfg:ServeConfig, preload:bool=False):
+    "The ASGI application of the service for `cfg`; `preload`: load the model now (a refusal raises here), not at start-up."
     from starlette.applications import Starlette
     from starlette.responses import Response, HTMLResponse
     from starlette.routing import Route
     from prometheus_client import CollectorRegistry, generate_latest, CONTENT_TYPE_LATEST
 
     svc = Service(cfg)
+    if preload: svc.load_initial()
     prom = CollectorRegistry(auto_describe=False)
     prom.register(svc.stats)
 
@@ -831,7 +606,14 @@ def build_app(cfg:ServeConfig):
 
     async def live(request): return J({'status': 'ok'})
     async def ping(request): return Response(b'\n', 200 if svc.model else 503, media_type='application/json')
-    async def ready(request): return J({'status': 'ready', 'version': svc.model.version}) if svc.model else not_ready()
+    async def ready(request):
+        if not svc.model: return not_ready()
+        if (e := svc.mismatch()) is not None: return J(e.to_dict(), 503)
+        return J({'status': 'ready', 'version': svc.model.version})
+    async def landing(request): return HTMLResponse(_LANDING_HTML)
+    async def v2_server(request):
+        from mlops_nb import __version__
+        return J({'name': 'mlops-nb', 'version': __version__, 'extensions': []})
     async def version(request):
         from mlops_nb import __version__
         return J({'model_version': svc.model.version if svc.model else None, 'mlops_nb': __version__})
@@ -843,29 +625,21 @@ def build_app(cfg:ServeConfig):
         if svc.capture is not None: svc.stats.info.update(pending=svc.capture.pending, dropped=svc.capture.dropped)
         svc.stats.info['batched'] = svc.batched
         if svc.model is not None: svc.stats.info['unseen'] = svc.stats.info.get('unseen_base', 0) + svc.model.validator.unseen_count
+        svc.stats.info['mismatch'] = int(svc.model is not None and svc.wanted is not None and svc.wanted != svc.model.version)
         return Response(generate_latest(prom), media_type=CONTENT_TYPE_LATEST)
     async def openapi(request): return J(openapi_spec(svc))
     async def docs(request): return HTMLResponse(_DOCS_HTML)
-    async def v2_model(request):
-        name = request.path_params['name']
-        if not svc.model: return not_ready()
-        if name not in ('model', 'champion', cfg.model, svc.model.version):
-            return J(RequestError(404, 'unknown_model', f"model '{name}' is not served here (try '{svc.model.version}' or 'model')", 'name', name).to_dict(), 404)
-        m = svc.model
-        dt = lambda c: {'numeric': 'FP64', 'integer': 'INT64', 'boolean': 'BOOL'}.get(c.kind, 'BYTES')
-        return J({'name': name, 'versions': [m.version], 'platform': m.runtime,
-                  'inputs': [{'name': k, 'datatype': dt(c), 'shape': [-1]} for k, c in m.schema.columns.items()],
-                  'outputs': [{'name': 'predict', 'datatype': 'FP64', 'shape': [-1]}]})
-    async def v2_ready(request): return J({'ready': True}) if svc.model else not_ready()
 
     async def _json_body(request):
-        if not request.headers.get('content-type', '').split(';')[0].strip().lower().endswith('json'):
-            raise _bad('unsupported_media_type', f"expected Content-Type application/json, got {request.headers.get('content-type')!r}", 'content-type', status=415)
-        body = await request.body()
-        if len(body) > cfg.max_bytes: raise _bad('payload_too_large', f"the body has {len(body)} bytes; the limit is {cfg.max_bytes}", 'body', status=413)
+        "The JSON body of a small route: Content-Length checked against serve.max_bytes before reading, then read in pieces."
+        h = request.headers
+        if not h.get('content-type', '').split(';')[0].strip().lower().endswith('json'):
+            raise _bad('unsupported_media_type', f"expected Content-Type application/json, got {h.get('content-type')!r}", 'content-type', status=415)
+        _check_encoding(h)
+        cl = h.get('content-length')
+        body = await _read_body(request.receive, cfg.max_bytes, int(cl) if cl and cl.isdigit() else None)
         if not body.strip(): raise _bad('empty_payload', 'the body is empty', 'body', status=400)
-        try: return orjson.loads(body)
-        except orjson.JSONDecodeError as e: raise _bad('malformed_json', f"the body is not valid JSON ({e})", 'body', status=400) from None
+        return loads_json(body)
 
     async def feedback(request):
         try: n = svc.feedback(await _json_body(request))
@@ -894,74 +668,114 @@ def build_app(cfg:ServeConfig):
         # The capture thread's Python work waits for the GIL at most 1 ms (default 5 ms) before the event loop gets it back:
         # a flush then costs a request a millisecond, not five, which keeps the p99 latency low.
         sys.setswitchinterval(0.001)
-        await asyncio.to_thread(svc.load_initial)
+        if not preload: await asyncio.to_thread(svc.load_initial)
         tasks = [asyncio.create_task(svc.log_flusher())]
         if svc.source.is_alias: tasks.append(asyncio.create_task(svc.watch()))
-        svc.log(event='started', pid=os.getpid(), registry=cfg.registry, model=cfg.model, version=svc.model.version if svc.model else None)
+        svc.log(event='started', pid=os.getpid(), url=f"http://{cfg.host}:{cfg.port}/", registry=cfg.registry, model=cfg.model,
+                version=svc.model.version if svc.model else None)
         try: yield
         finally:
             for t in tasks: t.cancel()
             svc.log(event='stopping', pid=os.getpid())
             await asyncio.to_thread(svc.close)
 
-    routes = [Route('/ping', ping), Route('/health', live), Route('/ready', ready), Route('/version', version),
+    async def v2_ready(request): return J({'ready': True}) if svc.model else not_ready()
+    routes = [Route('/', landing), Route('/ping', ping), Route('/health', live), Route('/ready', ready), Route('/version', version),
               Route('/metadata', metadata), Route('/metrics', metrics), Route('/openapi.json', openapi), Route('/docs', docs),
-              Route('/v2/health/live', live), Route('/v2/health/ready', v2_ready), Route('/v2/models/{name}', v2_model),
-              Route('/v2/models/{name}/ready', v2_ready), Route('/feedback', feedback, methods=['POST']),
+              Route('/v2', v2_server), Route('/v2/health/live', live), Route('/v2/health/ready', v2_ready),
+              Route('/feedback', feedback, methods=['POST']),
               Route('/admin/reload', admin_reload, methods=['POST']), Route('/admin/flush', admin_flush, methods=['POST'])]
     star = Starlette(routes=routes, lifespan=lifespan)
+    known = frozenset(r.path for r in routes)
 
-    async def predict_route(scope, receive, send, kind:str):
+    async def v2_models(scope, receive, send, name:str, ver:str|None, tail:str, t0:float):
+        "`/v2/models/{name}[/versions/{v}]` (metadata), `.../ready` and `.../infer`: 404 for a model or version not served here."
+        m, method = svc.model, scope['method']
+        want = 'POST' if tail == 'infer' else 'GET'
+        if method != want: raise _bad('method_not_allowed', f"use {want}, not {method}", status=405, allow=want)
+        if m is None: raise RequestError(503, 'no_model', f"no model loaded ('{cfg.model}' not set in {cfg.registry})")
+        if not svc.serves(m, name, ver):
+            what = f"model '{name}'" + (f" version '{ver}'" if ver is not None else '')
+            raise RequestError(404, 'unknown_model', f"{what} is not served here (this server serves 'model' version '{m.version}')", 'name', name if ver is None else ver)
+        if tail == 'infer': return await predict_route(scope, receive, send, 'v2', t0)
+        if tail == 'ready': return await _send(send, 200, orjson.dumps({'name': name, 'ready': True}))
+        dt = lambda c: {'numeric': 'FP64', 'integer': 'INT64', 'boolean': 'BOOL'}.get(c.kind, 'BYTES')
+        outs = [{'name': 'predict', 'datatype': 'FP64', 'shape': [-1]}] + ([{'name': 'label', 'datatype': 'INT64', 'shape': [-1]}] if m.classification else [])
+        await _send(send, 200, orjson.dumps({'name': name, 'versions': [m.version], 'platform': m.runtime,
+            'inputs': [{'name': k, 'datatype': dt(c), 'shape': [-1]} for k, c in m.schema.columns.items()],
+            'outputs': outs + [{'name': k, 'datatype': 'BYTES', 'shape': [-1]} for k in m.id_columns]}))
+
+    async def predict_route(scope, receive, send, kind:str, t0:float):
         "The hot path: read, parse, validate, predict, respond, then capture (queued)."
-        t0 = time.perf_counter()
         h = _headers(scope)
         rid = h.get('x-request-id')
         if not rid: svc._rid_n += 1; rid = f'{svc._rid_prefix}-{svc._rid_n}'   # unique: random per process, then a counter
         m = svc.model
         if m is None: raise RequestError(503, 'no_model', f"no model loaded ('{cfg.model}' not set in {cfg.registry})")
-        if scope['method'] != 'POST': raise _bad('method_not_allowed', f"use POST, not {scope['method']}", status=405)
+        if scope['method'] != 'POST': raise _bad('method_not_allowed', f"use POST, not {scope['method']}", status=405, allow='POST')
         ctype = h.get('content-type', '').split(';')[0].strip().lower()
+        if 'content-encoding' in h: _check_encoding(h)
+        out = None
+        if kind == 'mlflow':   # the query is checked before anything is predicted or captured
+            q = scope.get('query_string', b'')
+            out = cfg.output if not q else next((p[7:].decode('latin-1') for p in q.split(b'&') if p.startswith(b'output=')), cfg.output)
+            if out not in ('label', 'score', 'both'): raise _bad('bad_parameter', f"output must be label, score or both, got {out!r}", 'output', out, status=400)
         cl = h.get('content-length')
         body = await _read_body(receive, cfg.max_bytes, int(cl) if cl and cl.isdigit() else None)
         if not body.strip(): raise _bad('empty_payload', 'the body is empty', 'body', status=400)
-        if ctype in ('text/csv', 'application/csv'):
-            if kind != 'mlflow': raise _bad('unsupported_media_type', 'the v2 endpoint takes application/json', 'content-type', ctype, status=415)
-            cols, n = parse_csv_payload(body); v2id = None
-        elif ctype == 'application/json' or ctype.endswith('+json'):
-            try: obj = orjson.loads(body)
-            except orjson.JSONDecodeError as e: raise _bad('malformed_json', f"the body is not valid JSON ({e})", 'body', status=400) from None
-            if kind == 'mlflow': cols, n = parse_json_payload(obj, m.validator.names); v2id = None
-            else: cols, n, v2id = _v2_columns(obj)
-        else: raise _bad('unsupported_media_type', f"Content-Type must be application/json or text/csv, got {ctype or 'none'!r}", 'content-type', ctype, status=415)
-        score, label = await svc.predict_columns(m, cols, n, rid, t0)
+        text = False
+        if kind == 'mlflow':
+            if ctype in ('text/csv', 'application/csv'): (cols, n), text = parse_csv_payload(body), True
+            elif ctype == 'application/json' or ctype.endswith('+json'): cols, n = parse_json_payload(loads_json(body), m.validator.names)
+            else: raise _bad('unsupported_media_type', f"Content-Type must be application/json or text/csv, got {ctype or 'none'!r}", 'content-type', ctype, status=415)
+        else:   # v2: JSON, with or without a Content-Type (tritonclient sends none), optionally followed by binary tensor data
+            if ctype and not (ctype == 'application/json' or ctype.endswith('+json') or ctype == 'application/octet-stream'):
+                raise _bad('unsupported_media_type', f"the v2 endpoint takes JSON (application/json or no Content-Type), got {ctype!r}", 'content-type', ctype, status=415)
+            hl = h.get('inference-header-content-length')
+            if hl is not None and (not hl.isdigit() or int(hl) > len(body)):
+                raise _bad('bad_binary', f"Inference-Header-Content-Length {hl!r} does not fit the {len(body)}-byte body", 'inference-header-content-length', hl, status=400)
+            head, binary = (body, b'') if hl is None else (body[:int(hl)], body[int(hl):])
+            cols, n, v2id, wanted = _v2_columns(loads_json(head), binary, m.validator.kinds)
+            avail = ['predict'] + (['label'] if m.classification else []) + [k for k in m.id_columns if k in cols]
+            if wanted is not None:
+                bad = [o for o in wanted if o not in avail]
+                if bad: raise _bad('unknown_output', f"output '{bad[0]}' is not an output of the model (outputs: {', '.join(avail)})", 'outputs', bad[0], status=400)
+        score, label = await svc.predict_columns(m, cols, n, rid, t0, text)
         ids = {k: cols[k] for k in m.id_columns if k in cols}
         hdrs = [(b'x-request-id', rid.encode()), (b'x-model-version', m.version.encode())]
         if kind == 'mlflow':
-            q = scope.get('query_string', b'')
-            out = cfg.output if not q else next((p[7:].decode() for p in q.split(b'&') if p.startswith(b'output=')), cfg.output)
-            if out not in ('label', 'score', 'both'): raise _bad('bad_parameter', f"output must be label, score or both, got {out!r}", 'output', out, status=400)
             await _send(send, 200, _predictions_body(score, label, out, ids), headers=hdrs)
         else:
-            outs = [{'name': 'predict', 'shape': [n], 'datatype': 'FP64', 'data': score}]
-            if label is not None: outs.append({'name': 'label', 'shape': [n], 'datatype': 'INT64', 'data': label})
-            outs += [{'name': k, 'shape': [n], 'datatype': 'BYTES', 'data': [None if x is None else str(x) for x in v]} for k, v in ids.items()]
+            outs = {'predict': {'name': 'predict', 'shape': [n], 'datatype': 'FP64', 'data': score}}
+            if label is not None: outs['label'] = {'name': 'label', 'shape': [n], 'datatype': 'INT64', 'data': label}
+            for k, v in ids.items(): outs[k] = {'name': k, 'shape': [n], 'datatype': 'BYTES', 'data': [None if x is None else str(x) for x in v]}
             await _send(send, 200, orjson.dumps({'model_name': scope['path'].split('/')[3], 'model_version': m.version,
-                                                 'id': v2id if v2id is not None else rid, 'outputs': outs}, option=orjson.OPT_SERIALIZE_NUMPY), headers=hdrs)
+                                                 'id': v2id if v2id is not None else rid,
+                                                 'outputs': list(outs.values()) if wanted is None else [outs[o] for o in wanted]},
+                                                option=orjson.OPT_SERIALIZE_NUMPY), headers=hdrs)
 
     fast = {'/invocations': 'mlflow'}
     async def app(scope, receive, send):
         if scope['type'] != 'http': return await star(scope, receive, send)
         t0 = time.perf_counter()
         path = scope['path']
-        kind = fast.get(path) or ('v2' if path.startswith('/v2/models/') and path.endswith('/infer') and path.count('/') == 4 else None)
+        kind, v2 = fast.get(path), None
+        if kind is None and path.startswith('/v2/models/'):
+            v2 = _v2_path(path)
+            kind = 'v2' if v2 is not None and v2[2] == 'infer' else None
         status = [500]
         async def send_status(msg):
             if msg['type'] == 'http.response.start': status[0] = msg['status']
             await send(msg)
         try:
-            if kind is not None:
-                try: await predict_route(scope, receive, send_status, kind)
-                except RequestError as e: await _send(send_status, e.status, orjson.dumps(e.to_dict()))
+            if kind == 'mlflow':
+                try: await predict_route(scope, receive, send_status, kind, t0)
+                except RequestError as e: await _send(send_status, e.status, _error_body(e), headers=[(b'allow', e.allow.encode())] if e.allow else None)
+            elif path.startswith('/v2/models/'):
+                try:
+                    if v2 is None: raise RequestError(404, 'not_found', f"no such v2 endpoint: {path}", 'path', path)
+                    await v2_models(scope, receive, send_status, *v2, t0)
+                except RequestError as e: await _send(send_status, e.status, _error_body(e, v2=True), headers=[(b'allow', e.allow.encode())] if e.allow else None)
             else: await star(scope, receive, send_status)
         except ConnectionResetError: status[0] = 499
         except Exception as e:   # a bug, not bad input: log it with its request, answer 500, keep serving
@@ -971,8 +785,9 @@ def build_app(cfg:ServeConfig):
                 except Exception: pass
         finally:
             dt = time.perf_counter() - t0
-            endpoint = path if kind is None else ('/invocations' if kind == 'mlflow' else '/v2/models/{name}/infer')
-            if kind is None and path.startswith('/v2/models/'): endpoint = '/v2/models/{name}'
+            if kind == 'mlflow': endpoint = '/invocations'
+            elif v2 is not None: endpoint = '/v2/models/{name}' + (f'/{v2[2]}' if v2[2] else '')   # versions/{v}/... counted with them
+            else: endpoint = path if path in known else 'unmatched'   # one label value for every unknown path
             svc.stats.request(endpoint, scope['method'], status[0], dt)
             if cfg.access_log:
                 svc._log_buf.append(orjson.dumps({'ts': round(time.time(), 6), 'event': 'access', 'method': scope['method'], 'path': path,
@@ -1078,12 +893,59 @@ def serve_cmd(args) -> int:
                               access_log=(False if args.no_access_log else None))
     if not Path(cfg.registry).is_dir(): raise MlopsError(f"{cfg.registry}: registry folder not found (set --registry or deploy.registry)")
     os.environ['MLOPS_NB_SERVE_CONFIG'] = orjson.dumps({k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k != 'ENV'}).decode()
+    # A model that cannot be served is refused here, with the CLI's one-line message, not deep in a worker's start-up.
+    def refused(e): return MlopsError(f"cannot serve '{cfg.model}' from {cfg.registry}: {e if isinstance(e, MlopsError) else f'{type(e).__name__}: {e}'}")
+    app = 'mlops_nb.serve:app_from_env'
+    try:
+        if cfg.workers == 1: app = build_app(cfg, preload=True)   # one process: the model loaded here is the one served
+        else:
+            src = ModelSource(cfg.registry, cfg.model)
+            if (v := src.current()) is not None: LoadedModel(src.version_dir(v), cfg).warm_up()
+    except Exception as e: raise refused(e) from None
     import signal   # uvicorn shuts down gracefully on SIGTERM, then re-raises it: end with status 0, as a clean stop
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    uvicorn.run('mlops_nb.serve:app_from_env', factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers,
-                loop='uvloop', http='httptools', access_log=False, log_level=os.environ.get('MLOPS_NB_LOG_LEVEL', 'warning').lower(),
-                timeout_graceful_shutdown=10, h11_max_incomplete_event_size=None)
+    print(f"mlops-nb serve: listening on http://{cfg.host}:{cfg.port}/ ({cfg.workers} worker{'s' if cfg.workers > 1 else ''}; "
+          f"docs at /docs, model '{cfg.model}' from {cfg.registry})", file=sys.stderr, flush=True)
+    uvicorn.run(app, factory=isinstance(app, str), host=cfg.host, port=cfg.port, workers=cfg.workers,
+                loop='uvloop', http='mlops_nb.serve:TimedHttpProtocol', access_log=False,
+                log_level=os.environ.get('MLOPS_NB_LOG_LEVEL', 'warning').lower(), timeout_graceful_shutdown=10,
+                timeout_keep_alive=cfg.keep_alive_seconds, limit_concurrency=cfg.limit_concurrency, h11_max_incomplete_event_size=None)
     return 0
+
+def _timed_http_protocol():
+    "uvicorn's httptools protocol with a read timeout (`serve.read_timeout`), made on first use (it imports uvicorn)."
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    raw = os.environ.get('MLOPS_NB_SERVE_CONFIG')
+    timeout = float((orjson.loads(raw) if raw else {}).get('read_timeout', ServeConfig.read_timeout))
+    class TimedHttpProtocol(HttpToolsProtocol):
+        """A request's headers and body must arrive within `timeout` seconds of its first byte (or of the connection):
+        a client that trickles them (or connects and sends nothing) is disconnected, so it cannot hold a slot forever."""
+        _timer = None
+        def _arm(self):
+            if self._timer is not None: self._timer.cancel()
+            self._timer = self.loop.call_later(timeout, self._expired)
+        def _disarm(self):
+            if self._timer is not None: self._timer.cancel(); self._timer = None
+        def _expired(self):
+            self._timer = None
+            if not self.transport.is_closing(): self.transport.close()
+        def connection_made(self, transport):
+            super().connection_made(transport); self._arm()
+        def on_message_begin(self):
+            super().on_message_begin(); self._arm()
+        def on_message_complete(self):
+            self._disarm(); super().on_message_complete()
+        def connection_lost(self, exc):
+            self._disarm(); super().connection_lost(exc)
+    TimedHttpProtocol.__module__, TimedHttpProtocol.__qualname__ = __name__, 'TimedHttpProtocol'
+    return TimedHttpProtocol
+
+def __getattr__(name:str):
+    # uvicorn imports `mlops_nb.serve:TimedHttpProtocol` in each worker: the class is made then, from that worker's config.
+    if name == 'TimedHttpProtocol':
+        globals()[name] = cls = _timed_http_protocol()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def predict_cmd(args) -> int:
     "`mlops-nb predict`: score a CSV/Parquet file with a registry version, in chunks."

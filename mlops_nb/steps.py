@@ -18,10 +18,11 @@ from .params import check_params
 # them when it runs, so a stage that does not need them (collect) starts fast.
 
 # %% auto #0
-__all__ = ['log', 'batch_summary', 'recorded_failure', 'run_collect', 'reference_rows', 'Prepared', 'champion_contract',
-           'quarantine', 'run_prepare', 'load_split', 'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate',
-           'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate',
-           'Monitored', 'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
+__all__ = ['log', 'batch_summary', 'recorded_failure', 'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows',
+           'Prepared', 'champion_contract', 'quarantine', 'Checked', 'check_batches', 'reject', 'run_prepare',
+           'load_split', 'Trained', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms',
+           'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored',
+           'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -55,11 +56,11 @@ import contextlib
 
 @contextlib.contextmanager
 def recorded_failure(stage:str, quality_path:str|Path|None):
-    "On any `MlopsError` inside, write `{ok: false, stage, error}` to `quality_path` (unless the stage wrote its own report), then re-raise."
+    "On any error inside, write `{ok: false, stage, error}` to `quality_path` (unless the stage wrote its own report), then re-raise."
     p = Path(quality_path) if quality_path else None
     before = p.stat().st_mtime_ns if p is not None and p.exists() else None
     try: yield
-    except MlopsError as e:
+    except Exception as e:
         if p is not None and (not p.exists() or p.stat().st_mtime_ns == before):
             err = e.to_dict() if isinstance(e, DataError) else dict(detail=str(e))
             write_json(p, dict(ok=False, stage=stage, error=dict(type=type(e).__name__, message=str(e), **err)))
@@ -67,7 +68,7 @@ def recorded_failure(stage:str, quality_path:str|Path|None):
 
 # %% ../nbs/06_steps.ipynb #1e2be1a1
 def run_collect(params:dict, raw_dir:str|Path='data/raw', quality_path:str|Path|None=None) -> pd.DataFrame:
-    "Collect the configured sources' data window into `raw_dir` (replaced atomically); return the batch summary."
+    "Collect the configured sources' data window, validate it as prepare will (`check_batches`) and only then replace `raw_dir` with it; return the batch summary.\n    A rejected window goes to `quarantine/` beside `raw_dir`, with its report in `quality_path`; `raw_dir` keeps the last good batches."
     with recorded_failure('collect', quality_path):
         check_params(params)
         task, c = _task(params), params.get('collect') or {}
@@ -75,8 +76,32 @@ def run_collect(params:dict, raw_dir:str|Path='data/raw', quality_path:str|Path|
         batches = collect(c['sources'], start_day=int(c.get('start_day', 0)),
                           days=int(c.get('days', 0)), seed=int(params.get('seed', 0)), sim_params=params.get('sim') or {},
                           time_column=task['time_column'])
-        write_batches(batches, raw_dir)
+        with atomic_dir(raw_dir) as tmp:    # the new snapshot: it replaces the last good one only once it passed
+            write_batches(batches, tmp)
+            checked = check_batches(params, read_batches(tmp))   # read back: exactly what prepare will read
+            if not checked.ok: reject(checked, raw_dir, quality_path, 'collect', f'{raw_dir} keeps the last good batches')
     return batch_summary(batches, task['target'], task['time_column'])
+
+# %% ../nbs/06_steps.ipynb #1e2be1a2
+def run_fingerprint(params_path:str|Path='params.yaml', out_path:str|Path='data/sources.json',
+                    quality_path:str|Path|None='metrics/data_quality.json') -> list[dict]:
+    "The `sources` stage: write what every source of `collect.sources` holds now (`data.source_fingerprint`) to `out_path`, for collect to depend on."
+    from mlops_nb.core import load_params
+    from mlops_nb.data import source_fingerprint
+    with recorded_failure('sources', quality_path):
+        params = check_params(load_params(params_path), str(params_path))
+        fp = source_fingerprint((params.get('collect') or {}).get('sources') or [], _task(params)['time_column'])
+        write_json(out_path, fp)
+    return fp
+
+def sources_stage(params_path:str|Path='params.yaml', out_path:str|Path='data/sources.json') -> int:
+    "The `sources` stage's command (`dvc.yaml`): 0 when the fingerprint is written, else 1 with the error, as itself, on stderr."
+    import sys
+    try: run_fingerprint(params_path, out_path)
+    except MlopsError as e:
+        print(f"sources: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 # %% ../nbs/06_steps.ipynb #f644bd6f
 def reference_rows(batches:list[Batch], time_column:str|None, train_fraction:float) -> pd.DataFrame:
@@ -116,10 +141,10 @@ class Prepared:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=['source', 'column', 'rule', 'count', 'total', 'detail', 'severity'])
 
 # %% ../nbs/06_steps.ipynb #48c85d91
-def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.DataFrame|None) -> dict:
+def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.DataFrame|None, stage:str='prepare') -> dict:
     "The JSON data-quality report: per-batch verdicts and violations, and per-column statistics of the accepted data."
     errors = [v for r in reports for v in r.violations if v.get('severity', 'error') == 'error']
-    q = dict(ok=not errors, stage='prepare', batches=len(reports), rows=sum(r.rows for r in reports),
+    q = dict(ok=not errors, stage=stage, batches=len(reports), rows=sum(r.rows for r in reports),
              failed_batches=sum(not r.ok for r in reports), errors=len(errors),
              warnings=sum(v.get('severity') == 'warning' for r in reports for v in r.violations),
              per_batch=[dict(source=r.source, rows=r.rows, ok=r.ok, violations=r.violations) for r in reports])
@@ -166,6 +191,45 @@ def quarantine(batches:list[Batch], reports:list[ValidationReport], folder:str|P
     if out: log.error('rejected batches kept in %s: %s', folder, ', '.join(p.stem for p in out))
     return out
 
+# %% ../nbs/06_steps.ipynb #b3e1c0d5
+@dataclass
+class Checked:
+    "Batches as validated (null tokens applied), the schema they were checked against and one report per batch."
+    batches: list[Batch]
+    schema: Schema
+    reports: list[ValidationReport]
+
+    @property
+    def ok(self) -> bool: return all(r.ok for r in self.reports)
+
+def check_batches(params:dict, batches:list[Batch]) -> Checked:
+    "Every check a batch must pass, the same in collect (before `data/raw` is replaced) and in prepare: the columns params name,\n    the schema (pinned, or inferred from the reference window, with the absolute rules), and the champion's schema (the production contract)."
+    task, p = _task(params), params.get('prepare') or {}
+    split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
+    batches = [Batch(b.name, b.source, apply_null_tokens(b.frame, p.get('null_tokens'))) for b in batches]
+    _check_task_columns(task, p, batches)
+    if p.get('schema'): schema = Schema.load(p['schema'])
+    else:
+        ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
+        schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'], id_columns=task['id_columns'])
+    reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
+    contract = champion_contract(params) if (p.get('schema_evolution') or 'refuse') != 'allow' else None
+    if contract is not None:   # the production contract: a change of columns or kinds is refused
+        cschema, cversion, derived = contract
+        for b, r in zip(batches, reports):
+            r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema",
+                                           expected=[task['target'], task['time_column'], *task['id_columns']])
+    return Checked(batches, schema, reports)
+
+def reject(checked:Checked, raw_dir:str|Path, quality_path:str|Path|None, stage:str, kept:str):
+    "Stop `stage` on a checked set with a failed batch: its quality report to `quality_path`, the bad batches to quarantine, the first error raised."
+    if quality_path: write_json(quality_path, _quality_report(checked.schema, checked.reports, None, stage))
+    quarantine(checked.batches, checked.reports, Path(raw_dir).parent/'quarantine')
+    bad = [r for r in checked.reports if not r.ok]
+    log.error('%s: %d of %d batches break the schema; %s', stage, len(bad), len(checked.reports), kept)
+    bad[0].raise_for_errors()
+
+
 # %% ../nbs/06_steps.ipynb #10d437f1
 def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data/prepared',
                 quality_path:str|Path='metrics/data_quality.json') -> Prepared:
@@ -175,27 +239,10 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
         from mlops_nb.features import add_features, clean, feature_columns, source_columns, time_split
         task, p = _task(params), params.get('prepare') or {}
         split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
-        batches = [Batch(b.name, b.source, apply_null_tokens(b.frame, p.get('null_tokens'))) for b in read_batches(raw_dir)]
-        _check_task_columns(task, p, batches)
-        if p.get('schema'): schema = Schema.load(p['schema'])
-        else:
-            ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
-            schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'], id_columns=task['id_columns'])
-        reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
-        evolution = p.get('schema_evolution') or 'refuse'
-        contract = champion_contract(params) if evolution != 'allow' else None
-        if contract is not None:   # the production contract: a change of columns or kinds is refused
-            cschema, cversion, derived = contract
-            for b, r in zip(batches, reports):
-                r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema",
-                                               expected=[task['target'], task['time_column'], *task['id_columns']])
+        checked = check_batches(params, read_batches(raw_dir))
+        batches, schema, reports = checked.batches, checked.schema, checked.reports
         result = Prepared(schema, reports)
-        if not result.ok:
-            write_json(quality_path, _quality_report(schema, reports, None))
-            bad = [r for r in reports if not r.ok]
-            quarantine(batches, reports, Path(raw_dir).parent/'quarantine')
-            log.error('%d of %d batches break the schema; nothing was written to %s', len(bad), len(reports), out_dir)
-            bad[0].raise_for_errors()
+        if not result.ok: reject(checked, raw_dir, quality_path, 'prepare', f'nothing was written to {out_dir}')
         frame = pd.concat([schema.apply_dtypes(b.frame) for b in batches], ignore_index=True)
         frame = clean(frame, task['target'], task['time_column'], task['id_columns'])
         exclude = task['id_columns'] + ([task['time_column']] if task['time_column'] else [])
@@ -647,6 +694,10 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
     (log.info if ref.source == 'registry' else log.warning)(f"monitor: reference: {ref.note}")
     profile = ref.profile.rebin(cfg['drift']['psi_bins'])
     cols = list(profile.columns)
+    lost = [f for f in cfg['alerts']['features'] if f not in cols]
+    if lost:   # an alert on a column that is not there would never fire: say so instead
+        raise MlopsError(f"params monitor.alerts.features: {', '.join(map(repr, lost))} {'is' if len(lost) == 1 else 'are'} not "
+                         f"a feature of the model monitored ({'champion ' + ref.version if ref.version else 'the candidate'}); its features: {', '.join(cols)}")
     cur = current_window(params, m.get('current')) if current is None else current
     if len(cur):
         try: cur = add_features(Schema.load(Path(prepared_dir)/'schema.json').apply_dtypes(cur), (params.get('prepare') or {}).get('features') or {}, task['time_column'])
@@ -672,7 +723,7 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
     if task['time_column'] and task['time_column'] in cur.columns and len(cur):
         dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)
     status = mon.deliver(result.status(), status_path, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
-    write_json(metrics_path, result.metrics())
+    write_json(metrics_path, result.metrics(), digits=12)   # drift scores summed on several cores: no last-digit noise
     with atomic_dir(plots_dir) as tmp:
         if dot is not None: dot.to_csv(tmp/'drift_over_time.csv', index=False, float_format='%.6g')
         result.drift.table.drop(columns=['new_categories']).to_csv(tmp/'drift.csv', index=False, float_format='%.6g')

@@ -1,5 +1,5 @@
-"""Every kind of bad batch stops collect or prepare with an error naming source, column, rule and counts;
-the last good prepared data stays as it was and the quality report records what was seen."""
+"""Every kind of bad batch stops collect (before data/raw is replaced) and prepare with an error naming source, column,
+rule and counts; the last good raw and prepared data stay as they were and the quality report records what was seen."""
 import hashlib, json, sqlite3
 from pathlib import Path
 
@@ -44,18 +44,24 @@ def breaks(kind:str, df:pd.DataFrame) -> pd.DataFrame:
 @pytest.mark.parametrize('kind,column,count', [
     ('missing_column', 'merchant_category', None), ('wrong_dtype', 'amount', 40), ('out_of_range', 'amount', 60),
     ('unseen_categories', 'country', 45), ('too_many_nulls', 'distance_from_home_km', 150)])
-def test_bad_batch_stops_prepare(good, tmp_path, kind, column, count):
-    prepared = tmp_path/'prepared'
-    import shutil; shutil.copytree(good/'prepared', prepared)
-    before = digest(prepared)
+def test_bad_batch_stops_collect_and_prepare(good, tmp_path, kind, column, count):
+    import shutil
+    from mlops_nb.data import collect, write_batches
+    prepared, raw = tmp_path/'prepared', tmp_path/'raw'
+    shutil.copytree(good/'prepared', prepared); shutil.copytree(good/'raw', raw)
+    before, raw_before = digest(prepared), digest(raw)
     bad_file = tmp_path/f'{kind}.csv'
     breaks(kind, recent_rows()).to_csv(bad_file, index=False)
     params = merge(PARAMS, {'collect': {'sources': [{'type': 'simulator'}, {'type': 'file', 'path': str(bad_file)}]},
                             'prepare': {'schema': str(good/'prepared'/'schema.json')}})
-    run_collect(params, tmp_path/'raw')
-    with pytest.raises(DataError) as e:
-        run_prepare(params, tmp_path/'raw', prepared, tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(params, raw, tmp_path/'quality.json')
     msg = str(e.value)
+    assert digest(raw) == raw_before                       # collect refused it: data/raw keeps the last good batches
+    assert json.loads((tmp_path/'quality.json').read_text())['stage'] == 'collect'
+    write_batches(collect(params['collect']['sources'], 0, PARAMS['collect']['days'], PARAMS['seed'], PARAMS['sim'], 'timestamp'), raw)
+    with pytest.raises(DataError) as e2:                   # prepare applies the same checks to what is in data/raw
+        run_prepare(params, raw, prepared, tmp_path/'quality.json')
+    assert str(e2.value) == msg
     assert str(bad_file) in msg and f"column '{column}'" in msg and f"rule '{kind}'" in msg, msg
     if count is not None: assert f'{count} of 300 rows' in msg, msg
     assert digest(prepared) == before                      # the last good data is untouched

@@ -136,13 +136,14 @@ def test_null_like_tokens_are_wrong_dtype_unless_listed(houses, tmp_path, pinned
     df.to_csv(f, index=False)
     over = merge(REG, {'prepare': {'schema': str(houses/'prepared'/'schema.json')}}) if pinned else REG
     p = params_for(over, f)
-    run_collect(p, tmp_path/'raw')
-    with pytest.raises(DataError) as e: run_prepare(p, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')   # refused before data/raw is written
     msg = str(e.value)
     assert f"{f}: column 'size_m2' breaks rule 'wrong_dtype': 24 of 600 rows" in msg, msg
     assert "'n/a' (12), 'NA' (10), '-nan' (2)" in msg and 'prepare.null_tokens' in msg, msg
-    assert not (tmp_path/'prepared').exists()
-    ok = run_prepare(merge(p, {'prepare': {'null_tokens': ['n/a', 'NA', '-nan']}}), tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
+    assert not (tmp_path/'raw').exists() and json.loads((tmp_path/'quality.json').read_text())['stage'] == 'collect'
+    p = merge(p, {'prepare': {'null_tokens': ['n/a', 'NA', '-nan']}})
+    run_collect(p, tmp_path/'raw')
+    ok = run_prepare(p, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
     assert ok.ok and ok.schema.columns['size_m2'].kind == 'numeric'
 
 def test_text_in_a_number_column_of_a_second_source_does_not_make_it_categorical(houses, tmp_path):
@@ -154,11 +155,10 @@ def test_text_in_a_number_column_of_a_second_source_does_not_make_it_categorical
     first = pd.read_csv(houses/'houses.csv').head(500)
     first.to_csv(tmp_path/'houses.csv', index=False)
     p = params_for(REG, tmp_path/'houses.csv', tmp_path/'more.csv')
-    run_collect(p, tmp_path/'raw')
-    with pytest.raises(DataError) as e: run_prepare(p, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')
     assert f"{tmp_path/'more.csv'}: column 'size_m2' breaks rule 'wrong_dtype': 30 of 100 rows" in str(e.value), str(e.value)
     q = json.loads((tmp_path/'quality.json').read_text())
-    assert q['ok'] is False and q['stage'] == 'prepare' and q['failed_batches'] == 1
+    assert q['ok'] is False and q['stage'] == 'collect' and q['failed_batches'] == 1 and not (tmp_path/'raw').exists()
 
 # --- absolute rules when the schema is inferred from the only source -------------------------------------------
 
@@ -168,8 +168,7 @@ def test_a_column_mostly_null_stops_prepare_even_as_the_only_source(tmp_path):
     df.loc[df.sample(frac=0.6, random_state=0).index, 'monthly_charges'] = np.nan
     df.to_parquet(f, index=False)
     p = params_for(CLS, f)
-    run_collect(p, tmp_path/'raw')
-    with pytest.raises(DataError) as e: run_prepare(p, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')
     assert f"{f}: column 'monthly_charges' breaks rule 'too_many_nulls': 360 of 600 rows (null rate 0.600 > max_null_rate 0.5" in str(e.value), str(e.value)
 
 def test_a_flood_of_new_categories_in_a_high_cardinality_column_is_checked(tmp_path):
@@ -180,8 +179,7 @@ def test_a_flood_of_new_categories_in_a_high_cardinality_column_is_checked(tmp_p
     df.loc[flood, 'plan'] = [f'plan_{x}' for x in rng.integers(0, 10**6, len(flood))]   # > 50 distinct values
     df.to_parquet(f, index=False)
     p = params_for(CLS, f)
-    run_collect(p, tmp_path/'raw')
-    with pytest.raises(DataError) as e: run_prepare(p, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')
     assert f"{f}: column 'plan' breaks rule 'unseen_categories'" in str(e.value), str(e.value)
 
 def test_the_classification_parquet_without_time_prepares(tmp_path):
@@ -193,11 +191,10 @@ def test_the_classification_parquet_without_time_prepares(tmp_path):
 
 def test_a_misspelt_time_column_is_named_and_recorded(houses, tmp_path):
     p = params_for(merge(REG, {'task': {'time_column': 'listed'}}), houses/'houses.csv')
-    run_collect(p, tmp_path/'raw')
-    with pytest.raises(DataError) as e: run_prepare(p, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')
     assert "column 'listed' breaks rule 'missing_column' (task.time_column names 'listed', not a column of the data (columns: " in str(e.value), str(e.value)
     q = json.loads((tmp_path/'quality.json').read_text())
-    assert q == {'ok': False, 'stage': 'prepare', 'error': q['error']} and q['error']['rule'] == 'missing_column' and q['error']['column'] == 'listed'
+    assert q == {'ok': False, 'stage': 'collect', 'error': q['error']} and q['error']['rule'] == 'missing_column' and q['error']['column'] == 'listed'
 
 # --- through DVC and papermill: the real error reaches the user and nothing good is lost ---------------------------
 
@@ -219,7 +216,7 @@ def test_dvc_repro_prepare_shows_the_real_error_and_keeps_the_last_good_data(tmp
     assert 'file not found' not in out
     assert checksum(proj.path/'data') == good_data      # data/raw and data/prepared as they were
     q = json.loads((proj.path/'metrics/data_quality.json').read_text())
-    assert q['ok'] is False and q['stage'] == 'prepare' and q['error']['column'] == 'listed'
+    assert q['ok'] is False and q['stage'] == 'collect' and q['error']['column'] == 'listed'   # stopped before data/raw was replaced
     # a params typo stops the stage before any work, with the key path
     proj.set_params({'task': {'time_column': 'listed_at'}, 'prepare': {'null_token': ['NA']}})
     r = proj.run('dvc repro prepare', check=False)
@@ -260,20 +257,37 @@ def test_a_schema_change_against_the_champion_is_refused_unless_allowed(champion
     f = tmp_path/'churn.parquet'
     df.to_parquet(f, index=False)
     q = dict(p, collect=dict(p['collect'], sources=[{'type': 'file', 'path': str(f)}]))
-    run_collect(q, tmp_path/'raw')
     kept = checksum(d/'data', d/'models', d/'registry', d/'metrics')
-    with pytest.raises(DataError) as e: run_prepare(q, tmp_path/'raw', d/'data/prepared', d/'metrics/data_quality.json')
+    with pytest.raises(DataError) as e: run_collect(q, d/'data/raw', d/'metrics/data_quality.json')
     msg = str(e.value)
     assert f"{f}: column '{column}' breaks rule 'schema_change'" in msg and detail in msg, msg
     rep = json.loads((d/'metrics/data_quality.json').read_text())
     assert rep['ok'] is False and any(v['rule'] == 'schema_change' for b in rep['per_batch'] for v in b['violations'])
-    assert {k: v for k, v in checksum(d/'data', d/'models', d/'registry', d/'metrics').items() if 'data_quality' not in k} == \
-           {k: v for k, v in kept.items() if 'data_quality' not in k}   # everything good is kept
+    now = checksum(d/'data', d/'models', d/'registry', d/'metrics')
+    assert {k: v for k, v in now.items() if 'data_quality' not in k and 'quarantine' not in k} == \
+           {k: v for k, v in kept.items() if 'data_quality' not in k and 'quarantine' not in k}   # everything good is kept, data/raw too
+    assert (d/'data/quarantine/file_churn.json').exists() and rep['stage'] == 'collect'
     if change == 'removed':   # the user may allow it, explicitly
         q2 = merge(q, {'prepare': {'schema_evolution': 'allow'}})
+        run_collect(q2, tmp_path/'raw')
         assert run_prepare(q2, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json').ok
 
 def test_the_same_data_passes_the_champion_contract(champion, tmp_path):
     d, p = champion
     res = run_prepare(p, d/'data/raw', tmp_path/'prepared', tmp_path/'quality.json')
     assert res.ok and not [v for r in res.reports for v in r.violations if v['rule'] in ('schema_change', 'new_column')]
+
+def test_alert_features_that_name_no_feature_are_an_error(champion):
+    "An alert on a column the model does not have would never fire: the monitor says so instead of staying silent."
+    from mlops_nb.steps import run_monitor
+    d, p = champion
+    q = merge(p, {'monitor': {'alerts': {'features': ['plan', 'age', 'income'], 'min_rows': 10}}})
+    cur = pd.read_parquet(d/'churn.parquet').tail(200)
+    with pytest.raises(MlopsError) as e:
+        run_monitor(q, d/'data/prepared', d/'models/candidate', d/'data/predictions/test.parquet', d/'metrics/evaluate.json',
+                    d/'m.json', d/'status.json', d/'plots', current=cur, registry=d/'registry')
+    assert "params monitor.alerts.features: 'age', 'income' are not a feature of the model monitored (champion v0001); its features: " in str(e.value), str(e.value)
+    assert not (d/'m.json').exists()
+    ok = run_monitor(merge(p, {'monitor': {'alerts': {'features': ['plan'], 'min_rows': 10}}}), d/'data/prepared', d/'models/candidate',
+                     d/'data/predictions/test.parquet', d/'metrics/evaluate.json', d/'m.json', d/'status.json', d/'plots', current=cur, registry=d/'registry')
+    assert ok.status['status'] in ('ok', 'alert', 'retrain')

@@ -239,7 +239,8 @@ def test_search_finds_the_page_about_a_term_before_the_reports(browser, server):
         assert page in results and (not reports or results.index(page) < reports[0]), (term, results)
 
 # ---------------------------------------------------------------- the reports read as reports
-RAW_REPR = re.compile(r"Timestamp\(|\{'[^']*': |<pandas\.|object at 0x|\b\d+\.0{6}\b")
+RAW_REPR = re.compile(r"Timestamp\(|\{'[^']*': |<pandas\.|object at 0x|\b\d+\.0{6}\b"
+                      r"|\d\.\d+e-(?:1\d|[2-9]\d)\b|\d\.\d+e\+(?:0[4-9]|\d\d\d?)\b")   # float noise (1.388e-17), 1.581e+04
 
 def shown_output(o) -> str:
     "What a renderer shows of one output: its richest text form (HTML, then markdown, then plain text)."
@@ -264,6 +265,11 @@ def test_reports_read_as_reports(proj, tmp_path):
         raw = [(r.name, m.group(0), shown_output(o)[max(0, m.start() - 80):m.end() + 80]) for _, o in outs
                for m in [RAW_REPR.search(shown_output(o))] if m]
         assert raw == [], raw
+        html_out = '\n'.join(shown_output(o) for _, o in outs)
+        for _, o in outs:   # the search's table (learning_rate, scores, ...) holds no proportion: no value in it is a percentage
+            assert 'learning_rate</th>' not in shown_output(o) or '%</td>' not in shown_output(o), (r.name, 'a learning rate shown as a percentage')
+        for m in re.finditer(r'>positive_rate</th>\s*<td[^>]*>([^<]*)<', html_out):   # a rate row in a table of measures
+            assert m.group(1).endswith('%'), (r.name, m.group(0))
         params = [c for c in nb['cells'] if 'injected-parameters' in c['metadata'].get('tags', [])]
         assert params and 'report.params_table' in ''.join(''.join(c['source']) for c in nb['cells'])   # injected, and shown once as a table
     # the documented HTML command hides the code and keeps the outputs
@@ -414,3 +420,19 @@ def test_readme_is_short_and_its_links_resolve():
                      for l in ''.join(c['source']).split('\n') if re.match(r'#{1,4} ', l)]
             assert frag in {re.sub(r'[^\w\- ]', '', h.lower().replace(' ', '-')) for h in heads}, (link, heads)
     assert (ROOT/'LICENSE').read_text().lstrip().startswith('Apache License') and 'license = apache2' in (ROOT/'settings.ini').read_text()
+
+# ---------------------------------------------------------------- words that belong to how the work was organised
+INTERNAL = re.compile(r"(?i)\bissues? ?#?\d|\bthe issue\b|\bissue's\b|\.\./shared|\bDESIGN\.md\b|\bhouse plan\b|/work/(?:main|wt-\d|shared)")
+
+def user_facing_files() -> list[Path]:
+    "What a user reads: README, the docs notebooks (sources and stored outputs), pipelines, benchmarks and their results, scripts."
+    files = [ROOT/'README.md', ROOT/'dvc.yaml', ROOT/'params.yaml', ROOT/'settings.ini']
+    for pattern in ('nbs/*.ipynb', 'pipelines/*.ipynb', 'benchmarks/*.py', 'benchmarks/results/*', 'scripts/*', 'mlops_nb/*.py'):
+        files += sorted(ROOT.glob(pattern))
+    return [f for f in files if f.is_file()]
+
+def test_user_facing_files_hold_no_internal_words():
+    found = [(f.relative_to(ROOT).as_posix(), m.group(0), f.read_text(errors='replace')[max(0, m.start() - 60):m.end() + 60])
+             for f in user_facing_files() for m in INTERNAL.finditer(f.read_text(errors='replace'))]
+    assert found == [], found
+    assert any(f.name == 'serve.py' for f in user_facing_files()) and any(f.name == 'performance.ipynb' for f in user_facing_files())

@@ -41,8 +41,9 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     shown = json.loads(project.run('dvc metrics show --json').stdout)
     assert any('metrics/evaluate.json' in str(v) for v in shown.values())
 
-    # Nothing changed: nothing runs.
-    assert 'Data and pipelines are up to date' in project.run('dvc repro').stdout
+    # Nothing changed: nothing runs but the look at the sources (always_changed), which finds them unchanged.
+    again = project.run('dvc repro').stdout
+    assert "Running stage 'sources'" in again and 'Running stage' not in again.replace("Running stage 'sources'", ''), again
     project.commit('first run')
 
     # A training param changed: train and evaluate run again, collect and prepare do not.
@@ -54,16 +55,35 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     mdiff = json.loads(project.run('dvc metrics diff --json').stdout)
     assert 'metrics/train.json' in mdiff and mdiff['metrics/train.json']['candidates'] == {'old': 2, 'new': 1, 'diff': -1}
 
+def report_content(path:Path) -> dict:
+    "An executed report without the times papermill and nbclient record (when each cell ran and for how long)."
+    nb = json.loads(path.read_text())
+    nb['metadata'].pop('papermill', None)
+    for c in nb['cells']:
+        for k in ('papermill', 'execution'): c['metadata'].pop(k, None)
+    return nb
+
 def test_two_clean_runs_are_identical(project, tmp_path):
     # Up to evaluate: what follows (deploy's latency figures, the registry's timestamps) is measured, not derived.
-    project.run('dvc repro evaluate')
-    first = {f: (project.path/f).read_bytes() for f in ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json']}
+    r = project.run('dvc repro evaluate')
+    assert 'unknown parameter' not in r.stdout + r.stderr, r.stderr[-2000:]   # every params.yaml section is a declared parameter
+    files = ['metrics/evaluate.json', 'metrics/train.json', 'metrics/data_quality.json', 'models/candidate/model.json',
+             'models/candidate/model.skops',
+             'plots/evaluate/roc.csv', 'plots/evaluate/figures/roc.png']
+    first = {f: (project.path/f).read_bytes() for f in files}
+    first_reports = {s: report_content(project.path/f'reports/{s}.ipynb') for s in STAGES}
     first_preds = pd.read_parquet(project.path/'data/predictions/test.parquet')
-    project.run('rm -rf data models metrics plots reports/*.ipynb .dvc/cache && dvc repro evaluate')
+    project.run('rm -rf data models metrics plots reports/*.ipynb reports/.history .dvc/cache && dvc repro evaluate')
     for f, content in first.items(): assert (project.path/f).read_bytes() == content, f
+    for s, nb in first_reports.items():   # the reports read the same, down to the bytes of their tables and figures
+        again = report_content(project.path/f'reports/{s}.ipynb')
+        diff = [i for i, (a, b) in enumerate(zip(nb['cells'], again['cells'])) if a != b]
+        first_diff = [(k, str(nb['cells'][i].get(k))[:300], str(again['cells'][i].get(k))[:300]) for i in diff[:1]
+                      for k in nb['cells'][i] if nb['cells'][i].get(k) != again['cells'][i].get(k)]
+        assert diff == [] and len(nb['cells']) == len(again['cells']), (s, diff, first_diff)
     pd.testing.assert_frame_equal(pd.read_parquet(project.path/'data/predictions/test.parquet'), first_preds)
 
-def test_a_bad_batch_stops_dvc_repro_at_prepare(project):
+def test_a_bad_batch_stops_dvc_repro_before_data_raw_is_replaced(project):
     project.run('dvc repro prepare')   # the stages up to prepare are what this test is about
     p = project.path
     (p/'data/schema.json').write_bytes((p/'data/prepared/schema.json').read_bytes())  # the team pins the reviewed schema
@@ -71,6 +91,7 @@ def test_a_bad_batch_stops_dvc_repro_at_prepare(project):
     project.run('dvc repro prepare')
     project.commit('pinned schema')
     before = {f.name: f.read_bytes() for f in (p/'data/prepared').iterdir()}
+    raw_before = {f.name: f.read_bytes() for f in (p/'data/raw').iterdir()}
     bad = pd.read_parquet(sorted((p/'data/raw').glob('*.parquet'))[-1]).drop(columns=['country'])
     bad['transaction_id'] = 'ext-' + bad['transaction_id']
     (p/'data/external').mkdir(parents=True)
@@ -81,7 +102,8 @@ def test_a_bad_batch_stops_dvc_repro_at_prepare(project):
     assert "data/external/late.csv: column 'country' breaks rule 'missing_column'" in r.stdout + r.stderr
     assert "Running stage 'train'" not in r.stdout
     assert {f.name: f.read_bytes() for f in (p/'data/prepared').iterdir()} == before
-    assert errors_in(p/'reports/02_prepare.ipynb') == ['DataError']
+    assert {f.name: f.read_bytes() for f in (p/'data/raw').iterdir()} == raw_before   # collect refused the window
+    assert errors_in(p/'reports/01_collect.ipynb') == ['DataError']
     q = json.loads((p/'metrics/data_quality.json').read_text())
     assert not q['ok'] and q['failed_batches'] == 1
 
@@ -101,6 +123,7 @@ def test_same_pipeline_on_a_regression_csv(project):
                                                        'space': {'alpha': [0.1, 1.0, 10.0]}}}
     params['deploy']['gates'] = {'r2': {'threshold': 0.2}, 'latency_ms': {'threshold': 250}}   # regression metrics (params check)
     params['monitor']['performance']['metric'] = 'rmse'
+    params['monitor']['alerts']['features'] = ['bmi', 'sex']   # the simulator's alert columns are not in this data (an error)
     (p/'params.yaml').write_text(yaml.safe_dump(params, sort_keys=False))
     project.run('dvc repro')
     m = json.loads((p/'metrics/evaluate.json').read_text())

@@ -101,18 +101,53 @@ def test_missing_driver_is_not_unreachable(tmp_path):
 
 @pytest.mark.e2e
 def test_the_password_is_in_no_file_the_pipeline_and_the_docs_build_write(server, tmp_path):
+    "Every stage (collect to monitor) and the docs build run with the password in the environment; no file they write holds it."
+    from conftest import run
     write_table(server, sales(400))
     proj = copy_project(tmp_path/'proj')
     p = merge(proj.params, {k: v for k, v in PARAMS.items() if k in ('task', 'train', 'monitor')})
     p['deploy']['gates'], p['prepare']['features'] = PARAMS['deploy']['gates'], {}
+    p['train']['estimator_params'], p['train']['search']['space'] = {}, {'alpha': [1.0]}
     p['collect'] = dict(p['collect'], days=0, sources=[{'type': 'sql', 'url': url(server), 'table': 'sales'}])
+    sales(200, start=400, seed=2).to_csv(proj.path/'current.csv', index=False)   # the monitored window: newer rows
+    p['monitor']['current'] = {'source': 'file', 'path': 'current.csv', 'days': 0}
+    p['monitor']['alerts'] = dict(p['monitor']['alerts'], features=['units'], min_rows=50)
     (proj.path/'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
-    proj.run('dvc repro prepare')
-    from conftest import run
+    proj.run('dvc repro', timeout=1200)
+    assert json.loads((proj.path/'metrics/gate.json').read_text())['version'] == 'v0001' and (proj.path/'metrics/monitor.json').exists()
+    # a password written into params.yaml is refused, and the report of that refused run does not hold it either
+    plain = 'Plain-pw-2b8e41'
+    proj.set_params({'collect': {'sources': [{'type': 'sql', 'url': f'postgresql+psycopg://ann:{plain}@127.0.0.1:{server}/postgres', 'table': 'sales'}]}})
+    r = proj.run('dvc repro collect', check=False)
+    assert r.returncode != 0 and 'collect.sources[0].url: holds a password in plain text' in r.stdout + r.stderr
+    assert plain not in r.stdout + r.stderr
     run(f'mlops-nb docs build --out {tmp_path}/site --reports {proj.path}/reports --workers 1', ROOT, timeout=900)
     assert (tmp_path/'site').is_dir()
-    leaks = [str(f) for f in [*proj.path.rglob('*'), *(tmp_path/'site').rglob('*')]
-             if f.is_file() and '.git' not in f.parts and SECRET.encode() in f.read_bytes()]
+    written = [f for d in ('reports', 'metrics', 'models', 'registry', 'data', 'plots', 'monitor') for f in (proj.path/d).rglob('*')]
+    written += [*(proj.path/'dvc.lock',), *(tmp_path/'site').rglob('*')]
+    assert len([f for f in written if f.suffix == '.ipynb']) >= 6 and any(f.suffix == '.html' for f in written)
+    leaks = [str(f) for f in written if f.is_file() and (SECRET.encode() in f.read_bytes() or plain.encode() in f.read_bytes())]
     assert leaks == []
-    assert '${PGPASSWORD}' in (proj.path/'reports/01_collect.ipynb').read_text()   # the report holds the variable's name only
+    assert '${PGPASSWORD}' in (proj.path/'reports/02_prepare.ipynb').read_text()   # the report holds the variable's name only
+    assert 'ann:***@127.0.0.1' in (proj.path/'reports/01_collect.ipynb').read_text()  # the refused run's URL, masked
     assert len(pd.read_parquet(next((proj.path/'data/raw').glob('*.parquet')))) == 400
+
+@pytest.mark.e2e
+def test_dvc_reruns_collect_when_the_query_result_changes(server, tmp_path):
+    "The `sources` stage (always run, cheap) notices new rows in the table; collect reruns then, and only then."
+    write_table(server, sales(300))
+    proj = copy_project(tmp_path/'proj')
+    p = merge(proj.params, {k: v for k, v in PARAMS.items() if k in ('task', 'train', 'monitor')})
+    p['deploy']['gates'], p['prepare']['features'] = PARAMS['deploy']['gates'], {}
+    p['collect'] = dict(p['collect'], days=0, sources=[{'type': 'sql', 'url': url(server), 'query': 'SELECT * FROM sales'}])
+    (proj.path/'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
+    rows = lambda: sum(len(pd.read_parquet(f)) for f in (proj.path/'data/raw').glob('*.parquet'))
+    proj.run('dvc repro collect')
+    assert rows() == 300
+    r = proj.run('dvc repro collect')                       # nothing changed in the database: collect is not rerun
+    assert "Stage 'collect' didn't change" in r.stdout and rows() == 300, r.stdout
+    write_table(server, sales(50, start=300, seed=1), replace=False)
+    r = proj.run('dvc repro collect')                       # new rows: the fingerprint changed, collect reruns
+    assert "Running stage 'collect'" in r.stdout and rows() == 350, r.stdout
+    fp = json.loads((proj.path/'data/sources.json').read_text())
+    assert fp[0]['rows'] == 350 and fp[0]['newest'].startswith('2026-05-15') and SECRET not in json.dumps(fp)

@@ -107,7 +107,8 @@ def regression(tmp_path_factory):
     over = {'task': {'type': 'regression', 'target': 'y', 'time_column': '', 'id_columns': ['row_id']},
             'collect': {'sources': [{'type': 'file', 'path': str(path)}], 'days': 0},
             'train': {'estimator': 'ridge'},
-            'evaluate': {'importance_repeats': 1, 'importance_max_rows': 300}}
+            'evaluate': {'importance_repeats': 1, 'importance_max_rows': 300},
+            'monitor': {'performance': {'metric': 'rmse'}, 'alerts': {'features': []}}}    # a regression metric; no simulator columns
     root = lifecycle(root, over, {'prepare.features': {'log': ['x1'], 'ratios': {'x1_per_x2': ['x1', 'x2']}}, 'train.estimator_params': {},
                                   'train.search': {'n_iter': 1, 'cv_splits': 2, 'scoring': 'r2', 'space': {}}, 'deploy.gates': {}})
     srv = Server(root, root/'registry', '--no-capture')

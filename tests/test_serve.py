@@ -199,7 +199,14 @@ def bad_cases(X):
         ('empty body', b'', J, 400, 'empty_payload', 'body'),
         ('no rows', {'dataframe_records': []}, J, 400, 'empty_payload', 'dataframe_records'),
         ('malformed JSON', b'{"dataframe_records": [', J, 400, 'malformed_json', 'body'),
-        ('NaN literal in JSON', b'{"dataframe_records": [{"a": NaN}]}', J, 400, 'malformed_json', 'body'),
+        # bare NaN (what MLflow's client and pandas write for a missing value) is a null, then the schema's null rules apply
+        ('NaN literal in JSON', json.dumps({'dataframe_records': [dict(good, **{num: float('nan')})]}).encode(), J, 422, 'null_not_allowed', num),
+        ('Infinity literal in JSON', json.dumps({'dataframe_records': [dict(good, **{num: float('inf')})]}).encode(), J, 422, 'not_finite', num),
+        ('text "12.5" for a number', {'dataframe_records': [dict(good, **{num: '12.5'})]}, J, 422, 'wrong_type', num),
+        ('text "1_000" for a number', {'dataframe_records': [dict(good, **{num: '1_000'})]}, J, 422, 'wrong_type', num),
+        ('"1_000" in CSV', f"{','.join(good)}\n{','.join('1_000' if k == num else str(v) for k, v in good.items())}\n".encode(), 'text/csv', 422, 'wrong_type', num),
+        ('CSV field over 131072 characters', f"{','.join(good)}\n{','.join('x' * 131_073 if k == cat else str(v) for k, v in good.items())}\n".encode(), 'text/csv', 400, 'malformed_csv', 'body'),
+        ('gzip body', json.dumps({'dataframe_records': [good]}).encode(), J, 415, 'unsupported_media_type', 'content-encoding'),
         ('no known key', {'rows': [good]}, J, 400, 'wrong_format', 'body'),
         ('two keys', {'instances': [good], 'inputs': [good]}, J, 400, 'wrong_format', 'body'),
         ('a string body', '"hello"'.encode(), J, 400, 'wrong_shape', 'body'),
@@ -212,7 +219,12 @@ def bad_cases(X):
         ('body too large', b'{"dataframe_records": [' + b' ' * 10_000_001 + b']}', J, 413, 'payload_too_large', 'body'),
         ('bad output parameter', {'dataframe_records': [good]}, J, 400, 'bad_parameter', 'output'),
     ]
-    if intcol: cases.append(('fraction for an integer', {'dataframe_records': [dict(good, **{intcol: 1.5})]}, J, 422, 'wrong_type', intcol))
+    if intcol:
+        cases.append(('fraction for an integer', {'dataframe_records': [dict(good, **{intcol: 1.5})]}, J, 422, 'wrong_type', intcol))
+        # integers int64 cannot hold (they were captured as -9223372036854775808)
+        cases.append(('integer above int64', b'{"dataframe_records": [' + json.dumps(good).replace(f'"{intcol}": {good[intcol]}', f'"{intcol}": 18446744073709551615').encode() + b']}',
+                      J, 422, 'out_of_range', intcol))
+        cases.append(('1e300 for an integer', {'dataframe_records': [dict(good, **{intcol: 1e300})]}, J, 422, 'out_of_range', intcol))
     return cases
 
 
@@ -221,10 +233,13 @@ def test_every_bad_input_is_a_4xx_naming_field_and_rule(world):
     for name, body, ctype, status, rule, field in bad_cases(world['X']):
         raw = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
         path = '/invocations?output=maybe' if name == 'bad output parameter' else '/invocations'
-        got, obj, _ = srv.request('POST', path, raw, {'Content-Type': ctype} if ctype else {})
+        hdrs = ({'Content-Type': ctype} if ctype else {}) | ({'Content-Encoding': 'gzip'} if name == 'gzip body' else {})
+        got, obj, _ = srv.request('POST', path, raw, hdrs)
         assert (got, obj.get('rule'), obj.get('field')) == (status, rule, field), (name, got, obj)
         assert obj['message'] and obj['error_code']
-    assert srv.request('GET', '/invocations')[0] == 405
+    for path in ('/invocations', '/v2/models/model/infer'):   # a 405 names the method to use
+        got, _, hdr = srv.request('GET', path)
+        assert got == 405 and hdr.get('allow') == 'POST', (path, got, hdr)
     # feedback validation
     for body, rule in (({'feedback': [{'label': 1}]}, 'missing_field'), ({'feedback': [{'request_id': 'x', 'label': 'yes'}]}, 'wrong_type'),
                        ({'feedback': []}, 'empty_payload'), (b'{', 'malformed_json')):
@@ -493,3 +508,323 @@ def test_batch_scoring_streams_with_bounded_memory(world, tmp_path):
     assert (tmp_path/'out.parquet').read_bytes() == before
     r = _predict(tmp_path, '--input', 'missing.csv', '--output', 'x.csv', '--registry', reg_dir)
     assert r.returncode == 2 and 'file_not_found' in r.stderr
+
+
+# ---- every real client: tritonclient.http, MLflow's ScoringServerClient ------------------------------------------------
+def _triton_inputs(th, meta, df, binary):
+    "tritonclient InferInputs for the rows `df`, typed as the server's v2 metadata says."
+    out = []
+    for i in meta['inputs']:
+        a = df[i['name']].to_numpy()
+        a = a.astype(object) if i['datatype'] == 'BYTES' else a.astype({'INT64': 'int64', 'BOOL': bool}.get(i['datatype'], 'float64'))
+        t = th.InferInput(i['name'], [len(df)], i['datatype'])
+        t.set_data_from_numpy(a, binary_data=binary)
+        out.append(t)
+    return out
+
+def test_tritonclient_http(world):
+    "tritonclient.http as it comes (no Content-Type, binary tensors by default): readiness, metadata, infer, outputs, errors."
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+    srv, X, reg, v1 = world['srv'], world['X'], world['reg'], world['versions'][0]
+    c = th.InferenceServerClient(f'127.0.0.1:{srv.port}')
+    assert c.is_server_live() and c.is_server_ready()
+    assert c.get_server_metadata()['name'] == 'mlops-nb'
+    assert c.is_model_ready('model') and c.is_model_ready('model', v1) and c.is_model_ready('champion')
+    assert not c.is_model_ready('no-such-model') and not c.is_model_ready('model', 'v9999')
+    meta = c.get_model_metadata('model')
+    assert [i['name'] for i in meta['inputs']] == list(X.columns) and meta['versions'] == [v1]
+    assert c.get_model_metadata('model', v1)['name'] == 'model'
+    df = X.iloc[:7]
+    ref = reg.load(v1).predict_proba(df)[:, 1]
+    for binary in (False, True):
+        r = c.infer('model', _triton_inputs(th, meta, df, binary), request_id='r-1')
+        np.testing.assert_allclose(r.as_numpy('predict'), ref, atol=1e-4, err_msg=f'binary={binary}')
+        assert r.as_numpy('label').tolist() == [int(s >= 0.3) for s in ref] and r.get_response()['id'] == 'r-1'
+    r = c.infer('model', _triton_inputs(th, meta, df, False), model_version=v1, outputs=[th.InferRequestedOutput('label', binary_data=False)])
+    assert [o['name'] for o in r.get_response()['outputs']] == ['label']      # the outputs asked for, only those
+    with pytest.raises(InferenceServerException, match="model 'no-such-model' is not served here"):
+        c.infer('no-such-model', _triton_inputs(th, meta, df, False))
+    with pytest.raises(InferenceServerException, match="output 'proba' is not an output"):
+        c.infer('model', _triton_inputs(th, meta, df, False), outputs=[th.InferRequestedOutput('proba')])
+    bad = _triton_inputs(th, meta, df, False)
+    num = next(i for i, m in enumerate(meta['inputs']) if m['datatype'] == 'FP64')
+    bad[num] = th.InferInput(meta['inputs'][num]['name'], [7], 'BYTES'); bad[num].set_data_from_numpy(np.array(['x'] * 7, dtype=object), binary_data=False)
+    with pytest.raises(InferenceServerException, match=f"input '{meta['inputs'][num]['name']}' is declared BYTES, but the model's column is numeric"):
+        c.infer('model', bad)
+    c.close()
+
+def test_v2_shapes_datatypes_and_errors(world):
+    "The v2 route checks each tensor's shape and datatype and answers errors as the protocol's {'error': ...}."
+    srv, X = world['srv'], world['X']
+    rows = records(X, 3)
+    kinds = {c: ('BYTES' if isinstance(rows[0][c], str) else 'INT64' if isinstance(rows[0][c], int) else 'FP64') for c in rows[0]}
+    def body(**change):
+        ins = [{'name': c, 'shape': [3], 'datatype': kinds[c], 'data': [r[c] for r in rows]} for c in rows[0]]
+        ins[0].update(change)
+        return json.dumps({'inputs': ins}).encode()
+    first = list(rows[0])[0]
+    for change, status, rule in (({'shape': [2]}, 400, 'shape_mismatch'), ({'shape': [3, 2]}, 400, 'bad_shape'), ({'shape': 'x'}, 400, 'bad_shape'),
+                                 ({'datatype': 'FLOAT'}, 400, 'bad_datatype'), ({'datatype': 'BYTES', 'data': ['a', 'b', 'c']}, 422, 'wrong_type'),
+                                 ({'data': ['1.5', '2', '3']}, 422, 'wrong_type')):
+        got, obj, _ = srv.request('POST', '/v2/models/model/infer', body(**change))        # no Content-Type, as tritonclient sends
+        assert (got, obj['rule'], obj['field']) == (status, rule, first) and obj['error'] == obj['message'], (change, got, obj)
+    assert srv.request('POST', '/v2/models/model/infer', body())[0] == 200
+    assert srv.request('POST', '/v2/models/model/versions/v0001/infer', body())[0] == 200
+    got, obj, _ = srv.request('POST', '/v2/models/other/infer', body())
+    assert got == 404 and obj['rule'] == 'unknown_model' and 'other' in obj['error']
+    assert srv.request('POST', '/v2/models/model/versions/v0042/infer', body())[0] == 404
+    for path in ('/v2/models/other', '/v2/models/other/ready', '/v2/models/model/versions/v0042/ready', '/v2/models/model/nonsense'):
+        got, obj = srv.get(path)
+        assert got == 404 and obj['error'], (path, got, obj)
+    assert srv.get('/v2/models/model/versions/v0001/ready') == (200, {'name': 'model', 'ready': True})
+    st, meta = srv.get('/v2')
+    assert st == 200 and meta['name'] == 'mlops-nb' and 'version' in meta
+
+
+MLFLOW_CLIENT = Path(__file__).resolve().parents[1]/'benchmarks'/'.venv-mlflow-client'
+MLFLOW_CLIENT_PINS = ['mlflow-skinny==3.17.2', 'pandas==3.1.1', 'numpy==2.4.6', 'scipy']   # the benchmark's mlflow, without the server parts
+
+def mlflow_python() -> Path:
+    """A Python with MLflow's client: the benchmark's MLflow venv if it is there, else a small venv of mlflow-skinny made
+    once (mlflow pins importlib_metadata<10, which the project's own environment is past, so it cannot live in .venv)."""
+    from filelock import FileLock
+    for venv in (MLFLOW_CLIENT.parent/'.venv-mlflow', MLFLOW_CLIENT):
+        py = venv/'bin'/'python'
+        if py.exists() and subprocess.run([str(py), '-c', 'import mlflow.pyfunc.scoring_server.client, pandas, scipy'], capture_output=True).returncode == 0:
+            return py
+    with FileLock(f'{MLFLOW_CLIENT}.lock'):
+        py = MLFLOW_CLIENT/'bin'/'python'
+        if not py.exists() or subprocess.run([str(py), '-c', 'import mlflow.pyfunc.scoring_server.client, scipy'], capture_output=True).returncode:
+            subprocess.run([sys.executable, '-m', 'venv', '--clear', str(MLFLOW_CLIENT)], check=True)
+            subprocess.run([str(py), '-m', 'pip', 'install', '-q', *MLFLOW_CLIENT_PINS], check=True, timeout=900)
+    return py
+
+MLFLOW_CALL = '''
+import json, sys
+import numpy as np, pandas as pd
+from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+port, rows = int(sys.argv[1]), json.loads(sys.argv[2])
+c = ScoringServerClient('127.0.0.1', port)
+c.wait_server_ready(timeout=30)
+df = pd.DataFrame(rows)
+df.loc[1, sys.argv[3]] = np.nan                      # a missing value: MLflow's client writes a bare NaN
+out = {'ok': c.invoke(df).get_predictions().iloc[:, 0].tolist()}
+try: c.invoke(pd.DataFrame(rows).assign(**{sys.argv[4]: np.nan}))
+except Exception as e: out['error'] = str(e)
+print(json.dumps(out))
+'''
+
+@pytest.fixture(scope='module')
+def nullable(world, tmp_path_factory):
+    "A registry whose model was trained with missing amounts (so a null amount is allowed), served."
+    from mlops_nb.registry import Registry
+    root = tmp_path_factory.mktemp('nullable')
+    X = world['X'].copy()
+    X.loc[X.index[::20], 'amount'] = np.nan
+    y = (world['X']['amount'] > world['X']['amount'].median()).astype(int)
+    reg = Registry(root/'registry')
+    cat = [c for c in X.columns if X[c].dtype == object or str(X[c].dtype) == 'str']
+    v = reg.register(tree_pipeline([c for c in X.columns if c not in cat], cat, 10).fit(X, y), features=list(X.columns), task='classification',
+                     X_test=X, threshold=0.5, metrics={'pr_auc': 0.5})
+    reg.promote(v, 'champion', reason='test', actor='test')
+    srv = Server(root, root/'registry', '--no-capture', '--output', 'score')
+    yield dict(root=root, reg=reg, X=X, srv=srv)
+    srv.stop()
+
+def test_mlflow_scoring_server_client(nullable):
+    "MLflow's own client on a DataFrame with a missing value: answered (NaN is a null); a null where none is allowed: its message."
+    srv, X, reg = nullable['srv'], nullable['X'], nullable['reg']
+    rows = records(X.dropna(), 4)
+    other = next(c for c in X.columns if c != 'amount' and X[c].dtype.kind == 'f')
+    p = subprocess.run([str(mlflow_python()), '-c', MLFLOW_CALL, str(srv.port), json.dumps(rows), 'amount', other],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    df = pd.DataFrame(rows); df.loc[1, 'amount'] = np.nan
+    np.testing.assert_allclose(out['ok'], reg.load('champion').predict_proba(df[X.columns])[:, 1], atol=1e-4)
+    assert 'error code 422' in out['error'] and 'null_not_allowed' in out['error'] and other in out['error'], out
+
+
+# ---- a refused ?output= is neither predicted nor captured --------------------------------------------------------------
+def test_bad_output_parameter_is_refused_before_predicting(world):
+    srv, X = world['srv'], world['X']
+    def rows_predicted():
+        c = srv.conn(); c.request('GET', '/metrics'); return _metric_samples(c.getresponse().read().decode())['mlops_nb_predicted_rows_total']
+    before = rows_predicted()
+    for _ in range(3):
+        assert srv.post('/invocations?output=maybe', {'dataframe_records': records(X, 2)})[0] == 400
+    assert rows_predicted() == before
+
+
+# ---- limits: /feedback's length checked first; trickling clients timed out; a cap on requests in progress ---------------
+def _raw(port, data:bytes, timeout=10) -> bytes:
+    "Send `data` on a fresh socket; what the server answers before closing (or within `timeout`)."
+    with socket.create_connection(('127.0.0.1', port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b''
+        try:
+            while chunk := s.recv(65536): out += chunk
+        except socket.timeout: pass
+        return out
+
+def test_feedback_checks_content_length_first(world):
+    srv = world['srv']
+    t = time.time()
+    got = _raw(srv.port, b'POST /feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 300000000\r\nConnection: close\r\n\r\n{"feedback": [', timeout=5)
+    assert got.startswith(b'HTTP/1.1 413') and b'payload_too_large' in got and time.time() - t < 4, got[:300]
+    # a body without a declared length (chunked) is counted as it streams in, and refused past serve.max_bytes
+    c = srv.conn()
+    c.putrequest('POST', '/feedback'); c.putheader('Content-Type', 'application/json'); c.putheader('Transfer-Encoding', 'chunked'); c.endheaders()
+    try:
+        for _ in range(12): c.send(b'%x\r\n%s\r\n' % (1_000_000, b' ' * 1_000_000))
+        c.send(b'0\r\n\r\n')
+    except OSError: pass
+    r = c.getresponse()
+    assert r.status == 413 and json.loads(r.read())['rule'] == 'payload_too_large'
+
+def test_read_timeout_and_concurrency_cap(world, tmp_path):
+    "serve.read_timeout closes connections whose headers or body trickle in; serve.limit_concurrency answers 503 above it."
+    (tmp_path/'params.yaml').write_text('serve:\n  read_timeout: 1.0\n  limit_concurrency: 3\n')
+    srv = Server(tmp_path, world['root']/'registry', '--no-capture')
+    try:
+        def trickle(head:bytes, parts:list[bytes]) -> float:
+            "Seconds until the server closes a connection that sends `head`, then one of `parts` every 0.3 s."
+            t = time.time()
+            with socket.create_connection(('127.0.0.1', srv.port), timeout=10) as s:
+                s.sendall(head)
+                for p in parts:
+                    time.sleep(0.3)
+                    try: s.sendall(p)
+                    except OSError: break
+                    s.settimeout(0.01)
+                    try:
+                        if s.recv(1024) == b'': break
+                    except socket.timeout: pass
+                    except OSError: break
+                return time.time() - t
+        assert trickle(b'POST /invocations HTTP/1.1\r\nHost: x\r\n', [b'X-A: b\r\n'] * 30) < 3        # headers trickling
+        assert trickle(b'POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{',
+                       [b' '] * 30) < 3                                                              # body trickling
+        idle = [socket.create_connection(('127.0.0.1', srv.port)) for _ in range(3)]                # connections in progress
+        try:
+            time.sleep(0.2)
+            assert _raw(srv.port, b'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n').startswith(b'HTTP/1.1 503')
+        finally:
+            for s in idle: s.close()
+        time.sleep(0.3)
+        assert srv.get('/health')[0] == 200
+    finally: srv.stop()
+
+
+# ---- /metrics: bounded label values; several workers never make a counter go backwards ------------------------------
+def test_metrics_unmatched_routes_one_label(world):
+    import uuid
+    from prometheus_client.parser import text_string_to_metric_families
+    srv = world['srv']
+    conn = srv.conn()
+    for _ in range(200): assert srv.request('GET', f'/no/such/{uuid.uuid4().hex}', conn=conn)[0] == 404
+    c = srv.conn(); c.request('GET', '/metrics'); fams = list(text_string_to_metric_families(c.getresponse().read().decode()))
+    endpoints = {s.labels['endpoint'] for f in fams for s in f.samples if 'endpoint' in s.labels}
+    assert 'unmatched' in endpoints and not any(e.startswith('/no/') for e in endpoints), endpoints
+    assert endpoints <= {'unmatched', '/invocations', '/v2/models/{name}/infer', '/v2/models/{name}', '/v2/models/{name}/ready', '/metrics', '/metadata',
+                         '/health', '/ready', '/ping', '/version', '/openapi.json', '/docs', '/feedback', '/admin/reload', '/admin/flush',
+                         '/v2', '/v2/health/live', '/v2/health/ready', '/'}, endpoints
+
+def test_metrics_with_two_workers_never_go_backwards(world, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    srv = Server(tmp_path, world['root']/'registry', '--no-capture', '--workers', '2')
+    try:
+        body = json.dumps({'dataframe_records': records(world['X'], 1)}).encode()
+        last, pids = {}, set()
+        for i in range(400):                                         # until both workers answered scrapes (accepts are uneven)
+            if i >= 40 and len(pids) == 2: break
+            for _ in range(1 + i % 3): assert srv.request('POST', '/invocations', body, {'Content-Type': 'application/json'})[0] == 200
+            c = srv.conn(); c.request('GET', '/metrics'); text = c.getresponse().read().decode(); c.close()
+            for f in text_string_to_metric_families(text):
+                if f.type not in ('counter', 'histogram'): continue
+                for s in f.samples:
+                    assert 'pid' in s.labels, s                      # every series says which worker counted it
+                    pids.add(s.labels['pid'])
+                    k = (s.name, tuple(sorted(s.labels.items())))
+                    assert s.value >= last.get(k, 0), (k, last.get(k), s.value)
+                    last[k] = s.value
+        assert len(pids) == 2, pids
+    finally: srv.stop()
+
+
+# ---- a version refused once is retried when the alias moves again; /ready says when the alias is not served --------
+def test_refused_version_retried_after_repair(world, tmp_path):
+    import shutil
+    from prometheus_client.parser import text_string_to_metric_families
+    v1, v2 = world['versions'][:2]
+    reg_dir = tmp_path/'registry'
+    shutil.copytree(world['root']/'registry', reg_dir)
+    (reg_dir/'aliases.json').write_text(json.dumps({'champion': v1}))
+    srv = Server(tmp_path, reg_dir, '--no-capture')
+    def point(v):   # what a promote writes (a new file replacing the old), here done by hand: the version is damaged
+        (reg_dir/'.aliases.tmp').write_text(json.dumps({'champion': v})); os.replace(reg_dir/'.aliases.tmp', reg_dir/'aliases.json')
+    def mismatch():
+        c = srv.conn(); c.request('GET', '/metrics'); text = c.getresponse().read().decode()
+        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == 'mlops_nb_model_reference_mismatch')
+    try:
+        model = reg_dir/'versions'/v2/'model.skops'
+        good = model.read_bytes()
+        model.write_bytes(good[:100])                                  # still being copied, say
+        point(v2)
+        for _ in range(100):
+            if v2 in srv.get('/metadata')[1]['refused']: break
+            time.sleep(0.1)
+        st, obj = srv.get('/ready')
+        assert st == 503 and obj['rule'] == 'reference_not_served' and v2 in obj['message'], obj
+        assert srv.get('/metadata')[1]['version'] == v1 and mismatch() == 1
+        model.write_bytes(good)                                        # repaired; promoted again
+        point(v2)
+        for _ in range(100):
+            if srv.get('/metadata')[1]['version'] == v2: break
+            time.sleep(0.1)
+        assert srv.get('/metadata')[1]['version'] == v2 and srv.get('/ready')[0] == 200 and mismatch() == 0
+    finally: srv.stop()
+
+
+# ---- promotion load-checks a version -----------------------------------------------------------------------------------
+def test_promote_refuses_a_version_no_server_can_load(world, tmp_path):
+    "A crafted version (an untrusted type in model.skops, manifest rewritten to match) is refused by `models promote`."
+    import shutil, skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+    from mlops_nb.registry import sha256_file
+    v1, v2 = world['versions'][:2]
+    reg_dir = tmp_path/'registry'
+    shutil.copytree(world['root']/'registry', reg_dir)
+    (reg_dir/'aliases.json').write_text(json.dumps({'champion': v1}))
+    d = reg_dir/'versions'/v2
+    sio.dump(FunctionTransformer(func=os.system), d/'model.skops')
+    man = json.loads((d/'manifest.json').read_text())
+    man['files']['model.skops'] = {**man['files']['model.skops'], 'size': (d/'model.skops').stat().st_size, 'sha256': sha256_file(d/'model.skops')}
+    (d/'manifest.json').write_text(json.dumps(man))
+    p = subprocess.run([MLOPS, 'models', 'promote', v2, '--registry', str(reg_dir), '--reason', 'test'], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and 'untrusted type' in p.stderr and 'system' in p.stderr, (p.returncode, p.stderr)
+    assert json.loads((reg_dir/'aliases.json').read_text()) == {'champion': v1}
+
+
+# ---- the small ones: landing page, OpenAPI, the URL in the log, a one-line start-up refusal ---------------------------
+def test_landing_openapi_url_and_startup_refusal(world, tmp_path):
+    import shutil
+    srv = world['srv']
+    st, page, hdr = srv.request('GET', '/')
+    assert st == 200 and 'href="/docs"' in page and 'href="/metadata"' in page
+    spec = srv.get('/openapi.json')[1]
+    for p in ('/admin/reload', '/admin/flush', '/v2/models/{name}/ready', '/docs', '/', '/v2'):
+        assert p in spec['paths'], p
+    assert spec['paths']['/admin/reload']['post']['security'] == [{'bearer': []}]
+    assert spec['components']['securitySchemes']['bearer'] == {'type': 'http', 'scheme': 'bearer', 'description': spec['components']['securitySchemes']['bearer']['description']}
+    body = spec['paths']['/feedback']['post']['requestBody']['content']['application/json']['schema']['properties']['feedback']
+    assert body['minItems'] == 1 and body['items']['properties']['request_id']['minLength'] == 1
+    assert f'http://127.0.0.1:{srv.port}/' in srv.log.read_text()                # serve says where it listens
+    # a champion that cannot be loaded: the one-line message the CLI gives elsewhere, exit 2, no traceback
+    reg_dir = tmp_path/'registry'
+    shutil.copytree(world['root']/'registry', reg_dir)
+    (reg_dir/'aliases.json').write_text(json.dumps({'champion': world['versions'][2]}))   # v0003: damaged after registration
+    p = subprocess.run([MLOPS, 'serve', '--registry', str(reg_dir), '--port', str(free_port()), '--no-capture'], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and 'Traceback' not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip().count('\n') == 0 and p.stderr.startswith('mlops-nb serve: error: cannot serve') and 'manifest says' in p.stderr, p.stderr
