@@ -13,7 +13,8 @@ import pandas as pd
 from .core import MlopsError, atomic_write, get_logger, read_json, write_json
 
 # %% auto #0
-__all__ = ['log', 'LOOP_DEFAULTS', 'TRIGGERS', 'settings', 'decide', 'Service', 'Loop', 'cli_loop']
+__all__ = ['log', 'LOOP_DEFAULTS', 'TRIGGERS', 'TIMELINE_COLUMNS', 'settings', 'decide', 'Service', 'Loop', 'cli_loop',
+           'timeline', 'plot_timeline']
 
 # %% ../nbs/11_loop.ipynb #4acb994b
 log = get_logger('mlops_nb.loop')
@@ -189,7 +190,7 @@ class Loop:
             version = dep.version
         reg = self._reg(); info = reg.info(version, verify=False)
         if info.get('status') == 'accepted' and reg.aliases().get('champion') != version and (info.get('gate') or {}).get('passed') \
-           and not any(h.get('to') == version for h in reg.history('champion')):
+           and not any(h.get('version') == version for h in reg.history('champion')):
             reg.promote(version, 'champion', reason=f"loop day {day}: gate passed")    # registered, then killed before the promotion
         after = reg.aliases().get('champion')
         self.state['runs'][version] = str(run.relative_to(self.dir))
@@ -285,8 +286,10 @@ class Loop:
         self.svc = Service(self.reg_dir, self.dir/'captures', self.dir/'server.pid')
         try:
             start = self.state['next_day']
-            return [self.step(d) for d in range(start, start + days)]
+            recs = [self.step(d) for d in range(start, start + days)]
         finally: self.svc.stop()
+        self.report()
+        return recs
 
     def retrain_initial(self):
         "The first champion, trained on the window before `start_day` (before any day is served)."
@@ -306,3 +309,51 @@ def cli_loop(args) -> int:
         print(f"day {r['day']}: served by {r['version']}, {r['rows']} rows; " + ('RETRAIN: ' + d['reason'] + f" -> {r['retrain']['version']} {r['retrain']['status']}"
               + (' promoted' if r['retrain']['promoted'] else ', champion stays') if d['retrain'] else f"no retrain ({d['reason']})"))
     return 0
+
+# %% ../nbs/11_loop.ipynb #5f95263c
+TIMELINE_COLUMNS = ('day', 'version', 'rows', 'data_drift', 'drift_share', 'drifted', 'prediction_drift', 'labelled_rows', 'realised',
+                    'estimated', 'retrain', 'reason', 'retrain_version', 'retrain_status', 'promoted', 'champion_after')
+
+def timeline(history:list[dict]) -> pd.DataFrame:
+    "One row per walked day of the loop's `history`: the version served, drift signals, realised and estimated metric, retrains, promotions."
+    rows = []
+    for r in history:
+        s, d, t = r.get('signals') or {}, r.get('decision') or {}, r.get('retrain') or {}
+        rows.append(dict(day=r['day'], version=r.get('version'), rows=r.get('rows'), data_drift=bool(s.get('data_drift')),
+                         drift_share=s.get('drift_share'), drifted=', '.join(s.get('drifted') or []),
+                         prediction_drift=s.get('prediction_drift'), labelled_rows=s.get('labelled_rows'),
+                         realised=s.get('realised'), estimated=s.get('estimated'), retrain=bool(d.get('retrain')),
+                         reason=d.get('reason'), retrain_version=t.get('version'), retrain_status=t.get('status'),
+                         promoted=bool(t.get('promoted')), champion_after=r.get('champion_after')))
+    return pd.DataFrame(rows, columns=list(TIMELINE_COLUMNS))
+
+def plot_timeline(tl:pd.DataFrame, metric:str='roc_auc'):
+    "The timeline as a figure: realised vs estimated metric of the served model, drift share with alerts, retrains and promotions."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9, 5.5), layout='constrained')
+    ax, bx = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    ax.plot(tl['day'], pd.to_numeric(tl['realised'], errors='coerce'), 'o-', label=f'realised {metric} (labels in)')
+    ax.plot(tl['day'], pd.to_numeric(tl['estimated'], errors='coerce'), 's--', label=f'estimated {metric} (before labels)')
+    for _, r in tl[tl['retrain']].iterrows():
+        for a in (ax, bx): a.axvline(r['day'], color='tab:green' if r['promoted'] else 'tab:red', ls='-' if r['promoted'] else ':', lw=1.5)
+        ax.annotate(f"{r['retrain_version']} {'promoted' if r['promoted'] else r['retrain_status']}", (r['day'], 1), xycoords=('data', 'axes fraction'),
+                    rotation=90, va='top', ha='right', fontsize=8)
+    changes = tl[tl['version'] != tl['version'].shift()]
+    for _, r in changes.iterrows(): ax.annotate(f"serving {r['version']}", (r['day'], 0), xycoords=('data', 'axes fraction'), va='bottom', fontsize=8)
+    ax.set_ylabel(metric); ax.legend(loc='center left', fontsize=8); ax.set_title('the loop, day by day (green: promoted retrain, red dotted: rejected)')
+    bx.bar(tl['day'], pd.to_numeric(tl['drift_share'], errors='coerce').fillna(0), color=np.where(tl['data_drift'], 'tab:orange', 'tab:gray'))
+    bx.set_ylabel('drifted share'); bx.set_xlabel('day'); bx.set_ylim(0, 1)
+    return fig
+
+# %% ../nbs/11_loop.ipynb #4936f7da
+def _report(self) -> dict:
+    "Write the timeline table (`timeline.csv`) and figure (`timeline.png`) of the walked days into the loop folder."
+    tl = timeline(self.state['history'])
+    metric = (self.params.get('monitor') or {}).get('performance', {}).get('metric', 'roc_auc')
+    paths = dict(table=self.dir/'timeline.csv', figure=self.dir/'timeline.png')
+    with atomic_write(paths['table']) as f: tl.to_csv(f, index=False)
+    fig = plot_timeline(tl, metric)
+    with atomic_write(paths['figure'], 'wb') as f: fig.savefig(f, format='png', dpi=100)
+    return paths
+
+Loop.report = _report

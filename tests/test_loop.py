@@ -1,6 +1,6 @@
 """The continuous-improvement loop end to end on small params: the real service (`mlops-nb serve` over HTTP), the
 project's own stages for retraining, deploy's gate, the registry's hot swap, and a state that survives SIGKILL."""
-import json, subprocess, sys
+import copy, json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -8,6 +8,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MLOPS = str(Path(sys.executable).with_name('mlops-nb'))
+DAYS = 12                                             # simulated by the end-to-end tests, from loop.start_day 10
 
 
 def small_params(**loop) -> dict:
@@ -37,6 +38,98 @@ def simulate(folder: Path, days: int, **kw):
 
 def history(folder: Path) -> list[dict]:
     return json.loads((folder/'loop'/'state.json').read_text())['history']
+
+
+def summary(folder: Path) -> list[tuple]:
+    "What must not depend on interruptions: per day the version served, the decision, the retrain's version and fate."
+    return [(r['day'], r['version'], r['rows'], r['decision']['retrain'], r['decision']['reason'],
+             (r.get('retrain') or {}).get('version'), (r.get('retrain') or {}).get('status'), r['champion_after'],
+             round(r['signals'].get('realised') or -1, 6), round(r['signals'].get('estimated') or -1, 6)) for r in history(folder)]
+
+
+@pytest.fixture(scope='module')
+def drift_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('loop')
+    write_params(folder, small_params())
+    # days 10..21, abrupt drift from day 13: with labels 2 days late and 3 days between retrains, the retrains of days 13
+    # and 16 train on windows with no or 2 drifted days and lack evidence of being better (the gate rightly keeps the
+    # champion); the one of day 19 learns the drift, passes, and days 20..21 are served by it
+    got = simulate(folder, DAYS)
+    assert got.returncode == 0, got.stderr[-3000:]
+    return folder
+
+
+def test_abrupt_drift_alert_retrain_promotion_new_version_served(drift_run):
+    from mlops_nb.registry import Registry
+    h = history(drift_run)
+    assert [r['day'] for r in h] == list(range(10, 10 + DAYS))
+    assert not any(r['signals']['data_drift'] for r in h if r['day'] < 13)           # no alert before the drift
+    first_alert = min(r['day'] for r in h if r['signals']['data_drift'])
+    assert first_alert == 13                                                           # detected on the onset day
+    retrains = [r for r in h if r['decision']['retrain']]
+    assert retrains and retrains[0]['day'] == 13
+    promoted = [r for r in retrains if r['retrain']['promoted']]
+    assert promoted, [r['retrain'] for r in retrains]
+    p = promoted[0]
+    new = p['retrain']['version']
+    after = [r for r in h if r['day'] > p['day']]
+    assert after and after[0]['version'] == new                                        # the service answered with it (x-model-version)
+    import pandas as pd
+    served = pd.read_parquet(drift_run/'loop'/'days'/f"d{after[0]['day']:04d}.parquet")
+    assert set(served['version']) == {new}
+    reg = Registry(drift_run/'loop'/'registry')
+    info = reg.info(new)
+    loop = info['loop']
+    assert loop['day'] == p['day'] and loop['decision']['retrain'] and loop['window']['days'] == 8
+    assert info['git'] is not None and info['params']['train']['search']['n_iter'] == 1
+    assert any(h_['version'] == new for h_ in reg.history('champion'))
+    # the estimate is recorded beside the realised metric; after the drift the realised one falls below it
+    post = [r for r in h if r['day'] in (15, 16) and r['version'] == 'v0001' and r['signals'].get('realised') is not None]
+    assert all(r['signals']['estimated'] - r['signals']['realised'] > 0.02 for r in post)
+    # labels were posted to the service's /feedback, each day's once the delay passed
+    from mlops_nb.capture import read_feedback
+    fb = read_feedback(drift_run/'loop'/'captures')
+    assert set(fb['request_id'].str.split(':').str[0]) == {f'd{d:04d}' for d in range(10, 10 + DAYS - 2)}
+
+
+def test_simulate_writes_the_timeline_table_and_figure(drift_run):
+    import pandas as pd
+    from matplotlib.image import imread
+    h = history(drift_run)
+    tl = pd.read_csv(drift_run/'loop'/'timeline.csv')
+    assert tl['day'].tolist() == [r['day'] for r in h] and tl['version'].tolist() == [r['version'] for r in h]
+    assert tl['retrain'].tolist() == [r['decision']['retrain'] for r in h]
+    assert tl['data_drift'].tolist() == [r['signals']['data_drift'] for r in h]
+    assert tl['promoted'].tolist() == [bool((r.get('retrain') or {}).get('promoted')) for r in h]
+    assert tl.loc[tl['retrain'], 'retrain_version'].tolist() == [r['retrain']['version'] for r in h if r['decision']['retrain']]
+    for col in ('realised', 'estimated'):
+        want = [r['signals'].get(col) for r in h]
+        got = tl[col].tolist()
+        assert [w is None for w in want] == pd.isna(got).tolist() and all(abs(g - w) < 1e-9 for g, w in zip(got, want) if w is not None)
+    img = imread(drift_run/'loop'/'timeline.png')
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500 and img.std() > 0
+
+
+def test_kill_and_resume_gives_the_uninterrupted_run(drift_run, tmp_path):
+    write_params(tmp_path, small_params())
+    rng, kills = random.Random(15), 0
+    while kills < 3:
+        proc = subprocess.Popen([MLOPS, 'loop', 'simulate', '--days', str(DAYS - len(history(tmp_path)) if (tmp_path/'loop'/'state.json').exists() else DAYS),
+                                 '--params', str(tmp_path/'params.yaml'), '--root', str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3, 25))
+        if proc.poll() is not None: break
+        proc.send_signal(signal.SIGKILL); proc.wait(); kills += 1
+    left = DAYS - len(history(tmp_path)) if (tmp_path/'loop'/'state.json').exists() else DAYS
+    if left:
+        got = simulate(tmp_path, left)
+        assert got.returncode == 0, got.stderr[-3000:]
+    assert kills >= 1
+    assert summary(tmp_path) == summary(drift_run)
+    from mlops_nb.registry import Registry
+    a, b = Registry(tmp_path/'loop'/'registry'), Registry(drift_run/'loop'/'registry')
+    assert a.versions() == b.versions() and a.aliases() == b.aliases()
+    assert [(h['previous'], h['version']) for h in a.history('champion')] == [(h['previous'], h['version']) for h in b.history('champion')]
+    assert [a.info(v)['metrics']['pr_auc'] for v in a.versions()] == [b.info(v)['metrics']['pr_auc'] for v in b.versions()]
 
 
 def test_no_drift_never_retrains(tmp_path):
