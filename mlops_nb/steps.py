@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_steps.ipynb #e6be836b
 from __future__ import annotations
-import os, subprocess, tempfile, time
+import copy, os, subprocess, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +18,12 @@ from .params import check_params
 # them when it runs, so a stage that does not need them (collect) starts fast.
 
 # %% auto #0
-__all__ = ['log', 'KEY_METRICS', 'batch_summary', 'recorded_failure', 'rounded', 'key_metrics', 'key_path', 'run_collect',
-           'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared', 'champion_contract', 'quarantine',
-           'Checked', 'check_batches', 'reject', 'run_prepare', 'load_split', 'Trained', 'run_train', 'Evaluated',
-           'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of',
-           'release_line', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference', 'monitor_reference',
-           'current_window', 'run_monitor']
+__all__ = ['log', 'KEY_METRICS', 'MEASURED', 'batch_summary', 'recorded_failure', 'rounded', 'key_metrics', 'key_path',
+           'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared', 'champion_contract',
+           'quarantine', 'Checked', 'check_batches', 'reject', 'run_prepare', 'load_split', 'Trained', 'measured_path',
+           'split_measured', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate',
+           'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored',
+           'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -315,6 +315,35 @@ class Trained:
     cv_results: pd.DataFrame
     metrics: dict
 
+# %% ../nbs/06_steps.ipynb #measured00
+MEASURED = ('latency_ms',)   # wall-clock measurements: they differ from one run to the next
+
+def measured_path(path:str|Path) -> Path:
+    """Where the clock readings of a stage output go, beside it and outside what DVC and git track:
+    `metrics/gate.json` -> `metrics/gate.timing.json`, `models/candidate` -> `models/candidate.timing.json`."""
+    p = Path(path)
+    return p.with_name(p.stem + '.timing.json') if p.suffix == '.json' else p.with_name(p.name + '.timing.json')
+
+def split_measured(gate_record:dict) -> tuple[dict, dict]:
+    """`(record, measured)`: the deploy gate's record without the `MEASURED` values (a check on one keeps its limit and
+    verdict, not the number), and those values. So a clean rerun writes the same tracked `metrics/gate.json`."""
+    rec, measured = copy.deepcopy(gate_record), {}
+    for side in ('candidate', 'champion_metrics'):
+        for k in MEASURED:
+            if isinstance(rec.get(side), dict) and k in rec[side]: measured.setdefault(side, {})[k] = rec[side].pop(k)
+    new = {}
+    for ch in rec.get('checks') or []:
+        if ch.get('metric') in MEASURED:
+            measured.setdefault('checks', []).append(dict(ch))
+            word = ('within' if ch['passed'] else 'over') if ch.get('kind') == 'threshold' else ('passed' if ch['passed'] else 'failed')
+            text = f"{ch['metric']} {word} {ch.get('kind', 'limit')} {ch['limit']:g}" if isinstance(ch.get('limit'), (int, float)) else f"{ch['metric']} {word}"
+            new[ch['reason']] = text + f" (measured value in {measured_path('gate.json').name})"
+            ch['value'], ch['reason'] = None, new[ch['reason']]
+    for key in ('reasons', 'failed'):
+        rec[key] = [next((r.replace(old, t) for old, t in new.items() if old in r), r) for r in rec.get(key) or []]
+    return rec, measured
+
+
 # %% ../nbs/06_steps.ipynb #504ffc20
 def run_train(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
               metrics_path:str|Path='metrics/train.json') -> Trained:
@@ -349,7 +378,7 @@ def run_train(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|
         save_model(model, tmp/'model.skops')
         Schema.load(Path(prepared_dir)/'schema.json').save(tmp/'schema.json')
         write_json(tmp/'model.json', dict(spec, estimator=metrics['estimator'], best_params=metrics['best_params']))
-        write_json(tmp/'run.json', dict(fit_seconds=round(seconds, 3)))
+    write_json(measured_path(model_dir), dict(fit_seconds=round(seconds, 3)))   # beside the model folder: a clock reading is not an output
     write_json(metrics_path, metrics)
     write_json(key_path(metrics_path, 'train'), key_metrics('train', metrics))
     return Trained(model, cv, metrics)
@@ -563,7 +592,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     c = gate_candidate(params, prepared_dir, model_dir, evaluate_path, reg.root)
     train, _ = load_split(prepared_dir, 'train')
     mfile = Path(model_dir)/'model.skops'
-    run = read_json(Path(model_dir)/'run.json') if (Path(model_dir)/'run.json').exists() else {}
+    run = read_json(measured_path(model_dir)) if measured_path(model_dir).exists() else {}
     release = release_line(project_dir, d['release_branch'])
     from mlops_nb.registry import sha256_file
     lineage = dict(git=git_state(project_dir), data=data_hash(prepared_dir, Path(project_dir)/'dvc.lock'), release=release,
@@ -598,10 +627,12 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
         reg.promote(version, alias, reason=why)
     after = reg.aliases().get('champion')
     onnx = reg.info(version).get('onnx') or {}
-    write_json(gate_path, dict(passed=c.gate['passed'], decision=c.gate['decision'], version=version, status=status, promoted_to=alias,
+    record, measured = split_measured(dict(passed=c.gate['passed'], decision=c.gate['decision'], version=version, status=status, promoted_to=alias,
                                champion_before=before, champion_after=after, reasons=c.gate['reasons'], failed=c.gate['failed'],
                                release=release, checks=c.gate['checks'], candidate=c.metrics, champion_metrics=c.champion_metrics,
                                champion_error=c.champion_error, onnx_kept=bool(onnx.get('kept')), onnx_max_abs_diff=onnx.get('max_abs_diff')))
+    write_json(gate_path, record)                     # what DVC tracks: the same on every clean run
+    write_json(measured_path(gate_path), measured)    # the latencies measured, beside it (the registry keeps them too)
     write_json(key_path(gate_path, 'deploy'), key_metrics('deploy', read_json(gate_path)))
     log.info('deploy: %s registered as %s; %s (%s)', version, status, f'promoted to {alias}' if alias else f'champion stays {before}', release['why'])
     return Deployed(c, version, status, alias, before, after)
