@@ -461,9 +461,9 @@ def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
     report_docs = []
     if reports.is_dir():
         for r in sorted(reports.glob('*.ipynb')):
-            t = r.with_suffix('.timing.json')
+            timing = r.with_suffix('.timing.json')
             put(f'reports/{r.name}', json.dumps(report_page(json.loads(r.read_text(encoding='utf-8')),
-                                                            json.loads(t.read_text(encoding='utf-8')) if t.exists() else None)))
+                                                            json.loads(timing.read_text(encoding='utf-8')) if timing.exists() else None)))
             report_docs.append(f'reports/{r.stem}')
     card = champion_card(registry)
     if card:             # the card and the figures it links to, in a folder of their own
