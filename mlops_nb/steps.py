@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_steps.ipynb #e6be836b
 from __future__ import annotations
-import copy, os, subprocess, tempfile, time
+import copy, dataclasses, os, subprocess, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -635,7 +635,10 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     write_json(measured_path(gate_path), measured)    # the latencies measured, beside it (the registry keeps them too)
     write_json(key_path(gate_path, 'deploy'), key_metrics('deploy', read_json(gate_path)))
     log.info('deploy: %s registered as %s; %s (%s)', version, status, f'promoted to {alias}' if alias else f'champion stays {before}', release['why'])
-    return Deployed(c, version, status, alias, before, after)
+    # the report shows what is tracked: the gate's verdicts, without the measured latencies (in the registry and beside gate.json)
+    drop = lambda m: {k: v for k, v in m.items() if k not in MEASURED} if isinstance(m, dict) else m
+    shown = dataclasses.replace(c, gate={k: record[k] for k in c.gate if k in record}, metrics=drop(c.metrics), champion_metrics=drop(c.champion_metrics))
+    return Deployed(shown, version, status, alias, before, after)
 
 # %% ../nbs/06_steps.ipynb #13636282
 def cli_gate(args) -> int:
