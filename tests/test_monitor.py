@@ -180,7 +180,7 @@ def test_cli_bad_input_exit_2(tmp_path):
     p = run(f'mlops-nb monitor --reference {ref} --current {cur} --params none.yaml --columns mean_shift,ghost --status {tmp_path}/s.json', tmp_path, check=False)
     assert p.returncode == 2 and "column(s) ['ghost'] not in the reference" in p.stderr
     p = run(f'mlops-nb monitor --reference champion --current {cur} --params none.yaml --status {tmp_path}/s.json', tmp_path, check=False)
-    assert p.returncode == 2 and 'champion: file or folder not found (and no model registry at registry' in p.stderr
+    assert p.returncode == 2 and "champion: file or folder not found (and no model 'model' in the registry at registry" in p.stderr
     (tmp_path/'bad.yaml').write_text('monitor:\n  drift:\n    p_value: high\n')
     p = run(f'mlops-nb monitor --reference {ref} --current {cur} --params bad.yaml --status {tmp_path}/s.json', tmp_path, check=False)
     assert p.returncode == 2 and 'monitor.drift.p_value: expected a number >= 0' in p.stderr
