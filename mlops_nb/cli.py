@@ -162,7 +162,7 @@ def _serve_commands(sub):
     "`mlops-nb serve` (the prediction service) and `mlops-nb predict` (batch scoring); see `mlops_nb.serve`."
     p = sub.add_parser('serve', help='serve the registry champion over HTTP (MLflow /invocations, v2, metrics)')
     p.add_argument('--registry', help='registry folder (default: deploy.registry / serve.registry in params, else registry)')
-    p.add_argument('--model', help="alias (hot-swapped when it moves) or version to serve (default: champion)")
+    p.add_argument('--model', help="alias (hot-swapped when it moves) or version to serve, of a named model as NAME@alias (default: champion)")
     p.add_argument('--host', help='interface (default 127.0.0.1; env MLOPS_NB_HOST)')
     p.add_argument('--port', type=int, help='port (default 8080; env MLOPS_NB_PORT)')
     p.add_argument('--workers', type=int, help='worker processes (default 1; env MLOPS_NB_WORKERS)')

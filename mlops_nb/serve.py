@@ -184,11 +184,12 @@ class LoadedModel:
 
 # %% ../nbs/09_serve.ipynb #4a210e8a
 class ModelSource:
-    "Which registry version `ref` (an alias or a version) points at now."
+    "Which registry version `ref` (an alias or a version, of the root model or of a named one: `fraud@champion`) points at now."
     def __init__(self, registry:str|Path, ref:str='champion'):
-        from mlops_nb.registry import Registry
-        self.root, self.ref = Path(registry), str(ref)
-        self.registry = Registry(self.root)
+        from mlops_nb.registry import Registry, parse_model_ref
+        name, self.ref = parse_model_ref(ref)
+        self.root = Path(registry)
+        self.registry = Registry(self.root, name)
         self.is_alias = not re.fullmatch(r'v?\d+', self.ref)
         self._stamp = None
 
@@ -200,7 +201,7 @@ class ModelSource:
     def changed(self) -> bool:
         "True when `aliases.json` changed (mtime, size or inode) since the last call."
         if not self.is_alias: return False
-        try: st = (self.root/'aliases.json').stat(); stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        try: st = self.registry.aliases_path.stat(); stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError: stamp = None
         changed, self._stamp = stamp != self._stamp, stamp
         return changed

@@ -138,3 +138,28 @@ def test_the_pipeline_steps_use_the_model_deploy_model_name_names(tmp_path):
     assert champion_contract(params('nope')) is None                # a name with no champion yet: prepare infers its schema
     ref = monitor_reference(params('churn'))                        # the monitor's reference: that model's champion and its profile
     assert (ref.source, ref.version, ref.registry.name) == ('registry', 'v0002', 'churn') and "model 'churn'" in ref.note
+
+
+def test_serve_takes_a_named_model_and_follows_its_own_alias(tmp_path):
+    "`mlops-nb serve --model churn@champion` serves that model's champion and swaps when its alias moves, not another model's."
+    import time
+    from test_serve import Server
+    root = tmp_path/'registry'
+    fraud, churn = Registry(root, 'fraud'), Registry(root, 'churn')
+    _register(fraud, 1); _register(churn, 2); _register(churn, 3)
+    fraud.promote('v0001'); churn.promote('v0001')
+    srv = Server(tmp_path, root, '--model', 'churn@champion', '--no-capture')
+    try:
+        st, meta = srv.get('/metadata')
+        assert st == 200 and meta['version'] == 'v0001' and Path(meta['path']) == churn.versions_dir/'v0001', meta
+        st, out, _ = srv.post('/invocations', {'dataframe_records': [{'a': 0.3, 'b': -1.0}]})
+        assert st == 200 and out['predictions'] in ([0], [1]), out
+        fraud.promote('v0001', alias='challenger')                # another model's aliases: nothing to reload
+        churn.promote('v0002', reason='better')
+        for _ in range(100):
+            if srv.get('/metadata')[1]['version'] == 'v0002': break
+            time.sleep(0.1)
+        meta = srv.get('/metadata')[1]
+        assert meta['version'] == 'v0002' and Path(meta['path']) == churn.versions_dir/'v0002', meta
+    finally:
+        assert srv.stop() == 0
