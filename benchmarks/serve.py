@@ -209,6 +209,7 @@ def batch(work:Path, X, registry:Path, rows:int) -> list[dict]:
         if r.returncode: raise SystemExit(r.stderr)
         res = json.loads(r.stdout.strip().splitlines()[-1])
         res.update(wall=round(time.time() - t0, 1), file_mb=round(path.stat().st_size / 2**20, 1))
+        res.pop('input', None); res.pop('output', None)   # this machine's paths: not part of the result
         (work/f'scored-{n}.parquet').unlink()
         out.append(res); print('batch', res, flush=True)
     return out
