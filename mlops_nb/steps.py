@@ -623,7 +623,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     before, alias = c.champion, None
     if c.gate['passed']:
         alias = 'champion' if d['auto_promote'] and release['release'] else 'challenger'
-        why = 'deploy gate passed' + (f" against {before}" if before else ' (first model)') + ': ' + '; '.join(ch['reason'] for ch in c.gate['checks'])
+        why = 'deploy gate passed' + (f" against {before}" if before else ' (first model)') + ': ' + '; '.join(ch['reason'] for ch in split_measured(c.gate)[0]['checks'])
         reg.promote(version, alias, reason=why)
     after = reg.aliases().get('champion')
     onnx = reg.info(version).get('onnx') or {}
