@@ -13,6 +13,15 @@ from conftest import ROOT, merge, run, copy_project
 
 BASE = yaml.safe_load((ROOT/'params.yaml').read_text())
 
+
+@pytest.fixture(scope='module', autouse=True)
+def _in_own_folder(tmp_path_factory):
+    "The steps run in this process read `deploy.registry` relative to the working folder: never the project's own registry."
+    import os
+    old = os.getcwd(); os.chdir(tmp_path_factory.mktemp('cwd'))
+    yield
+    os.chdir(old)
+
 def regression_csv(path:Path, n:int=600, seed:int=0) -> Path:
     "House prices by the hour: a time column, numbers, a category; target `price`."
     rng = np.random.default_rng(seed)
