@@ -8,6 +8,14 @@ import numpy as np, pandas as pd, pytest, yaml
 from mlops_nb.core import DataError
 from mlops_nb.data import sql_batches
 from mlops_nb.steps import run_collect, run_prepare
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _in_own_folder(tmp_path_factory):
+    "The steps run in this process read `deploy.registry` relative to the working folder: never the project's own registry."
+    old = os.getcwd(); os.chdir(tmp_path_factory.mktemp('cwd'))
+    yield
+    os.chdir(old)
 from conftest import ROOT, merge, copy_project
 
 SECRET = 'Pw-planted-7f3a9c'   # must never appear in a file the pipeline or the docs build writes
