@@ -1,7 +1,7 @@
 """params.yaml checked before any work; numbers read strictly; absolute rules when the schema is inferred; every
 failure recorded with its stage; nothing good replaced. On two small data sets made here (not the simulator):
 a regression CSV with a time column and a classification Parquet without one."""
-import hashlib, json
+import contextlib, hashlib, json
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, yaml
@@ -17,10 +17,7 @@ BASE = yaml.safe_load((ROOT/'params.yaml').read_text())
 @pytest.fixture(scope='module', autouse=True)
 def _in_own_folder(tmp_path_factory):
     "The steps run in this process read `deploy.registry` relative to the working folder: never the project's own registry."
-    import os
-    old = os.getcwd(); os.chdir(tmp_path_factory.mktemp('cwd'))
-    yield
-    os.chdir(old)
+    with contextlib.chdir(tmp_path_factory.mktemp('cwd')): yield
 
 def regression_csv(path:Path, n:int=600, seed:int=0) -> Path:
     "House prices by the hour: a time column, numbers, a category; target `price`."

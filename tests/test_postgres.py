@@ -1,6 +1,6 @@
 """A real PostgreSQL source: a throwaway server (Debian's postgresql: initdb + pg_ctl in a temporary folder, on a free
 port), a table and a query collected, a table that grows between runs, the password only ever in the environment."""
-import glob, json, os, shutil, socket, subprocess, time
+import contextlib, glob, json, os, shutil, socket, subprocess, time
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, yaml
@@ -13,9 +13,7 @@ from mlops_nb.steps import run_collect, run_prepare
 @pytest.fixture(scope='module', autouse=True)
 def _in_own_folder(tmp_path_factory):
     "The steps run in this process read `deploy.registry` relative to the working folder: never the project's own registry."
-    old = os.getcwd(); os.chdir(tmp_path_factory.mktemp('cwd'))
-    yield
-    os.chdir(old)
+    with contextlib.chdir(tmp_path_factory.mktemp('cwd')): yield
 from conftest import ROOT, merge, copy_project
 
 SECRET = 'Pw-planted-7f3a9c'   # must never appear in a file the pipeline or the docs build writes
