@@ -167,7 +167,9 @@ class CaptureWriter:
         if not recs: return
         by_day: dict[str, list] = {}
         for r in recs: by_day.setdefault(_day(r[1]), []).append(r)
-        for day, rs in by_day.items(): self._tables.setdefault(day, []).append(self._predictions_table(rs))
+        for day, rs in by_day.items():
+            t = self._predictions_table(rs)     # built first: a record that cannot convert leaves no empty day behind
+            self._tables.setdefault(day, []).append(t)
         self._converted += sum(r[4] for r in recs)
 
     def _write(self) -> int:
@@ -257,7 +259,7 @@ def read_feedback(root:str|Path):
     return fb.rename(columns={'ts': 'label_ts'})[['request_id', 'label', 'label_ts']].reset_index(drop=True)
 
 def read_captures(root:str|Path, start=None, end=None, with_labels:bool=True):
-    "Predictions captured in `[start, end)` (UTC) as a DataFrame in time order, with `label`/`label_ts` joined by request id."
+    "Predictions captured in `[start, end)` (UTC), the latest per request id, in time order, with `label`/`label_ts` joined by request id."
     import pandas as pd
     root = Path(root)
     if not root.is_dir(): raise MlopsError(f"{root}: capture store not found")
@@ -272,6 +274,7 @@ def read_captures(root:str|Path, start=None, end=None, with_labels:bool=True):
     else: df = t.to_pandas()
     if start is not None: df = df[df.ts >= start]
     if end is not None: df = df[df.ts < end]
-    df = df.sort_values('ts', kind='stable').reset_index(drop=True)
+    key = ['request_id', 'role'] if 'role' in df.columns else ['request_id']
+    df = df.sort_values('ts', kind='stable').drop_duplicates(key, keep='last').reset_index(drop=True)   # a retry replaces
     if with_labels: df = df.merge(read_feedback(root), on='request_id', how='left')
     return df

@@ -110,26 +110,46 @@ def test_simulate_writes_the_timeline_table_and_figure(drift_run):
     assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500 and img.std() > 0
 
 
+def _days_done(folder: Path) -> int:
+    try: return len(history(folder))
+    except (FileNotFoundError, ValueError, KeyError): return 0      # not written yet (or being replaced)
+
+
 def test_kill_and_resume_gives_the_uninterrupted_run(drift_run, tmp_path):
     write_params(tmp_path, small_params())
-    rng, kills = random.Random(15), 0
-    while kills < 3:
-        proc = subprocess.Popen([MLOPS, 'loop', 'simulate', '--days', str(DAYS - len(history(tmp_path)) if (tmp_path/'loop'/'state.json').exists() else DAYS),
-                                 '--params', str(tmp_path/'params.yaml'), '--root', str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3, 25))
-        if proc.poll() is not None: break
+    # kill points by progress, not by the clock (a loaded machine must not turn a kill into none): during the initial
+    # retrain, then at random moments of random later days, each a SIGKILL of the whole `loop simulate` process
+    rng = random.Random(15)
+    targets = [0] + sorted(rng.sample(range(1, DAYS - 1), 2))
+    kills = 0
+    for target in targets:
+        proc = subprocess.Popen([MLOPS, 'loop', 'simulate', '--days', str(DAYS - _days_done(tmp_path)), '--params', str(tmp_path/'params.yaml'),
+                                 '--root', str(tmp_path)], stdout=subprocess.DEVNULL, stderr=open(tmp_path/f'kill{kills}.log', 'w'))
+        end = time.monotonic() + 600
+        while proc.poll() is None and _days_done(tmp_path) < target and time.monotonic() < end: time.sleep(0.05)
+        time.sleep(rng.uniform(0.5, 4))                  # somewhere inside the next day's work (or the retrain)
+        assert proc.poll() is None, f"loop simulate ended before kill {kills} (day {_days_done(tmp_path)}, exit {proc.returncode}): " \
+                                    + (tmp_path/f'kill{kills}.log').read_text()[-3000:]
         proc.send_signal(signal.SIGKILL); proc.wait(); kills += 1
-    left = DAYS - len(history(tmp_path)) if (tmp_path/'loop'/'state.json').exists() else DAYS
-    if left:
-        got = simulate(tmp_path, left)
-        assert got.returncode == 0, got.stderr[-3000:]
-    assert kills >= 1
+    left = DAYS - _days_done(tmp_path)
+    assert left > 0
+    got = simulate(tmp_path, left)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert kills == 3
     assert summary(tmp_path) == summary(drift_run)
     from mlops_nb.registry import Registry
     a, b = Registry(tmp_path/'loop'/'registry'), Registry(drift_run/'loop'/'registry')
     assert a.versions() == b.versions() and a.aliases() == b.aliases()
     assert [(h['previous'], h['version']) for h in a.history('champion')] == [(h['previous'], h['version']) for h in b.history('champion')]
     assert [a.info(v)['metrics']['pr_auc'] for v in a.versions()] == [b.info(v)['metrics']['pr_auc'] for v in b.versions()]
+    # nothing doubled: a day sent again after a kill replaces its captures; every served row is read once, as uninterrupted
+    from mlops_nb.capture import read_captures, read_feedback
+    caps, ref = read_captures(tmp_path/'loop'/'captures'), read_captures(drift_run/'loop'/'captures')
+    assert caps['request_id'].is_unique and len(caps) == sum(r['rows'] for r in history(tmp_path)) == len(ref)
+    assert sorted(caps['request_id']) == sorted(ref['request_id'])
+    assert caps.set_index('request_id').sort_index()['prediction'].round(9).tolist() == ref.set_index('request_id').sort_index()['prediction'].round(9).tolist()
+    fb = read_feedback(tmp_path/'loop'/'captures')
+    assert sorted(fb['request_id']) == sorted(read_feedback(drift_run/'loop'/'captures')['request_id'])
 
 
 def test_no_drift_never_retrains(tmp_path):
