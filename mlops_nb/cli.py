@@ -84,6 +84,18 @@ def _monitor_commands(sub):
     p.add_argument('--jobs', type=int, default=None, help='threads (default: all cores)')
     p.add_argument('--report-only', action='store_true', dest='report_only', help='always exit 0 when the check ran, even on alert')
     p.set_defaults(func=handler('mlops_nb.monitor:cli_monitor'))
+    p = sub.add_parser('shadow', help="how the shadow version's captured answers agree with the primary ones: labels, scores, latency",
+                       description="Join the shadow rows of a capture store with the primary rows of the same requests (by request id) and "
+                                   "report label agreement at the primary version's threshold, absolute score differences and both latencies.")
+    p.add_argument('--captures', default='captures', help='the capture store (one model served: captures; several: captures/NAME)')
+    p.add_argument('--start', help='window start (UTC, inclusive; default: the first capture)')
+    p.add_argument('--end', help='window end (UTC, exclusive; default: the last capture)')
+    p.add_argument('--threshold', type=float, help="classification threshold (default: the primary version's, from --registry, else 0.5)")
+    p.add_argument('--registry', default='registry', help='registry folder the primary version is read from, for its threshold (default: registry)')
+    p.add_argument('--model', help='registered model name (default: the root model)')
+    p.add_argument('--server', help="a running server's URL: adds its shadow error and drop counters")
+    p.add_argument('--json', action='store_true', help='print JSON')
+    p.set_defaults(func=handler('mlops_nb.monitor:cli_shadow'))
 
 # %% ../nbs/12_cli.ipynb #276c480a
 @command_group
@@ -162,7 +174,8 @@ def _serve_commands(sub):
     "`mlops-nb serve` (the prediction service) and `mlops-nb predict` (batch scoring); see `mlops_nb.serve`."
     p = sub.add_parser('serve', help='serve the registry champion over HTTP (MLflow /invocations, v2, metrics)')
     p.add_argument('--registry', help='registry folder (default: deploy.registry / serve.registry in params, else registry)')
-    p.add_argument('--model', help="alias (hot-swapped when it moves) or version to serve, of a named model as NAME@alias (default: champion)")
+    p.add_argument('--model', action='append', help="alias (hot-swapped when it moves) or version to serve, of a named model as NAME@alias "
+                                                  "(default: champion); repeat it to serve several models, or 'all' for every model's champion")
     p.add_argument('--host', help='interface (default 127.0.0.1; env MLOPS_NB_HOST)')
     p.add_argument('--port', type=int, help='port (default 8080; env MLOPS_NB_PORT)')
     p.add_argument('--workers', type=int, help='worker processes (default 1; env MLOPS_NB_WORKERS)')
@@ -175,6 +188,7 @@ def _serve_commands(sub):
     p.add_argument('--unknown-columns', choices=['error', 'ignore'], help='policy for request columns that are not model inputs (id columns are always echoed)')
     p.add_argument('--output', choices=['label', 'score', 'both'], help="what 'predictions' holds")
     p.add_argument('--poll-seconds', type=float, help='how often registry/aliases.json is checked')
+    p.add_argument('--shadow-share', type=float, dest='shadow_share', help="share of requests (0-1, by request id) mirrored to the version under the 'shadow' alias (default 1)")
     p.add_argument('--no-access-log', action='store_true', help='no JSON access log lines on stderr')
     p.add_argument('--params', default='params.yaml', help='params file with a serve: section (default params.yaml, if present)')
     p.set_defaults(func=handler('mlops_nb.serve:serve_cmd'))
