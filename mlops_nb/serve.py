@@ -152,7 +152,7 @@ class LoadedModel:
         "Scores (class-1 probability, or the value) and labels (classification only) for validated columns `X`."
         if self.session is not None:
             if self.pre is not None:
-                from mlops_nb.features import build_features   # numpy only: the same function the fitted feature step calls
+                from mlops_nb.feature_step import build_features   # numpy only: the same function the fitted feature step calls
                 X = {**X, **build_features(X, self.pre['spec'], self.pre.get('time_column'))}
             out = self.session.run([self.out_name], self._feed(X))[0]
             if self.classification:
