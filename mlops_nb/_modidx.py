@@ -618,5 +618,9 @@ d = { 'settings': { 'branch': 'main',
                                                                                  'mlops_nb/validation.py'),
                                      'mlops_nb.validation.Validator.columns': ( 'validation.html#validator.columns',
                                                                                 'mlops_nb/validation.py'),
+                                     'mlops_nb.validation._arrow_coded': ('validation.html#_arrow_coded', 'mlops_nb/validation.py'),
+                                     'mlops_nb.validation._arrow_float': ('validation.html#_arrow_float', 'mlops_nb/validation.py'),
+                                     'mlops_nb.validation._arrow_times': ('validation.html#_arrow_times', 'mlops_nb/validation.py'),
                                      'mlops_nb.validation._bad': ('validation.html#_bad', 'mlops_nb/validation.py'),
-                                     'mlops_nb.validation._utc_naive': ('validation.html#_utc_naive', 'mlops_nb/validation.py')}}}
+                                     'mlops_nb.validation._utc_naive': ('validation.html#_utc_naive', 'mlops_nb/validation.py'),
+                                     'mlops_nb.validation.arrow_columns': ('validation.html#arrow_columns', 'mlops_nb/validation.py')}}}
