@@ -1,6 +1,6 @@
 """The floor of our serving stack, for benchmarks/serve.py: Starlette + uvicorn + orjson + ONNX Runtime, nothing else.
 
-It serves a registry version's `model.onnx` with its numpy feature pre-step (`features.build_features`), from a
+It serves a registry version's `model.onnx` with its numpy feature pre-step (`feature_step.build_features`), from a
 `dataframe_split` body, with no validation, capture, metrics or hot swap. What `mlops-nb serve` costs above this is
 the price of what it does that this does not.
 
@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlops_nb.features import build_features
+from mlops_nb.feature_step import build_features
 
 VDIR = Path(os.environ['FLOOR_VERSION_DIR'])
 INFO = json.loads((VDIR/'model.json').read_text())

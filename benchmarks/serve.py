@@ -73,7 +73,8 @@ def build_model(work:Path):
     sys.path.insert(0, str(ROOT))
     from mlops_nb.core import load_params
     from mlops_nb.sim import simulate
-    from mlops_nb.features import add_features, clean, derived_columns, feature_columns, source_columns
+    from mlops_nb.features import add_features, clean, feature_columns
+    from mlops_nb.feature_step import derived_columns, source_columns
     from mlops_nb.train import make_estimator, make_pipeline
     from mlops_nb.registry import Registry
     P = load_params(ROOT/'params.yaml')

@@ -15,16 +15,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from .core import MlopsError, get_logger
 from .data import _to_datetime
+from .feature_step import _none, check_spec, derived_columns, source_columns, build_features
+
 
 # %% auto #0
-__all__ = ['TIME_PARTS', 'clean', 'time_parts', 'check_spec', 'derived_columns', 'source_columns', 'build_features',
-           'add_features', 'FeatureBuilder', 'time_split', 'feature_columns', 'make_preprocessor']
+__all__ = ['clean', 'add_features', 'FeatureBuilder', 'time_split', 'feature_columns', 'make_preprocessor']
 
 # %% ../nbs/03_features.ipynb #d1874e35
-def _none(col:str|None) -> str|None:
-    "Treat '' (as written in params.yaml) like `None`."
-    return col or None
-
 def _need(df:pd.DataFrame, cols, what:str):
     "Raise `MlopsError` naming `what` and the columns of `cols` missing from `df`."
     missing = [c for c in cols if c not in df.columns]
@@ -66,76 +63,7 @@ def clean(df:pd.DataFrame, target:str, time_column:str|None=None, id_columns:lis
         + f"{int(no_y.sum())} missing '{target}'; {n_inf} infinities -> NaN)")
     return out.reset_index(drop=True)
 
-# %% ../nbs/03_features.ipynb #de6c26ed
-TIME_PARTS = ('hour', 'dayofweek', 'month', 'dayofmonth', 'is_weekend')
-
-def _epoch_to_datetime64(a:np.ndarray) -> np.ndarray:
-    "Epoch seconds (float, NaN for missing) as `datetime64[us]` (NaT for missing)."
-    a = np.asarray(a, dtype='float64')
-    us = np.where(np.isnan(a), 0, np.round(a * 1e6)).astype('int64').astype('datetime64[us]')
-    us[np.isnan(a)] = np.datetime64('NaT')
-    return us
-
-def time_parts(t:np.ndarray, parts) -> dict[str, np.ndarray]:
-    "The time `parts` of `t` (`datetime64`, naive UTC; or numbers = epoch seconds) as float64 arrays, NaN where `t` is missing."
-    t = np.asarray(t)
-    t = _epoch_to_datetime64(t) if t.dtype.kind in 'fiub' else t.astype('datetime64[us]')
-    nat, days = np.isnat(t), t.astype('datetime64[D]')
-    dow = (days.astype('int64') + 3) % 7                       # 1970-01-01 was a Thursday; Monday = 0
-    month = days.astype('datetime64[M]')
-    calc = {'hour': lambda: (t - days).astype('timedelta64[h]').astype('int64'), 'dayofweek': lambda: dow,
-            'month': lambda: month.astype('int64') % 12 + 1,
-            'dayofmonth': lambda: (days - month.astype('datetime64[D]')).astype('int64') + 1,
-            'is_weekend': lambda: (dow >= 5).astype('int64')}
-    out = {}
-    for p in parts:
-        v = calc[p]().astype('float64')
-        v[nat] = np.nan
-        out[p] = v
-    return out
-
 # %% ../nbs/03_features.ipynb #ebd4c27b
-def check_spec(spec:dict|None, time_column:str|None=None) -> dict:
-    "`spec` (see `prepare.features`) checked: known keys, known time parts, a time column when time parts are asked for, ratio pairs."
-    spec, time_column = dict(spec or {}), _none(time_column)
-    unknown = set(spec) - {'time_parts', 'log', 'ratios'}
-    if unknown: raise MlopsError(f"feature spec: unknown key(s) {sorted(unknown)}; use time_parts, log, ratios")
-    parts = list(spec.get('time_parts') or [])
-    bad = [p for p in parts if p not in TIME_PARTS]
-    if bad: raise MlopsError(f"feature spec: unknown time part(s) {bad}; choose from {list(TIME_PARTS)}")
-    if parts and not time_column: raise MlopsError(f"feature spec: time parts {parts} need a time column, and none is set")
-    for name, cols in (spec.get('ratios') or {}).items():
-        if not isinstance(cols, (list, tuple)) or len(cols) != 2:
-            raise MlopsError(f"feature '{name}': a ratio needs [numerator, denominator], got {cols!r}")
-    return spec
-
-def derived_columns(spec:dict|None, time_column:str|None=None) -> list[str]:
-    "The names of the columns `spec` adds, in the order they are added."
-    spec, time_column = check_spec(spec, time_column), _none(time_column)
-    return ([f'{time_column}_{p}' for p in spec.get('time_parts') or []] + [f'log_{c}' for c in spec.get('log') or []]
-            + list(spec.get('ratios') or {}))
-
-def source_columns(spec:dict|None, time_column:str|None=None) -> list[str]:
-    "The raw columns `spec` reads."
-    spec, time_column = check_spec(spec, time_column), _none(time_column)
-    cols = ([time_column] if spec.get('time_parts') else []) + list(spec.get('log') or [])
-    for pair in (spec.get('ratios') or {}).values(): cols += list(pair)
-    return list(dict.fromkeys(cols))
-
-def build_features(cols:dict, spec:dict|None, time_column:str|None=None) -> dict[str, np.ndarray]:
-    """The derived columns of `spec` from raw columns `cols` (name -> numpy array): numbers as float64, the time column as
-    `datetime64` (naive UTC) or epoch seconds. Numpy only: the server runs this before an ONNX model, `add_features` for pandas."""
-    spec, time_column = check_spec(spec, time_column), _none(time_column)
-    out = {}
-    if spec.get('time_parts'):
-        out |= {f'{time_column}_{p}': v for p, v in time_parts(cols[time_column], spec['time_parts']).items()}
-    for c in spec.get('log') or []:
-        out[f'log_{c}'] = np.log1p(np.clip(np.asarray(cols[c], dtype='float64'), 0, None))
-    for name, (a, b) in (spec.get('ratios') or {}).items():
-        num, den = np.asarray(cols[a], dtype='float64'), np.asarray(cols[b], dtype='float64')
-        with np.errstate(divide='ignore', invalid='ignore'): out[name] = num / np.where(den != 0, den, np.nan)
-    return out
-
 def _numpy_column(s:pd.Series, what:str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s): return s.to_numpy(dtype='float64', na_value=np.nan)
     raise MlopsError(f"{what}: column '{s.name}' is not numeric")

@@ -246,10 +246,10 @@ def _used_columns(pipeline) -> list[str]:
 
 def onnx_model_frame(step, X):
     """The columns an ONNX graph of the rest of the pipeline takes, built from the raw frame `X` the way the server does it:
-    `X` as numpy arrays, then the numpy `features.build_features` (not pandas), so the parity check covers raw input."""
+    `X` as numpy arrays, then the numpy `feature_step.build_features` (not pandas), so the parity check covers raw input."""
     import pandas as pd
     from mlops_nb.data import _to_datetime
-    from mlops_nb.features import build_features
+    from mlops_nb.feature_step import build_features
     cols = {}
     for c in X.columns:
         s = X[c]
@@ -696,7 +696,7 @@ def _register(self, model, *, features:list[str], task:str, schema=None, metrics
         onnx = dict(kept=False, tolerance=float(onnx_tolerance))
         if X_test is not None and len(X_test):
             try:
-                step, rest = split_feature_step(model)   # the feature step runs before the graph, in numpy (features.build_features)
+                step, rest = split_feature_step(model)   # the feature step runs before the graph, in numpy (feature_step.build_features)
                 Xm = X_test if step is None else onnx_model_frame(step, X_test)[_used_columns(rest)]
                 b = export_onnx(rest, Xm)
                 onnx |= onnx_parity(model, b, X_test, onnx_tolerance)

@@ -14,7 +14,7 @@ import orjson
 
 from .core import MlopsError, DataError, read_json, get_logger
 from .data import Schema, ColumnSchema
-from .validation import RequestError, _bad, Validator
+from .validation import RequestError, _bad, Validator, arrow_columns
 from .protocols import (parse_json_payload, parse_csv_payload, loads_json, _v2_columns, _v2_path, _predictions_body,
                                 _V2_NUMBERS)
 
@@ -171,7 +171,7 @@ class LoadedModel:
         "Scores (class-1 probability, or the value) and labels (classification only) for validated columns `X`."
         if self.session is not None:
             if self.pre is not None:
-                from mlops_nb.features import build_features   # numpy only: the same function the fitted feature step calls
+                from mlops_nb.feature_step import build_features   # numpy only: the same function the fitted feature step calls
                 X = {**X, **build_features(X, self.pre['spec'], self.pre.get('time_column'))}
             out = self.session.run([self.out_name], self._feed(X))[0]
             if self.classification:
@@ -893,10 +893,12 @@ def predict_file(input:str|Path, output:str|Path, model:LoadedModel, chunk_rows:
             except StopIteration: break
             except pa.ArrowInvalid as e:
                 raise DataError(str(input), 'wrong_dtype', detail=f"after row {rows}: {str(e).splitlines()[0]}") from None
-            cols, n = _arrow_columns(b, v.names)
-            try: X = v.columns(cols, n)
-            except RequestError as e:
-                raise DataError(str(input), e.rule, e.field, detail=(f"row {rows + e.row}: " if e.row is not None else '') + str(e)) from None
+            n, X = b.num_rows, arrow_columns(v, b)   # whole columns at once; None: the values one by one, as a request's
+            if X is None:
+                cols, n = _arrow_columns(b, v.names)
+                try: X = v.columns(cols, n)
+                except RequestError as e:
+                    raise DataError(str(input), e.rule, e.field, detail=(f"row {rows + e.row}: " if e.row is not None else '') + str(e)) from None
             score, label = model.predict(X)
             if capture is not None:
                 capture.add(f"batch-{uuid.uuid4().hex[:12]}", time.time(), model.version, 0.0, X, score, label)

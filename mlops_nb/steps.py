@@ -203,14 +203,14 @@ def _check_task_columns(task:dict, prep:dict, batches:list[Batch]) -> None:
 def champion_contract(params:dict) -> tuple[Schema, str, list[str]]|None:
     "The registry champion's schema, its version and the columns its prepare step derives (not in raw data); None without a champion."
     from mlops_nb.registry import Registry
+    from mlops_nb.feature_step import derived_columns
     reg = Registry((params.get('deploy') or {}).get('registry') or 'registry', (params.get('deploy') or {}).get('model_name'))
     if not reg.aliases_path.exists(): return None
     if 'champion' not in reg.aliases(): return None
     info = reg.info('champion')
     derived = []
     for prm in (info.get('params') or {}, params):
-        f, t = (prm.get('prepare') or {}).get('features') or {}, (prm.get('task') or {}).get('time_column')
-        derived += [f'{t}_{x}' for x in f.get('time_parts') or []] + [f'log_{x}' for x in f.get('log') or []] + list(f.get('ratios') or {})
+        derived += derived_columns((prm.get('prepare') or {}).get('features') or {}, (prm.get('task') or {}).get('time_column'))
     return Schema.load(reg.version_dir('champion')/'schema.json'), info['version'], sorted(set(derived))
 
 # %% ../nbs/06_steps.ipynb #b3e1c0d4
@@ -270,7 +270,8 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
     "Validate every raw batch against the schema, then clean, add features and split by time into `out_dir`.\n    Rejected batches are copied, each with its violations, to `quarantine/` beside `raw_dir`."
     with recorded_failure('prepare', quality_path):
         check_params(params)
-        from mlops_nb.features import add_features, clean, feature_columns, source_columns, time_split
+        from mlops_nb.features import add_features, clean, feature_columns, time_split
+        from mlops_nb.feature_step import source_columns
         task, p = _task(params), params.get('prepare') or {}
         split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
         checked = check_batches(params, read_batches(raw_dir))
@@ -603,7 +604,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     spec = c.spec
     step = None
     if 'inputs' in spec:   # the version takes the raw record: its schema is the raw contract, drift is watched on inputs and derived features
-        from mlops_nb.features import derived_columns
+        from mlops_nb.feature_step import derived_columns
         step = dict(spec=spec.get('features') or {}, time_column=spec.get('time_column'), inputs=spec['inputs'],
                     derived=derived_columns(spec.get('features') or {}, spec.get('time_column')), id_columns=spec.get('id_columns') or [])
         schema = Schema.load(Path(prepared_dir)/'schema.json')
@@ -759,7 +760,8 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
                 plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None) -> Monitored:
     "Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality, predictions, performance, alerts."
     from mlops_nb import monitor as mon
-    from mlops_nb.features import add_features, derived_columns
+    from mlops_nb.features import add_features
+    from mlops_nb.feature_step import derived_columns
     task, m = _task(params), dict(params.get('monitor') or {})
     cfg = mon.settings(m)
     ref = monitor_reference(params, prepared_dir, model_dir, predictions_path, evaluation_path, registry)

@@ -12,7 +12,7 @@ import numpy as np
 from .data import Schema, ColumnSchema
 
 # %% auto #0
-__all__ = ['RequestError', 'Validator']
+__all__ = ['RequestError', 'Validator', 'arrow_columns']
 
 # %% ../nbs/09a_validation.ipynb #e2395fa7
 class RequestError(Exception):
@@ -207,3 +207,90 @@ class Validator:
                     raise _bad('null_not_allowed', f"column '{name}' must not be missing (null/NaN) in row {i}: the training data had none", name, None, i)
             out[name] = a
         return {k: out[k] for k in self.names}
+
+# %% ../nbs/09a_validation.ipynb #ar000002
+_OFFSET = r'(Z|[+-]\d\d(:?\d\d)?)$'   # an ISO-8601 UTC offset at the end of a time text
+
+def _arrow_times(a) -> np.ndarray|None:
+    "An arrow column for a date-time input as naive-UTC `datetime64[us]` (NaT for nulls); None when arrow cannot parse every value."
+    import pyarrow as pa, pyarrow.compute as pc
+    naive = pa.timestamp('us')
+    try:
+        if pa.types.is_timestamp(a.type) or pa.types.is_date(a.type): t = a.cast(naive, safe=False)   # zone-aware: its UTC instants
+        elif pa.types.is_string(a.type) or pa.types.is_large_string(a.type):
+            off = pc.fill_null(pc.match_substring_regex(a, _OFFSET), False)
+            n_off = pc.sum(off).as_py() or 0
+            if n_off == 0: t = a.cast(naive)
+            elif n_off == len(a) - a.null_count: t = a.cast(pa.timestamp('us', tz='UTC')).cast(naive)
+            else:                          # some with an offset, some without: each kind parsed as such
+                none = pa.nulls(len(a), a.type)
+                t = pc.if_else(off, pc.if_else(off, a, none).cast(pa.timestamp('us', tz='UTC')).cast(naive), pc.if_else(off, none, a).cast(naive))
+        else: return None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError): return None
+    return t.to_numpy(zero_copy_only=False)
+
+def _arrow_float(a) -> np.ndarray|None:
+    "An arrow number column as float64 (NaN for nulls), as `_arrow_columns` did; None for other types."
+    import pyarrow as pa
+    if not (pa.types.is_floating(a.type) or pa.types.is_integer(a.type)): return None
+    try: return a.to_numpy(zero_copy_only=False).astype('float64') if a.null_count == 0 else np.asarray(a.cast(pa.float64()).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError): return None
+
+def _arrow_coded(a) -> tuple[list, np.ndarray]|None:
+    "`(values, codes)` of an arrow text column: its distinct values and, per row, an index into them (`len(values)` for a null)."
+    import pyarrow as pa
+    d = a if pa.types.is_dictionary(a.type) else a.dictionary_encode() if (pa.types.is_string(a.type) or pa.types.is_large_string(a.type)) else None
+    if d is None or not (pa.types.is_string(d.dictionary.type) or pa.types.is_large_string(d.dictionary.type)): return None
+    vals = d.dictionary.to_pylist()
+    return vals, d.indices.fill_null(len(vals)).to_numpy(zero_copy_only=False)
+
+def arrow_columns(v:Validator, batch) -> dict[str, np.ndarray]|None:
+    """The columns of an arrow record `batch` checked and converted as `v.columns` does, with vectorised arrow/numpy
+    operations (no Python objects per value); None when any column needs a closer look (a type, a null, a value the fast
+    path does not vouch for): then `v.columns` on the batch's values gives the same result, or the error naming row and rule."""
+    import pyarrow as pa
+    n, have = batch.num_rows, set(batch.schema.names)
+    if n == 0 or n > v.max_rows or not have.issuperset(v.names): return None
+    if v.unknown == 'error' and any(k not in v.schema.columns and k not in v.id_columns for k in have): return None
+    out, unseen = {}, 0
+    for name in v.names:
+        col, a = v.schema.columns[name], batch.column(name)
+        if col.kind in ('numeric', 'integer'):
+            x = _arrow_float(a)
+            if x is None: return None
+            if not np.isfinite(x).all() and (np.isinf(x).any() or not col.nullable): return None
+            if col.kind == 'integer':
+                with np.errstate(invalid='ignore'):
+                    if ((x % 1 != 0) & ~np.isnan(x)).any() or ((x >= 2.0 ** 63) | (x < -2.0 ** 63)).any(): return None
+        elif col.kind == 'boolean':
+            if pa.types.is_boolean(a.type): x = np.asarray(a.cast(pa.float64()).to_numpy(zero_copy_only=False))
+            else:
+                coded = _arrow_coded(a)
+                if coded is None: return None
+                vals, codes = coded
+                mapped = [_BOOL.get(s.strip().lower()) for s in vals]
+                if None in mapped: return None
+                x = np.array(mapped + [np.nan])[codes]
+        elif col.kind == 'categorical':
+            coded = _arrow_coded(a)
+            if coded is None: return None
+            vals, codes = coded
+            cats = v.cats.get(name)
+            if cats is not None and not cats.issuperset(vals):
+                if v.unseen == 'error': return None
+                bad = [i for i, s in enumerate(vals) if s not in cats]
+                unseen += int(np.isin(codes, bad).sum())
+            x = np.array(vals + [None], dtype=object)[codes]
+            if not col.nullable and a.null_count: return None
+            out[name] = x
+            continue
+        else:
+            x = _arrow_times(a)
+            if x is None: return None
+            if not col.nullable and np.isnat(x).any(): return None
+            out[name] = x
+            continue
+        if not col.nullable and np.isnan(x).any(): return None
+        out[name] = x
+    v.unseen_count += unseen
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from sklearn.linear_model import LogisticRegression
 
-from conftest import VENV_BIN
+from conftest import VENV_BIN, merge
 from mlops_nb.core import MlopsError
 from mlops_nb.registry import Registry, parse_model_ref
 
@@ -136,6 +136,8 @@ def test_the_pipeline_steps_use_the_model_deploy_model_name_names(tmp_path):
     params = lambda name: {'task': {'type': 'classification', 'target': 'y'}, 'deploy': {'registry': str(root), 'model_name': name}}
     assert champion_contract(params('churn'))[1] == 'v0002' and champion_contract(params('fraud'))[1] == 'v0001'
     assert champion_contract(params('nope')) is None                # a name with no champion yet: prepare infers its schema
+    feats = merge(params('churn'), {'task': {'time_column': 'ts'}, 'prepare': {'features': {'time_parts': ['hour'], 'log': ['a'], 'ratios': {'a_b': ['a', 'b']}}}})
+    assert champion_contract(feats)[2] == ['a_b', 'log_a', 'ts_hour']   # the columns the prepare step derives (not in raw data)
     ref = monitor_reference(params('churn'))                        # the monitor's reference: that model's champion and its profile
     assert (ref.source, ref.version, ref.registry.name) == ('registry', 'v0002', 'churn') and "model 'churn'" in ref.note
 

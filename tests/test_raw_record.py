@@ -224,3 +224,58 @@ def test_monitor_labels_raw_inputs_and_derived_features(fraud):
     t = pd.read_csv(root/'plots/monitor/drift.csv').set_index('column')['source']
     assert t['amount'] == 'raw input' and t['merchant_category'] == 'raw input', t
     assert t['log_amount'] == 'derived feature' and t['timestamp_hour'] == 'derived feature', t
+
+
+SERVE_AND_LOOK = textwrap.dedent('''
+    import json, os, signal, sys, threading, time, urllib.request
+    from mlops_nb.cli import main
+    port, rec, out = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+    def client():   # once the server answers: one raw record, then what this very process has imported
+        url = f'http://127.0.0.1:{port}'
+        for _ in range(600):
+            try: urllib.request.urlopen(url + '/health', timeout=5); break
+            except OSError: time.sleep(0.1)
+        req = urllib.request.Request(url + '/invocations?output=score', json.dumps({'dataframe_records': [rec]}).encode(),
+                                     {'Content-Type': 'application/json'})
+        with urllib.request.urlopen(req, timeout=30) as r: body = json.loads(r.read())
+        meta = json.loads(urllib.request.urlopen(url + '/metadata', timeout=5).read())
+        json.dump(dict(body=body, runtime=meta.get('runtime'), modules=sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')), open(out, 'w'))
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=client, daemon=True).start()
+    sys.exit(main(['serve', '--registry', sys.argv[4], '--port', str(port), '--no-capture', '--no-access-log']))
+''')
+
+def test_onnx_serving_imports_no_scikit_learn(fraud, tmp_path):
+    "A real `mlops-nb serve` on the ONNX runtime answers a raw record (the feature pre-step runs in numpy) without importing scikit-learn."
+    from test_serve import free_port
+    root = fraud['root']
+    rec = records(raw_frame(root, 1).drop(columns=['is_fraud']), offsets=True)[0]
+    out = tmp_path/'seen.json'
+    p = subprocess.run([sys.executable, '-c', SERVE_AND_LOOK, str(free_port()), json.dumps(rec), str(out), str(root/'registry')],
+                       cwd=root, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    seen = json.loads(out.read_text())
+    assert seen['runtime'] == 'onnxruntime' and len(seen['body']['predictions']) == 1, seen['body']
+    assert seen['modules'] == [], f"the ONNX serving path imports scikit-learn: {seen['modules'][:10]}"
+
+
+def test_batch_files_with_time_text_score_as_with_timestamps(fraud, tmp_path):
+    """`mlops-nb predict` on raw records whose time is ISO-8601 text (every other row with a UTC offset), from Parquet and CSV,
+    gives the scores of the same rows with arrow timestamps, on both runtimes; a chunk whose text the vectorised parser
+    refuses (seven fraction digits) is read value by value, with the same result."""
+    root = fraud['root']
+    batch = raw_frame(root).drop(columns=['is_fraud']).head(600).reset_index(drop=True)
+    batch.to_parquet(tmp_path/'ts.parquet')
+    text = batch.assign(timestamp=[r['timestamp'] for r in records(batch, offsets=True)])
+    text.loc[250, 'timestamp'] = batch.timestamp[250].strftime('%Y-%m-%dT%H:%M:%S.%f') + '0'
+    text.to_parquet(tmp_path/'text.parquet'); text.to_csv(tmp_path/'text.csv', index=False)
+    for reg in (root/'registry', root/'registry-skops'):
+        got = {}
+        for name in ('ts.parquet', 'text.parquet', 'text.csv'):
+            out = tmp_path/f'{reg.name}-{name}.parquet'
+            p = subprocess.run([MLOPS, 'predict', '--registry', str(reg), '--input', str(tmp_path/name), '--output', str(out),
+                                '--no-capture', '--chunk-rows', '100'], cwd=root, capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, p.stderr[-2000:]
+            got[name] = pd.read_parquet(out)['prediction'].to_numpy()
+        np.testing.assert_array_equal(got['text.parquet'], got['ts.parquet'], err_msg=reg.name)
+        np.testing.assert_array_equal(got['text.csv'], got['ts.parquet'], err_msg=reg.name)
