@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_serve.ipynb #555a80e6
 from __future__ import annotations
-import asyncio, bisect, contextlib, csv, hmac, io, itertools, json, math, operator, os, re, struct, sys, threading, time, uuid
+import asyncio, bisect, contextlib, csv, hmac, io, itertools, json, math, operator, os, re, socket, struct, sys, threading, time, uuid, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,8 @@ from .protocols import (parse_json_payload, parse_csv_payload, loads_json, _v2_c
                                 _V2_NUMBERS)
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'ServeConfig', 'LoadedModel', 'ModelSource', 'Stats', 'Service', 'openapi_spec',
-           'build_app', 'app_from_env', 'predict_file', 'serve_cmd', 'predict_cmd']
+__all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'ServeConfig', 'LoadedModel', 'ModelSource', 'Stats', 'rollout_bucket', 'Canary',
+           'Service', 'openapi_spec', 'build_app', 'app_from_env', 'predict_file', 'serve_cmd', 'predict_cmd']
 
 # %% ../nbs/09_serve.ipynb #2f8e36fa
 _log = get_logger('mlops_nb.serve')
@@ -288,6 +288,34 @@ class Stats:
         i.add_metric([], dict(version=str(self.info.get('version')), runtime=str(self.info.get('runtime')), pid=str(os.getpid())))
         yield i
 
+# %% ../nbs/09_serve.ipynb #5fbf36e8
+def rollout_bucket(key:str, salt:str='') -> int:
+    """The bucket, 0..99, of a sticky key: a request goes to the canary when its bucket is below the share. A key's bucket
+    never changes during a rollout, so as the share only grows, a key that reached the canary stays on it. `salt` (the
+    candidate) gives each rollout its own draw of keys."""
+    return zlib.crc32(f'{salt}\0{key}'.encode()) % 100
+
+class Canary:
+    "A running canary rollout as one server applies it: the registry's state, the candidate loaded, the sticky key."
+    def __init__(self, state:dict, model:LoadedModel, id_columns:list[str]=()):
+        self.state, self.model, self.share, self.salt = state, model, int(state['share']), str(state['candidate'])
+        sticky = state.get('sticky') or {}
+        cols = sticky.get('columns', sticky.get('column')) or list(id_columns)
+        self.columns = [cols] if isinstance(cols, str) else list(cols)
+        self.header = str(sticky.get('header') or 'x-rollout-key').lower()
+
+    def key(self, cols:dict, headers:dict, rid:str) -> str:
+        "The sticky key: the first row's value of a key column the record has (`task.id_columns`), else the header, else the request id."
+        for c in self.columns:
+            v = cols.get(c)
+            if v is not None and len(v) and v[0] is not None: return str(v[0])
+        return headers.get(self.header) or rid
+
+    def takes(self, key:str) -> bool:
+        "Whether the request of `key` goes to the canary."
+        return rollout_bucket(key, self.salt) < self.share
+
+
 # %% ../nbs/09_serve.ipynb #c747b45a
 class Service:
     "The state of one server process: the model being served, capture, stats, the alias watcher."
@@ -306,6 +334,9 @@ class Service:
         self._pending, self._scheduled, self.batched = [], False, 0
         self._rid_prefix, self._rid_n = uuid.uuid4().hex[:16], 0
         self.wanted: str|None = None              # the version the reference pointed at when last read
+        self.canary: Canary|None = None           # the running canary rollout, as the registry's rollout.json says
+        self.rollout_counts: dict[str, list] = {} # version -> [requests routed, canary errors, load failures]
+        self._rollout_stamp, self._counts_dirty = None, False
 
     def serves(self, m:LoadedModel, name:str, version:str|None=None) -> bool:
         "Whether a v2 model `name` (and `version`) names the model served: 'model', the reference (e.g. champion), the version or its registered name."
@@ -324,6 +355,8 @@ class Service:
 
     # -- models -----------------------------------------------------------------------------------
     def _load(self, version:str) -> LoadedModel:
+        c = self.canary
+        if c is not None and c.model.version == version: return c.model   # a finished rollout: the canary, loaded and warm, is the champion
         m = LoadedModel(self.source.version_dir(version), self.cfg)
         m.warm_up()
         return m
@@ -473,8 +506,110 @@ class Service:
         return self.capture.add_labels(ids, labels)
 
     def close(self):
+        if self.rollout_counts:
+            with contextlib.suppress(Exception): self.write_counts()
         if self.capture is not None: self.capture.close()
         self.flush_logs()
+
+# %% ../nbs/09_serve.ipynb #af816afd
+def _rollout_applies(self) -> bool:
+    "A server applies the registry's canary rollout when it serves the champion alias (not a fixed version, not another alias)."
+    return self.source.is_alias and self.source.ref == 'champion'
+
+def _rollout_changed(self) -> bool:
+    "True when `rollout.json` changed (mtime, size or inode) since the last call."
+    try: st = self.source.registry.rollout_path.stat(); stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except FileNotFoundError: stamp = None
+    changed, self._rollout_stamp = stamp != self._rollout_stamp, stamp
+    return changed
+
+async def _apply_rollout(self):
+    "Apply the registry's rollout state now: no canary unless one is running; the candidate loaded (off the loop) the first time."
+    try: state = self.source.registry.rollout()
+    except MlopsError as e: self.log(event='rollout_unreadable', detail=str(e)); return   # keep the split as it was
+    old = self.canary
+    if not state or state.get('status') != 'running' or not state.get('share'):
+        self.canary = None                                  # a rollback: applied at once, nothing to load
+    else:
+        v = state['candidate']
+        try:
+            model = old.model if old is not None and old.model.version == v else await asyncio.to_thread(self._load_canary, v)
+            self.canary = Canary(state, model, self.model.id_columns if self.model else [])
+        except Exception as e:                              # a candidate this server cannot load gets no traffic here
+            self.canary = None
+            self.failed[v] = f"{type(e).__name__}: {e}"
+            self.rollout_counts.setdefault(v, [0, 0, 0])[2] += 1; self._counts_dirty = True
+            self.log(event='canary_refused', version=v, error=self.failed[v])
+    c = self.canary
+    if (old and (old.model.version, old.share)) != (c and (c.model.version, c.share)):
+        self.log(event='rollout', status=(state or {}).get('status'), candidate=(state or {}).get('candidate'), share=c.share if c else 0)
+        self._counts_dirty = True
+
+def _load_canary(self, version:str) -> LoadedModel:
+    m = LoadedModel(self.source.version_dir(version), self.cfg)
+    m.warm_up()
+    return m
+
+def _counts_path(self) -> Path|None:
+    "Where this process writes its per-version rollout counters: beside the captures, one file per process."
+    if not self.cfg.capture_dir: return None
+    return Path(self.cfg.capture_dir)/'rollout'/self.source.registry.name/f'{socket.gethostname()}-{os.getpid()}.json'
+
+def _write_counts(self):
+    """Write the per-version counters (requests routed, canary errors answered by the champion, candidate load failures)
+    atomically; the controller sums every process's file, so several servers on one registry are judged together."""
+    p, self._counts_dirty = self._counts_path(), False
+    if p is None: return
+    from mlops_nb.core import write_json
+    write_json(p, dict(model=self.source.registry.name, host=socket.gethostname(), pid=os.getpid(), ts=time.time(),
+                       versions={v: dict(requests=c[0], errors=c[1], load_failures=c[2]) for v, c in self.rollout_counts.items()}))
+
+async def _watch_rollout(self):
+    "Poll `rollout.json` (every 0.2 s at most, so a rollback is applied well within a second) and write the counters."
+    every = min(self.cfg.poll_seconds, 0.2)
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if self._rollout_changed(): await self.apply_rollout()
+            if self._counts_dirty: await asyncio.to_thread(self.write_counts)
+        except Exception as e: self.log(event='rollout_watch_error', error=f"{type(e).__name__}: {e}")
+
+def _route(self, m:LoadedModel, cols:dict, headers:dict, rid:str) -> tuple[LoadedModel, str]:
+    "Which model answers a request: `(candidate, 'canary')` for the share of sticky keys the rollout sends it, else `(m, 'champion')`."
+    c = self.canary
+    if c is None or c.model.version == m.version: return m, 'champion'
+    take = c.takes(c.key(cols, headers, rid))
+    v = c.model.version if take else m.version
+    cnt = self.rollout_counts.get(v) or self.rollout_counts.setdefault(v, [0, 0, 0])
+    cnt[0] += 1; self._counts_dirty = True
+    return (c.model, 'canary') if take else (m, 'champion')
+
+async def _predict_routed(self, m:LoadedModel, cols:dict, n:int, rid:str, t0:float, text:bool, headers:dict):
+    """Predict a request while a rollout runs: `(model that answered, score, label)`. The canary predicts off the event
+    loop (a slow candidate delays its own requests, not the champion's); if it fails, the champion answers and the error
+    is counted for the canary, so no client request fails because of it."""
+    model, role = self.route(m, cols, headers, rid)
+    if role == 'champion': return (m, *await self.predict_columns(m, cols, n, rid, t0, text))
+    try:
+        X = model.validator.columns(cols, n, text)
+        score, label = await asyncio.to_thread(model.predict, X)
+        if not np.isfinite(score).all(): raise MlopsError(f"{model.version} returned a non-finite score")
+    except Exception as e:
+        cnt = self.rollout_counts[model.version]
+        try: res = await self.predict_columns(m, cols, n, rid, t0, text)
+        except RequestError:
+            if isinstance(e, RequestError): cnt[0] -= 1        # bad input for both versions: the client's error, not the canary's
+            raise
+        cnt[1] += 1
+        self.log(event='canary_error', version=model.version, request_id=rid, error=f"{type(e).__name__}: {str(e)[:200]}")
+        return (m, *res)
+    self._record(model, [(model, X, n, rid, t0)], X, score, label)
+    return model, score, label
+
+Service.rollout_applies, Service._rollout_changed, Service.apply_rollout, Service._load_canary = _rollout_applies, _rollout_changed, _apply_rollout, _load_canary
+Service._counts_path, Service.write_counts, Service.watch_rollout = _counts_path, _write_counts, _watch_rollout
+Service.route, Service.predict_routed = _route, _predict_routed
+
 
 # %% ../nbs/09_serve.ipynb #dc530991
 async def _send(send, status:int, body:bytes, ctype:bytes=b'application/json', headers:list|None=None):
@@ -620,7 +755,9 @@ def build_app(cfg:ServeConfig, preload:bool=False):
         return J({'model_version': svc.model.version if svc.model else None, 'mlops_nb': __version__})
     async def metadata(request):
         if not svc.model: return not_ready()
+        c = svc.canary
         return J({**svc.model.metadata(), 'reference': cfg.model, 'registry': cfg.registry, 'refused': svc.failed,
+                  'rollout': None if c is None else dict(candidate=c.model.version, share=c.share, champion=svc.model.version),
                   'capture': None if svc.capture is None else dict(dir=cfg.capture_dir, written=svc.capture.written, pending=svc.capture.pending, dropped=svc.capture.dropped)})
     async def metrics(request):
         if svc.capture is not None: svc.stats.info.update(pending=svc.capture.pending, dropped=svc.capture.dropped)
@@ -672,6 +809,9 @@ def build_app(cfg:ServeConfig, preload:bool=False):
         if not preload: await asyncio.to_thread(svc.load_initial)
         tasks = [asyncio.create_task(svc.log_flusher())]
         if svc.source.is_alias: tasks.append(asyncio.create_task(svc.watch()))
+        if svc.rollout_applies():   # a rollout in progress is resumed before the first request
+            svc._rollout_changed(); await svc.apply_rollout()
+            tasks.append(asyncio.create_task(svc.watch_rollout()))
         svc.log(event='started', pid=os.getpid(), url=f"http://{cfg.host}:{cfg.port}/", registry=cfg.registry, model=cfg.model,
                 version=svc.model.version if svc.model else None)
         try: yield
@@ -741,7 +881,8 @@ def build_app(cfg:ServeConfig, preload:bool=False):
             if wanted is not None:
                 bad = [o for o in wanted if o not in avail]
                 if bad: raise _bad('unknown_output', f"output '{bad[0]}' is not an output of the model (outputs: {', '.join(avail)})", 'outputs', bad[0], status=400)
-        score, label = await svc.predict_columns(m, cols, n, rid, t0, text)
+        if svc.canary is None: score, label = await svc.predict_columns(m, cols, n, rid, t0, text)
+        else: m, score, label = await svc.predict_routed(m, cols, n, rid, t0, text, h)   # a rollout: the canary's share of keys
         ids = {k: cols[k] for k in m.id_columns if k in cols}
         hdrs = [(b'x-request-id', rid.encode()), (b'x-model-version', m.version.encode())]
         if kind == 'mlflow':
