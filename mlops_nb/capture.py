@@ -90,7 +90,7 @@ def _request_ids(ids:Sequence[str], counts:Sequence[int]) -> pa.Array:
     joined = pc.binary_join_element_wise(rows, pa.array(pos).cast(pa.string()), ':')
     return pc.if_else(pa.array(np.repeat(counts > 1, counts)), joined, rows)
 
-# %% ../nbs/08_capture.ipynb #b05ea59a
+# %% ../nbs/08_capture.ipynb #3cb7fc60
 class CaptureWriter:
     "Queue predictions and labels in memory; a background thread writes them to day-partitioned Parquet in `root`."
     def __init__(self, root:str|Path, features:dict[str, str], classification:bool=True, flush_rows:int=5000,
@@ -113,14 +113,14 @@ class CaptureWriter:
         atexit.register(self.close)
 
     def add(self, request_id:str|Sequence[str], ts:float, model_version:str, latency_ms:float|Sequence[float], columns:dict[str, Any],
-            prediction, predicted_label=None, counts:Sequence[int]|None=None) -> bool:
+            prediction, predicted_label=None, counts:Sequence[int]|None=None, role:str='primary') -> bool:
         """Queue n predicted rows; `columns` maps feature name to its n values. `request_id` is one request's id (its rows
         are stored as `id`, or `id:0`, `id:1`… when it has several) or n ids, one per row; with `counts`, one id per request
         of `counts[i]` rows and `latency_ms` one number per request — several requests in one call."""
         n = len(prediction)
         if self._stop.is_set() or self._pending + n > self.max_pending:
             self.dropped += n; return False
-        self._q.append((request_id, ts, model_version, latency_ms, n, columns, prediction, predicted_label, counts))
+        self._q.append((request_id, ts, model_version, latency_ms, n, columns, prediction, predicted_label, counts, role))
         self._pending += n
         if self._pending >= self.flush_rows: self._wake.set()
         return True
@@ -184,7 +184,7 @@ class CaptureWriter:
     def _predictions_table(self, rs:list) -> pa.Table:
         "The Arrow table of queued records `rs` (all of one day)."
         ids, cnt, lat, ts = [], [], [], []   # per request: id, rows, latency; one Arrow call makes the row ids
-        for rid, t, v, l, n, _, _, _, counts in rs:
+        for rid, t, v, l, n, _, _, _, counts, _ in rs:
             if counts is not None: ids.extend(rid); cnt.extend(counts); lat.extend(l)
             elif isinstance(rid, str): ids.append(rid); cnt.append(n); lat.append(l)
             else: ids.extend(map(str, rid)); cnt.extend([1] * n); lat.extend([l] * n)   # one id per row, kept as given
@@ -198,6 +198,9 @@ class CaptureWriter:
                     prediction=pa.array(np.concatenate([np.asarray(r[6], dtype='float64').ravel() for r in rs]), pa.float64()))
         if self.classification:
             cols['predicted_label'] = pa.array(np.concatenate([np.asarray(r[7], dtype='int64').ravel() for r in rs]), pa.int64())
+        roles = [r[9] for r in rs]   # which answer a row is: 'primary' (returned to the client) or 'shadow' (a mirrored copy)
+        cols['role'] = (pa.repeat(pa.scalar(roles[0], pa.string()), len(ts)) if len(set(roles)) == 1
+                        else pc.take(pa.array(roles, pa.string()), np.repeat(np.arange(len(rs)), [r[4] for r in rs])))
         for name, typ in self.features.items():
             cols[name] = _column([r[5][name] if r[5].get(name) is not None else [None] * r[4] for r in rs], typ)
         return pa.table(cols)
@@ -230,7 +233,7 @@ class CaptureWriter:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/08_capture.ipynb #c8b6c75f
+# %% ../nbs/08_capture.ipynb #53cf875f
 def _read_parts(folder:Path, days:set[str]|None=None) -> pa.Table|None:
     "Concatenate the Parquet parts under `folder/date=*/`, optionally only for `days`."
     if not folder.is_dir(): return None
@@ -256,8 +259,10 @@ def read_feedback(root:str|Path):
     fb = t.to_pandas().sort_values('ts', kind='stable').drop_duplicates('request_id', keep='last')
     return fb.rename(columns={'ts': 'label_ts'})[['request_id', 'label', 'label_ts']].reset_index(drop=True)
 
-def read_captures(root:str|Path, start=None, end=None, with_labels:bool=True):
-    "Predictions captured in `[start, end)` (UTC) as a DataFrame in time order, with `label`/`label_ts` joined by request id."
+def read_captures(root:str|Path, start=None, end=None, with_labels:bool=True, role:str|None='primary'):
+    """Predictions captured in `[start, end)` (UTC) as a DataFrame in time order, with `label`/`label_ts` joined by request id.
+    `role`: only the rows of that role — 'primary' (the answers returned; rows written before roles existed count as
+    primary), 'shadow' (a shadow version's mirrored answers) — or None for every row."""
     import pandas as pd
     root = Path(root)
     if not root.is_dir(): raise MlopsError(f"{root}: capture store not found")
@@ -270,6 +275,9 @@ def read_captures(root:str|Path, start=None, end=None, with_labels:bool=True):
                                      'model_version': pd.Series(dtype='str'), 'latency_ms': pd.Series(dtype='float64'),
                                      'prediction': pd.Series(dtype='float64')})
     else: df = t.to_pandas()
+    if 'role' not in df.columns: df['role'] = 'primary'
+    else: df['role'] = df['role'].fillna('primary')
+    if role is not None: df = df[df.role == role]
     if start is not None: df = df[df.ts >= start]
     if end is not None: df = df[df.ts < end]
     df = df.sort_values('ts', kind='stable').reset_index(drop=True)

@@ -184,7 +184,8 @@ def _serve_commands(sub):
     "`mlops-nb serve` (the prediction service) and `mlops-nb predict` (batch scoring); see `mlops_nb.serve`."
     p = sub.add_parser('serve', help='serve the registry champion over HTTP (MLflow /invocations, v2, metrics)')
     p.add_argument('--registry', help='registry folder (default: deploy.registry / serve.registry in params, else registry)')
-    p.add_argument('--model', help="alias (hot-swapped when it moves) or version to serve, of a named model as NAME@alias (default: champion)")
+    p.add_argument('--model', action='append', help="alias (hot-swapped when it moves) or version to serve, of a named model as NAME@alias "
+                                                  "(default: champion); repeat it to serve several models, or 'all' for every model's champion")
     p.add_argument('--host', help='interface (default 127.0.0.1; env MLOPS_NB_HOST)')
     p.add_argument('--port', type=int, help='port (default 8080; env MLOPS_NB_PORT)')
     p.add_argument('--workers', type=int, help='worker processes (default 1; env MLOPS_NB_WORKERS)')
@@ -197,6 +198,7 @@ def _serve_commands(sub):
     p.add_argument('--unknown-columns', choices=['error', 'ignore'], help='policy for request columns that are not model inputs (id columns are always echoed)')
     p.add_argument('--output', choices=['label', 'score', 'both'], help="what 'predictions' holds")
     p.add_argument('--poll-seconds', type=float, help='how often registry/aliases.json is checked')
+    p.add_argument('--shadow-share', type=float, dest='shadow_share', help="share of requests (0-1, by request id) mirrored to the version under the 'shadow' alias (default 1)")
     p.add_argument('--no-access-log', action='store_true', help='no JSON access log lines on stderr')
     p.add_argument('--params', default='params.yaml', help='params file with a serve: section (default params.yaml, if present)')
     p.set_defaults(func=handler('mlops_nb.serve:serve_cmd'))

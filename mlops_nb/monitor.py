@@ -1022,7 +1022,7 @@ def _columns_for(reference:pd.DataFrame, ref_path:Path, task:dict, given:str|Non
         s = read_json(spec)
         return list(s.get('numeric', [])) + list(s.get('categorical', []))
     skip = {task.get('target'), task.get('time_column'), *(task.get('id_columns') or []), 'request_id', 'ts',
-            'model_version', 'latency_ms', 'prediction', 'predicted_label', 'label'}
+            'model_version', 'latency_ms', 'prediction', 'predicted_label', 'label', 'role'}
     return [str(c) for c in reference.columns if c not in skip]
 
 def _registry_ref(args, params:dict):

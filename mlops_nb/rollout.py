@@ -50,7 +50,7 @@ def parse_duration(s) -> float:
     if not m: raise MlopsError(f"duration {s!r}: expected e.g. 10m, 30s, 500ms, 1h or seconds")
     return float(m[1]) * {'ms': 0.001, 's': 1, None: 1, 'm': 60, 'h': 3600}[m[2]]
 
-# %% ../nbs/09d_rollout.ipynb #c795e1a7
+# %% ../nbs/09d_rollout.ipynb #bcbe9974
 class CaptureTail:
     "The predictions (and labels) of a capture store from `since` (epoch seconds) on, read file by file as they appear."
     COLS = ('request_id', 'ts', 'model_version', 'latency_ms', 'prediction')
@@ -70,10 +70,13 @@ class CaptureTail:
         n = 0
         for f in self._files('predictions'):
             self.seen.add(f)
-            try: t = pq.read_table(f, columns=list(self.COLS))
+            try:
+                names = pq.read_schema(f).names
+                t = pq.read_table(f, columns=[c for c in (*self.COLS, 'role') if c in names])
             except Exception as e: log.warning('rollout: skipping unreadable capture part %s (%s)', f, e); continue
             ts = t['ts'].cast('int64').to_numpy() / 1e6
             keep = ts >= self.since
+            if 'role' in names: keep &= t['role'].to_numpy(zero_copy_only=False) == 'primary'   # the answers returned, not a shadow's
             if not keep.any(): continue
             self._parts.append(dict(ts=ts[keep], version=t['model_version'].to_numpy(zero_copy_only=False)[keep],
                                     latency=t['latency_ms'].to_numpy()[keep], score=t['prediction'].to_numpy()[keep],
@@ -213,7 +216,7 @@ class Controller:
             time.sleep(self.poll)
         return self.reg.rollout()
 
-# %% ../nbs/09d_rollout.ipynb #4e5cdfc1
+# %% ../nbs/09d_rollout.ipynb #ab1f2712
 def _status_text(st:dict|None) -> str:
     if not st: return 'no rollout yet'
     return (f"{st['candidate']} vs champion {st['champion']}: {st['status']} at {st['share']} % "
@@ -233,7 +236,8 @@ def cli_rollout(args) -> int:
         if args.abort: reg.rollback_rollout(args.reason or 'aborted by hand', actor=args.actor)
         st = reg.rollout()
         print(json.dumps(to_jsonable(st), indent=2, sort_keys=True) if args.json else _status_text(st)); return 0
-    cap = args.capture_dir or (params.get('serve') or {}).get('capture_dir') or 'captures'
+    cap = Path(args.capture_dir or (params.get('serve') or {}).get('capture_dir') or 'captures')
+    if (cap/reg.name/'predictions').is_dir() and not (cap/'predictions').is_dir(): cap = cap/reg.name   # a server of several models
     if args.ref:
         g = {k: getattr(args, k) for k in GUARDRAILS if getattr(args, k, None) is not None}
         sticky = dict(header=args.sticky_header)

@@ -136,7 +136,7 @@ def test_a_bad_canary_is_rolled_back_with_no_failed_request(world, bad, why):
 
 
 def test_a_key_stays_on_one_version_and_a_restarted_server_resumes_the_split(world):
-    from mlops_nb.serve import rollout_bucket
+    from mlops_nb.slots import rollout_bucket
     reg, v, root = world['reg'], world['v'], world['root']
     cand = next(x for x in reg.versions() if x not in (reg.aliases()['champion'], v['raising'], v['slow'], v['shifted']))
     champion = reg.aliases()['champion']
