@@ -79,15 +79,24 @@ def server_events(srv, event):
     return [json.loads(l) for l in srv.log.read_text().splitlines() if l.startswith('{') and f'"event":"{event}"' in l]
 
 
-def drive(world, candidate, steps, bake, timeout=60, **guardrails):
-    "Start a rollout of `candidate` and drive it with the controller under load; the final state, the answers, the servers' events."
+def drive(world, candidate, steps, bake, timeout=60, cli=False):
+    """Start a rollout of `candidate` and drive it with the controller (in this process, or `mlops-nb models rollout` when
+    `cli`) under load; the final state and the answers."""
     from mlops_nb.rollout import Controller
     reg, srv = world['reg'], world['srv']
     load = Load(srv, world['rows'])
     try:
         time.sleep(0.3)
-        reg.start_rollout(candidate, steps, bake, {'header': 'x-rollout-key'}, dict(min_rows=20, p99_floor_ms=100, **guardrails), actor='test')
-        st = Controller(reg, world['captures'], poll=0.2).run(timeout=timeout)
+        if cli:
+            r = subprocess.run([str(VENV_BIN/'mlops-nb'), 'models', '--registry', str(reg.root), 'rollout', candidate, '--steps', ','.join(map(str, steps)),
+                                '--bake', f'{bake}s', '--capture-dir', str(world['captures']), '--min-rows', '20', '--p99-floor-ms', '100',
+                                '--sticky-header', 'x-rollout-key'], capture_output=True, text=True, timeout=timeout + 60, env=os.environ, cwd=world['root'])
+            assert r.returncode == (0 if reg.rollout()['status'] == 'promoted' else 1), r.stdout + r.stderr
+            world['cli_out'] = r.stdout
+            st = reg.rollout()
+        else:
+            reg.start_rollout(candidate, steps, bake, {'header': 'x-rollout-key'}, dict(min_rows=20, p99_floor_ms=100), actor='test')
+            st = Controller(reg, world['captures'], poll=0.2).run(timeout=timeout)
         time.sleep(0.6)                                    # the servers apply the end of the rollout (they poll every 0.2 s)
     finally: results = load.stop()
     return st, results
@@ -95,8 +104,9 @@ def drive(world, candidate, steps, bake, timeout=60, **guardrails):
 
 def test_a_good_canary_goes_through_every_step_to_champion(world):
     reg, v = world['reg'], world['v']
-    st, results = drive(world, v['good'], [25, 50, 100], 0.5)
+    st, results = drive(world, v['good'], [25, 50, 100], 0.5, cli=True)     # mlops-nb models rollout, in the foreground
     assert st['status'] == 'promoted', st
+    assert '25 % -> 50 %: guardrails passed' in world['cli_out'] and f"{v['good']} promoted to champion" in world['cli_out']
     assert reg.aliases()['champion'] == v['good']
     assert [r[0] for r in results if r[0] != 200] == []                               # no failed client request
     served = {r[1] for r in results}
