@@ -180,3 +180,23 @@ def test_a_key_stays_on_one_version_and_a_restarted_server_resumes_the_split(wor
         time.sleep(0.6)
         assert set(x.pop() for x in versions(srv, keys).values()) == {champion}
     finally: srv.stop()
+
+
+@pytest.mark.parametrize('point', ['rollout-advance:history-appended', 'rollout-advance:rollout-written'])
+def test_a_controller_killed_mid_write_leaves_the_rollout_as_it_was(world, tmp_path, point):
+    import shutil, signal, sys
+    from mlops_nb.registry import Registry
+    root = tmp_path/'registry'
+    shutil.copytree(world['reg'].root, root, ignore=shutil.ignore_patterns('.lock'))
+    reg = Registry(root)
+    if (reg.rollout() or {}).get('status') == 'running': reg.rollback_rollout('test setup', actor='test')
+    cand = next(x for x in reg.versions() if x != reg.aliases()['champion'] and reg.info(x, verify=False)['status'] == 'accepted')
+    reg.start_rollout(cand, [10, 50, 100], 60, actor='test')
+    before, hist = reg.rollout(), reg.history()
+    code = f"from mlops_nb.registry import Registry; Registry({str(root)!r}).advance_rollout({{'by': 'killed'}})"
+    r = subprocess.run([sys.executable, '-c', code], env=dict(os.environ, MLOPS_NB_KILL_AT=point), capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
+    assert (reg.rollout(), reg.history()) == (before, hist)          # readers see the rollout as it was
+    reg.advance_rollout({'by': 'test'}, actor='test')                 # the next writer cleans up and works
+    assert reg.rollout()['share'] == 50 and [h['action'] for h in reg.history()[len(hist):]] == ['rollout-advance']
+    assert not list(root.glob('.*.tmp'))
