@@ -84,6 +84,18 @@ def _monitor_commands(sub):
     p.add_argument('--jobs', type=int, default=None, help='threads (default: all cores)')
     p.add_argument('--report-only', action='store_true', dest='report_only', help='always exit 0 when the check ran, even on alert')
     p.set_defaults(func=handler('mlops_nb.monitor:cli_monitor'))
+    p = sub.add_parser('shadow', help="how the shadow version's captured answers agree with the primary ones: labels, scores, latency",
+                       description="Join the shadow rows of a capture store with the primary rows of the same requests (by request id) and "
+                                   "report label agreement at the primary version's threshold, absolute score differences and both latencies.")
+    p.add_argument('--captures', default='captures', help='the capture store (one model served: captures; several: captures/NAME)')
+    p.add_argument('--start', help='window start (UTC, inclusive; default: the first capture)')
+    p.add_argument('--end', help='window end (UTC, exclusive; default: the last capture)')
+    p.add_argument('--threshold', type=float, help="classification threshold (default: the primary version's, from --registry, else 0.5)")
+    p.add_argument('--registry', default='registry', help='registry folder the primary version is read from, for its threshold (default: registry)')
+    p.add_argument('--model', help='registered model name (default: the root model)')
+    p.add_argument('--server', help="a running server's URL: adds its shadow error and drop counters")
+    p.add_argument('--json', action='store_true', help='print JSON')
+    p.set_defaults(func=handler('mlops_nb.monitor:cli_shadow'))
 
 # %% ../nbs/12_cli.ipynb #276c480a
 @command_group

@@ -25,7 +25,8 @@ __all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'SCORE', 'COLUMNS', 
            'auc_interval', 'window_metrics', 'performance_over_time', 'evaluate_alerts', 'post_json', 'deliver',
            'MonitorResult', 'monitor', 'plot_drift_scores', 'plot_distributions', 'plot_drift_over_time',
            'plot_performance', 'needs_calibration', 'expected_roc_auc', 'expected_pr_auc', 'CBPE', 'DLE',
-           'estimated_performance', 'registry_reference', 'read_window', 'cli_monitor']
+           'estimated_performance', 'registry_reference', 'read_window', 'cli_monitor', 'shadow_report',
+           'shadow_counters', 'cli_shadow']
 
 # %% ../nbs/10_monitor.ipynb #cf15682f
 log = get_logger('mlops_nb.monitor')
@@ -1105,3 +1106,67 @@ def cli_monitor(args) -> int:
           f"{len(res.breaches)} quality breach(es); alerts: " + (', '.join(a['rule'] for a in res.alerts) or 'none')
           + (f" (reference: {reference['version']} of {reference['registry']})" if reference['source'] == 'registry' else ''))
     return 1 if res.alert and not args.report_only else 0
+
+# %% ../nbs/10_monitor.ipynb #58caf64c
+def _q(s:pd.Series, q:float) -> float|None:
+    return None if not len(s) else round(float(s.quantile(q)), 6)
+
+def shadow_report(captures, start=None, end=None, threshold:float|None=None, errors:dict|None=None) -> dict:
+    """How a shadow version's answers compare with the primary (returned) answers to the same requests, joined by request
+    id, in the capture store `captures` (or a frame of every role) over `[start, end)`: rows compared, label agreement at
+    the primary's `threshold` (classification; default 0.5), absolute score differences (mean, p50, p95), both latencies
+    (p50, p99; the primary's is the request's, the shadow's its scoring time), and the primary rows with no shadow
+    answer (not sampled, dropped or failed). `errors`: the server's shadow counters (`errors`, `dropped`), if known."""
+    if isinstance(captures, pd.DataFrame): df = captures
+    else:
+        from mlops_nb.capture import read_captures
+        df = read_captures(captures, start, end, with_labels=False, role=None)
+    last = lambda d: d.sort_values('ts', kind='stable').drop_duplicates('request_id', keep='last')   # a retried request: its last answer
+    prim, sh = last(df[df.role == 'primary']), last(df[df.role == 'shadow'])
+    j = prim.merge(sh, on='request_id', suffixes=('_primary', '_shadow'))
+    diff = (j.prediction_shadow - j.prediction_primary).abs()
+    classification = 'predicted_label' in df.columns and df['predicted_label'].notna().any()
+    thr = 0.5 if threshold is None else float(threshold)
+    agree = (((j.prediction_primary >= thr) == (j.prediction_shadow >= thr)).mean() if len(j) else None) if classification else None
+    return dict(primary_rows=len(prim), shadow_rows=len(sh), compared=len(j), missing=len(prim) - len(j),
+                versions=dict(primary=sorted(prim.model_version.dropna().unique().tolist()), shadow=sorted(sh.model_version.dropna().unique().tolist())),
+                threshold=thr if classification else None, label_agreement=None if agree is None else round(float(agree), 6),
+                score_abs_diff=dict(mean=round(float(diff.mean()), 6) if len(j) else None, p50=_q(diff, 0.5), p95=_q(diff, 0.95)),
+                latency_ms=dict(primary=dict(p50=_q(j.latency_ms_primary, 0.5), p99=_q(j.latency_ms_primary, 0.99)),
+                                shadow=dict(p50=_q(j.latency_ms_shadow, 0.5), p99=_q(j.latency_ms_shadow, 0.99))),
+                shadow_errors=(errors or {}).get('errors'), shadow_dropped=(errors or {}).get('dropped'))
+
+def shadow_counters(url:str, model:str|None=None, timeout:float=5.0) -> dict:
+    "The shadow counters (`errors`, `dropped`, `scored`) of a running server's `/metrics` at `url` (of `model`, when it serves several)."
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(url.rstrip('/') + '/metrics', timeout=timeout) as r: text = r.read().decode()
+    out = dict(errors=0.0, dropped=0.0, scored=0.0)
+    names = {'mlops_nb_shadow_errors_total': 'errors', 'mlops_nb_shadow_dropped_total': 'dropped', 'mlops_nb_shadow_requests_total': 'scored'}
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            if s.name in names and (model is None or s.labels.get('model') in (None, model)): out[names[s.name]] += s.value
+    return {k: int(v) for k, v in out.items()}
+
+def cli_shadow(args) -> int:
+    "`mlops-nb shadow`: the shadow version's agreement with the primary answers in a capture store."
+    from mlops_nb.capture import read_captures
+    df = read_captures(args.captures, args.start, args.end, with_labels=False, role=None)
+    thr = args.threshold
+    if thr is None and Path(args.registry).is_dir() and (df.role == 'primary').any():
+        from mlops_nb.registry import Registry   # the threshold of the version that answered most of the window
+        v = df[df.role == 'primary'].model_version.mode().iloc[0]
+        try: t = Registry(args.registry, args.model).info(v, verify=False).get('threshold')
+        except MlopsError: t = None
+        thr = float(t) if isinstance(t, (int, float)) else None
+    rep = shadow_report(df, threshold=thr, errors=shadow_counters(args.server, args.model) if args.server else None)
+    if args.json: print(json.dumps(rep, indent=1)); return 0
+    f = lambda v: '-' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
+    print(f"shadow {', '.join(rep['versions']['shadow']) or '-'} vs primary {', '.join(rep['versions']['primary']) or '-'}: "
+          f"{rep['compared']} requests compared, {rep['missing']} primary without a shadow answer")
+    if rep['label_agreement'] is not None: print(f"label agreement at threshold {f(rep['threshold'])}: {f(rep['label_agreement'])}")
+    d, l = rep['score_abs_diff'], rep['latency_ms']
+    print(f"|score difference|: mean {f(d['mean'])}, p50 {f(d['p50'])}, p95 {f(d['p95'])}")
+    print(f"latency ms: primary p50 {f(l['primary']['p50'])} p99 {f(l['primary']['p99'])}; shadow p50 {f(l['shadow']['p50'])} p99 {f(l['shadow']['p99'])}")
+    if rep['shadow_errors'] is not None: print(f"shadow errors {rep['shadow_errors']}, dropped {rep['shadow_dropped']}")
+    return 0
+

@@ -25,7 +25,7 @@ __all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'ServeConfig', 'LoadedModel', 'Mo
 # %% ../nbs/09_serve.ipynb #2f8e36fa
 _log = get_logger('mlops_nb.serve')
 
-# %% ../nbs/09_serve.ipynb #8b12ad7f
+# %% ../nbs/09_serve.ipynb #537ee04d
 @dataclass
 class ServeConfig:
     "How the service runs; see `params.yaml` `serve:`."
@@ -84,11 +84,14 @@ class ServeConfig:
         return cfg
 
     def model_refs(self) -> list[str]:
-        "The model references served: `model` split at commas, `all` standing for every named model's champion."
+        """The model references served: `model` split at commas; a bare name of a registered model is its champion
+        (`fraud` is `fraud@champion`), `all` is every model's champion; anything else is an alias or version of the root model."""
         refs = [r.strip() for r in str(self.model).split(',') if r.strip()] or ['champion']
+        if not any('@' not in r and not r.startswith('models:/') for r in refs): return refs
+        from mlops_nb.registry import Registry, parse_model_ref
+        names = Registry(self.registry).names() if Path(self.registry).is_dir() else []
+        refs = [f'{r}@champion' if r in names else r for r in refs]
         if 'all' in refs:
-            from mlops_nb.registry import Registry, parse_model_ref
-            names = Registry(self.registry).names()
             if not names: raise MlopsError(f"{self.registry}: --model all, but the registry holds no model")
             given = {parse_model_ref(r)[0] for r in refs if r != 'all'}
             refs = [r for r in refs if r != 'all'] + [f'{n}@champion' for n in names if n not in given]
