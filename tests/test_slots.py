@@ -213,3 +213,16 @@ def test_shadow_share_and_a_failing_shadow(shadow_world, tmp_path):
         wait_for(lambda: srv.get('/metadata')[1]['shadow']['version'] is None, 'the shadow to stop')
     finally:
         assert srv.stop() == 0
+
+
+def test_serve_settings_for_several_models_and_the_shadow(tmp_path):
+    from mlops_nb.params import params_problems
+    from mlops_nb.serve import ServeConfig
+    assert params_problems({'serve': {'model': ['fraud', 'churn'], 'shadow_share': 0.2, 'shadow_queue': 10}}) == []
+    assert params_problems({'serve': {'shadow_share': 2}}) == ['serve.shadow_share: 2 is greater than the maximum of 1']
+    root = tmp_path/'registry'
+    for name, seed in (('fraud', 1), ('churn', 2)): _register(Registry(root, name), seed)
+    cfg = ServeConfig.resolve({'model': ['fraud', 'churn@v0001']}, env={}, registry=str(root))
+    assert cfg.model_refs() == ['fraud@champion', 'churn@v0001']              # a bare model name is its champion
+    assert ServeConfig(registry=str(root), model='all').model_refs() == ['fraud@champion', 'churn@champion']
+    assert ServeConfig(registry=str(root), model='challenger').model_refs() == ['challenger']   # else an alias of the root model
