@@ -216,7 +216,7 @@ class Controller:
             time.sleep(self.poll)
         return self.reg.rollout()
 
-# %% ../nbs/09d_rollout.ipynb #ab1f2712
+# %% ../nbs/09d_rollout.ipynb #6d39f172
 def _status_text(st:dict|None) -> str:
     if not st: return 'no rollout yet'
     return (f"{st['candidate']} vs champion {st['champion']}: {st['status']} at {st['share']} % "
@@ -245,6 +245,7 @@ def cli_rollout(args) -> int:
         if cols: sticky['columns'] = cols
         reg.start_rollout(args.ref, args.steps, parse_duration(args.bake), sticky, guardrail_settings(g), args.reason or '', args.actor)
     elif not args.resume: raise MlopsError("models rollout: give a version to roll out, or --resume, --status or --abort")
+    else: reg._running()   # --resume: one must be running
     st = reg.rollout()
     print(_status_text(st), flush=True)
     st = Controller(reg, cap, args.poll, echo=lambda s: print(s, flush=True)).run()

@@ -200,3 +200,16 @@ def test_a_controller_killed_mid_write_leaves_the_rollout_as_it_was(world, tmp_p
     reg.advance_rollout({'by': 'test'}, actor='test')                 # the next writer cleans up and works
     assert reg.rollout()['share'] == 50 and [h['action'] for h in reg.history()[len(hist):]] == ['rollout-advance']
     assert not list(root.glob('.*.tmp'))
+
+
+def test_the_rollout_command_refuses_bad_input_in_one_line(world, tmp_path):
+    R = [str(VENV_BIN/'mlops-nb'), 'models', '--registry', str(world['reg'].root), 'rollout']
+    run = lambda *a: subprocess.run([*R, *a], capture_output=True, text=True, env=os.environ, cwd=tmp_path, timeout=120)
+    for args, msg in ((['v0002', '--steps', '5,25'], 'the last step must be 100'), (['v0099'], "unknown version 'v0099'"),
+                      (['v0002', '--bake', 'soon'], "duration 'soon'"), (['v0002', '--max-error-rate', '-1'], 'expected a number >= 0')):
+        r = run(*args)
+        assert r.returncode == 2 and msg in r.stderr and r.stderr.count('\n') == 1, (args, r.returncode, r.stderr)
+    if (world['reg'].rollout() or {}).get('status') != 'running':
+        r = run('--resume')
+        assert r.returncode == 2 and 'no rollout is running' in r.stderr, r.stderr
+    assert run('--status').returncode == 0
