@@ -50,7 +50,7 @@ def parse_duration(s) -> float:
     if not m: raise MlopsError(f"duration {s!r}: expected e.g. 10m, 30s, 500ms, 1h or seconds")
     return float(m[1]) * {'ms': 0.001, 's': 1, None: 1, 'm': 60, 'h': 3600}[m[2]]
 
-# %% ../nbs/09d_rollout.ipynb #bcbe9974
+# %% ../nbs/09d_rollout.ipynb #d9109f93
 class CaptureTail:
     "The predictions (and labels) of a capture store from `since` (epoch seconds) on, read file by file as they appear."
     COLS = ('request_id', 'ts', 'model_version', 'latency_ms', 'prediction')
@@ -108,13 +108,17 @@ def read_counts(capture_dir:str|Path, model:str) -> dict[str, dict]:
     return out
 
 def counts_since(now:dict, base:dict, version:str) -> dict:
-    "The counters of `version` summed over processes, minus what they were at `base` (a process new since then counts from 0)."
-    tot = dict(requests=0, errors=0, load_failures=0)
+    """The counters of `version` summed over processes, minus what they were at `base` (a process new since then counts
+    from 0); `processes`: how many routed requests to it since."""
+    tot = dict(requests=0, errors=0, load_failures=0, processes=0)
     for f, vs in now.items():
-        for k in tot: tot[k] += max(0, int((vs.get(version) or {}).get(k, 0)) - int(((base.get(f) or {}).get(version) or {}).get(k, 0)))
+        d = {k: max(0, int((vs.get(version) or {}).get(k, 0)) - int(((base.get(f) or {}).get(version) or {}).get(k, 0)))
+             for k in ('requests', 'errors', 'load_failures')}
+        for k, x in d.items(): tot[k] += x
+        tot['processes'] += d['requests'] > 0
     return tot
 
-# %% ../nbs/09d_rollout.ipynb #5891f98f
+# %% ../nbs/09d_rollout.ipynb #25b5a72f
 def _p99(a) -> float|None: return float(np.percentile(a, 99)) if len(a) else None
 
 def _metric(y, s, name:str) -> float|None:
@@ -131,7 +135,7 @@ def check_guardrails(g:dict, counts:dict, canary:dict, champion:dict|None) -> tu
     (`CaptureTail.rows`); `champion` None when there is nothing to compare with."""
     g, breaches = guardrail_settings(g), []
     req, err = counts['requests'], counts['errors']
-    ev = dict(canary=dict(requests=req, errors=err, error_rate=err / req if req else 0.0, rows=len(canary['score']),
+    ev = dict(canary=dict(requests=req, errors=err, error_rate=err / req if req else 0.0, processes=counts.get('processes'), rows=len(canary['score']),
                           p99_ms=_p99(canary['latency'])),
               champion=dict(rows=0 if champion is None else len(champion['score']), p99_ms=None if champion is None else _p99(champion['latency'])))
     if counts.get('load_failures'): breaches.append(f"the candidate failed to load on {counts['load_failures']} server process(es)")

@@ -213,3 +213,27 @@ def test_the_rollout_command_refuses_bad_input_in_one_line(world, tmp_path):
         r = run('--resume')
         assert r.returncode == 2 and 'no rollout is running' in r.stderr, r.stderr
     assert run('--status').returncode == 0
+
+
+def test_two_servers_on_one_registry_are_judged_together(world):
+    "A second server on the same registry and capture store: both apply the split, the controller sums both's counters."
+    from mlops_nb.rollout import Controller
+    reg, v, root = world['reg'], world['v'], world['root']
+    if (reg.rollout() or {}).get('status') == 'running': reg.rollback_rollout('test setup', actor='test')
+    other = Server(root, root/'registry', '--capture-dir', str(world['captures']), '--capture-flush-seconds', '0.1', '--no-access-log')
+    loads = [Load(world['srv'], world['rows'], threads=2), Load(other, world['rows'], threads=2)]
+    try:
+        time.sleep(0.3)
+        reg.start_rollout(v['raising'], [25, 100], 60, {'header': 'x-rollout-key'}, dict(min_rows=20), actor='test')
+        for s in (world['srv'], other):      # each server loads the candidate on its own: the controller judges both once they have
+            for _ in range(300):
+                if (s.get('/metadata')[1].get('rollout') or {}).get('candidate') == v['raising']: break
+                time.sleep(0.1)
+        st = Controller(reg, world['captures'], poll=0.2).run(timeout=30)
+        time.sleep(0.6)
+    finally:
+        results = [r for l in loads for r in l.stop()]
+        other.stop()
+    assert st['status'] == 'rolled_back' and 'error rate' in st['reason'], st
+    assert [r[0] for r in results if r[0] != 200] == []
+    assert st['evidence']['canary']['processes'] == 2 and st['evidence']['canary']['errors'] > 0
