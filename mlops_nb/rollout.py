@@ -50,7 +50,7 @@ def parse_duration(s) -> float:
     if not m: raise MlopsError(f"duration {s!r}: expected e.g. 10m, 30s, 500ms, 1h or seconds")
     return float(m[1]) * {'ms': 0.001, 's': 1, None: 1, 'm': 60, 'h': 3600}[m[2]]
 
-# %% ../nbs/09d_rollout.ipynb #d9109f93
+# %% ../nbs/09d_rollout.ipynb #ed089f0a
 class CaptureTail:
     "The predictions (and labels) of a capture store from `since` (epoch seconds) on, read file by file as they appear."
     COLS = ('request_id', 'ts', 'model_version', 'latency_ms', 'prediction')
@@ -60,9 +60,11 @@ class CaptureTail:
         self.labels: dict[str, float] = {}
 
     def _files(self, kind:str) -> list[Path]:
-        first = dt.datetime.fromtimestamp(self.since, dt.timezone.utc).date()
-        days = sorted(d for d in (self.root/kind).glob('date=*') if d.name[5:] >= first.isoformat())
-        return [f for d in days for f in sorted(d.glob('part-*.parquet')) if f not in self.seen]
+        "The parts not read yet that can hold rows from `since` on: a part is named when written, after its rows' times."
+        start = dt.datetime.fromtimestamp(self.since, dt.timezone.utc)
+        first, stamp = start.date().isoformat(), start.strftime('%Y%m%dT%H%M%S%f')
+        days = sorted(d for d in (self.root/kind).glob('date=*') if d.name[5:] >= first)
+        return [f for d in days for f in sorted(d.glob('part-*.parquet')) if f not in self.seen and f.name[5:26] >= stamp]
 
     def poll(self) -> int:
         "Read the parts written since the last call; the number of prediction rows read."
