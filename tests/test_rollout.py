@@ -237,3 +237,27 @@ def test_two_servers_on_one_registry_are_judged_together(world):
     assert st['status'] == 'rolled_back' and 'error rate' in st['reason'], st
     assert [r[0] for r in results if r[0] != 200] == []
     assert st['evidence']['canary']['processes'] == 2 and st['evidence']['canary']['errors'] > 0
+
+
+def test_a_server_applying_a_rollout_imports_no_training_or_controller_code(world, tmp_path):
+    import shutil, sys
+    from mlops_nb.registry import Registry
+    root = tmp_path/'registry'
+    shutil.copytree(world['reg'].root, root, ignore=shutil.ignore_patterns('.lock'))
+    reg = Registry(root)
+    if (reg.rollout() or {}).get('status') == 'running': reg.rollback_rollout('test setup', actor='test')
+    cand = next(x for x in reg.versions()[:2] if x != reg.aliases()['champion'])      # both served with ONNX Runtime
+    reg.start_rollout(cand, [50, 100], 60, actor='test')
+    code = f'''
+import asyncio, json, sys
+from mlops_nb.serve import ServeConfig, build_app
+app = build_app(ServeConfig(registry={str(root)!r}, capture_dir=''), preload=True)
+slot = app.service.default
+asyncio.run(slot.apply_rollout())
+assert slot.canary is not None and slot.canary.model.version == {cand!r}
+heavy = ('scipy', 'sklearn', 'matplotlib', 'papermill', 'dask', 'mlops_nb.rollout', 'mlops_nb.monitor', 'mlops_nb.train', 'mlops_nb.steps')
+print(json.dumps(sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy))))
+'''
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
