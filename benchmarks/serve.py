@@ -1,6 +1,7 @@
 """Benchmark: `mlops-nb serve` against `mlflow models serve` and BentoML serving the same raw-record model, with wrk.
 
     .venv/bin/python benchmarks/serve.py [--repeats 3] [--duration 10] [--batch-rows 5000000] [--write-readme]
+                                         [--rollout none,canary50,shadow]
 
 What it does:
 1. trains the project's default prediction function on the simulator's raw transactions: the feature step
@@ -19,7 +20,10 @@ What it does:
    100-row requests at 8 connections, rotating the servers' order run by run, `--repeats` times; reports medians;
 6. measures the resident memory of each serving worker, and batch scoring (`mlops-nb predict`) on a raw file of
    `--batch-rows` rows: peak memory and rows/s, beside a file of a tenth of the rows;
-7. writes the table between the `<!-- bench:serve -->` markers of nbs/performance.ipynb (with `--write-readme`).
+7. writes the table between the `<!-- bench:serve -->` markers of nbs/performance.ipynb (with `--write-readme`);
+8. with `--rollout`, also runs ours during a rollout, single rows at 8 connections beside the same run's others:
+   `canary50` a 50 % canary of a second version (sticky by request id: wrk sends no key), `shadow` a second version under
+   the `shadow` alias scoring a copy of every request; each in a registry of its own, the same model registered twice.
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -66,7 +70,7 @@ def ensure_venv(venv:Path, pins:list[str], probe:str) -> Path:
 
 
 # ---- the model ---------------------------------------------------------------------------------------------------------
-def build_model(work:Path):
+def build_model(work:Path, second:bool=False):
     """Train the project's default prediction function (`train.make_pipeline` with params.yaml's `prepare.features` as its
     feature step) on raw records, register it in a fresh registry (which exports and parity-checks `model.onnx`) and promote
     it; return (registry, version, raw input frame, model.skops path)."""
@@ -97,6 +101,9 @@ def build_model(work:Path):
                      params=P['train']['estimator_params'], extra=dict(numeric=num, categorical=cat, feature_step=step))
     info = reg.info(v)
     if not info['onnx'].get('kept'): raise SystemExit(f"the registry kept no ONNX file: {info['onnx']}")
+    if second:   # the candidate of the rollout scenarios: the same model, a version of its own
+        reg.register(pipe, features=inputs, task='classification', threshold=0.5, X_test=X.tail(5000), metrics={},
+                     params=P['train']['estimator_params'], extra=dict(numeric=num, categorical=cat, feature_step=step))
     reg.promote(v, 'champion', reason='benchmark', actor='benchmark')
     return reg, v, X, reg.version_dir(v)/'model.skops'
 
@@ -228,6 +235,34 @@ TARGETS = {'single row, 8 connections': dict(ratio=100, p99_ms=5.0),
            '100 rows, 8 connections': dict(ratio=30)}
 
 
+ROLLOUTS = {'none': 'no rollout', 'canary50': 'a 50 % canary', 'shadow': 'a shadow on every request'}
+ROLLOUT_SCENARIO = 'single row, 8 connections'
+
+
+def setup_rollouts(work:Path, rollouts:list[str]):
+    "A copy of the registry per rollout scenario: v0002 as a 50 % canary (no controller: the share stays), or under `shadow`."
+    from mlops_nb.registry import Registry
+    for r in rollouts:
+        root = work/f'registry-{r}'
+        shutil.copytree(work/'registry', root)
+        reg = Registry(root)
+        if r == 'canary50': reg.start_rollout('v0002', [50, 100], 1e9, {'header': 'x-rollout-key'}, reason='benchmark', actor='benchmark')
+        elif r == 'shadow': reg.promote('v0002', 'shadow', reason='benchmark', actor='benchmark')
+
+
+def rollout_report(res) -> str:
+    "Ours with no rollout, a 50 % canary and a shadow, beside MLflow, single rows at 8 connections (medians)."
+    med = lambda n, k: statistics.median(r[k] for r in res[n][ROLLOUT_SCENARIO])
+    rows = [('ours', f"mlops-nb, {ROLLOUTS['none']}")] + [(f'ours_{r}', f"mlops-nb, {ROLLOUTS[r]}") for r in ROLLOUTS if f'ours_{r}' in res]
+    base, ml = med('ours', 'rps'), med('mlflow', 'rps')
+    lines = ['', f"| {ROLLOUT_SCENARIO} | req/s | p50 / p99 ms | vs no rollout | vs MLflow |", '|---|---|---|---|---|']
+    for n, label in rows:
+        lines.append(f"| {label} | {med(n, 'rps'):,.0f} | {med(n, 'p50_ms'):.2f} / {med(n, 'p99_ms'):.2f} | {med(n, 'rps') / base:.2f}x | {med(n, 'rps') / ml:.0f}x |")
+    lines.append(f"| MLflow | {ml:,.0f} | {med('mlflow', 'p50_ms'):.2f} / {med('mlflow', 'p99_ms'):.2f} | | 1x |")
+    lines += ['', "Targets: a 50 % canary within noise of no rollout; with a shadow on every request, p99 under 5 ms at 8 connections."]
+    return '\n'.join(lines)
+
+
 def target_check(label:str, ours_rps:float, mlflow_rps:float, ours_p99:float) -> tuple[str, str]:
     "The target of a scenario as text, and 'met' or 'not met (what fell short)'."
     t = TARGETS.get(label)
@@ -287,9 +322,10 @@ def start_servers(work:Path, version:str, names:list[str]) -> dict:
     out = {}
     for n in names:
         port = free_port()
-        if n == 'ours':
-            p = Proc(n, [str(VENV/'mlops-nb'), 'serve', '--registry', str(work/'registry'), '--port', str(port), '--workers', '1',
-                         '--capture-dir', str(work/'captures'), '--no-access-log'], port, env, work, work/'ours.log'); ready = '/ready'
+        if n == 'ours' or n.startswith('ours_'):
+            r = '' if n == 'ours' else '-' + n[5:]
+            p = Proc(n, [str(VENV/'mlops-nb'), 'serve', '--registry', str(work/f'registry{r}'), '--port', str(port), '--workers', '1',
+                         '--capture-dir', str(work/f'captures{r}'), '--no-access-log'], port, env, work, work/f'{n}.log'); ready = '/ready'
         elif n == 'mlflow':
             mlenv = dict(os.environ, **THREADS, PATH=f"{MLFLOW_VENV/'bin'}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRACKING_URI=f'file://{work}/mlruns')
             p = Proc(n, [str(MLFLOW_VENV/'bin'/'mlflow'), 'models', 'serve', '-m', str(work/'mlflow-model'), '-p', str(port), '-h', '127.0.0.1',
@@ -314,17 +350,23 @@ def main():
     ap.add_argument('--batch-rows', type=int, default=0, help='also time batch scoring on a Parquet file of this many rows')
     ap.add_argument('--servers', default=','.join(SERVERS), help=f"which servers to run (ours and mlflow always), of {','.join(SERVERS)}")
     ap.add_argument('--write-readme', action='store_true')
+    ap.add_argument('--rollout', default='none', help=f"ours during a rollout too, of {','.join(ROLLOUTS)} (single rows at 8 connections)")
     ap.add_argument('--from-results', action='store_true', help='render benchmarks/results/serve.json again (same flags as its run) instead of measuring')
     args = ap.parse_args()
     if args.from_results: return publish(args, **json.loads((ROOT/'benchmarks'/'results'/'serve.json').read_text()))
     names = [n for n in SERVERS if n in {'ours', 'mlflow', *args.servers.split(',')}]
+    rollouts = [r for r in args.rollout.split(',') if r and r != 'none']
+    bad = [r for r in rollouts if r not in ROLLOUTS]
+    if bad: raise SystemExit(f"--rollout: unknown scenario(s) {bad}; expected some of {','.join(ROLLOUTS)}")
     loads = [load_avg()]
     print('load average before:', loads[0], flush=True)
     wrk = ensure_wrk()
     mlpy = ensure_venv(MLFLOW_VENV, MLFLOW_PINS, 'mlflow')
     if any(n.startswith('bentoml') for n in names): ensure_venv(BENTOML_VENV, BENTOML_PINS, 'bentoml')
     shutil.rmtree(WORK, ignore_errors=True); WORK.mkdir(parents=True)
-    reg, version, X, skops_path = build_model(WORK)
+    reg, version, X, skops_path = build_model(WORK, second=bool(rollouts))
+    setup_rollouts(WORK, rollouts)
+    names += [f'ours_{r}' for r in rollouts]
     one, hundred = X.head(1), X.iloc[100:200]
     X.head(100).to_json(WORK/'example.json', orient='records', date_format='iso')
     sh([str(mlpy), '-c', MLFLOW_SAVE, str(skops_path), str(WORK/'mlflow-model'), str(WORK/'example.json'), str(ROOT)], env=dict(os.environ, **THREADS))
@@ -343,6 +385,7 @@ def main():
             for label, kind, c in SCENARIOS:
                 order = names[rep % len(names):] + names[:rep % len(names)]
                 for n in order:
+                    if n.startswith('ours_') and label != ROLLOUT_SCENARIO: continue   # a rollout: single rows at 8 connections
                     r = run_wrk(wrk, servers[n][0].port, scripts[n, kind], c, args.duration)
                     res[n].setdefault(label, []).append(r)
                     print(rep, n, label, r, flush=True)
@@ -359,6 +402,7 @@ def main():
 def publish(args, runs, memory, batch, load):
     "Print the report of a run (and put it into the performance page and README with --write-readme)."
     text = report(runs, memory, batch, args, load)
+    if any(n.startswith('ours_') for n in runs): text += '\n' + rollout_report(runs)
     print(text)
     if args.write_readme:   # README.md is generated from nbs/index.ipynb: the figures go into the notebook, then README
         from mlops_nb.docs import write_bench

@@ -101,7 +101,7 @@ def _monitor_commands(sub):
 @command_group
 def _models_and_gate(sub):
     "`mlops-nb models list|show|promote|rollback|archive|diff|card|history` and `mlops-nb gate` (mlops_nb.registry)."
-    p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history',
+    p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history, rollout',
                        description='Inspect and change the model registry. Exit 0 done, 2 bad input (unknown version/alias, damaged version).')
     p.add_argument('--registry', help="registry folder (default: deploy.registry of ./params.yaml, else ./registry)")
     p.add_argument('--model', help="registered model name (default: deploy.model_name of ./params.yaml, else the registry's root model; list: all)")
@@ -128,6 +128,28 @@ def _models_and_gate(sub):
     add('card', "print a version's model card (markdown, or --html), or write it to --out", ref,
         (('--html',), dict(action='store_true')), (('--out',), dict(help='file to write')))
     add('history', 'every alias change: when, who, from what, to what, why', (('--alias',), dict(help='only this alias')))
+    num = lambda flag, dest, help: ((flag,), dict(type=float, dest=dest, help=help))
+    r = add('rollout', 'canary rollout with guardrails: start one and drive it to promotion or rollback (exit 0 promoted, 1 rolled back); '
+                       'or --resume, --status, --abort',
+            (('ref',), dict(nargs='?', help='the version to roll out (v0004 or 4)')),
+            (('--steps',), dict(default='5,25,50,100', help='traffic percentages, rising, ending at 100 (default 5,25,50,100)')),
+            (('--bake',), dict(default='10m', help='how long each step must pass the guardrails: 10m, 30s, 500ms (default 10m)')),
+            (('--capture-dir',), dict(dest='capture_dir', help="the servers' capture store (default: serve.capture_dir of ./params.yaml, else captures)")),
+            (('--poll',), dict(type=float, default=0.2, help='seconds between guardrail checks (default 0.2)')),
+            (('--sticky-column',), dict(dest='sticky_column', action='append', help='key column keeping a client on one version (repeatable; default task.id_columns)')),
+            (('--sticky-header',), dict(dest='sticky_header', default='x-rollout-key', help='header holding the key when the record has no key column')),
+            num('--max-error-rate', 'max_error_rate', 'guardrail: candidate errors / requests (default 0.01)'),
+            num('--p99-ratio', 'p99_ratio', "guardrail: candidate p99 latency / the champion's (default 2)"),
+            num('--p99-floor-ms', 'p99_floor_ms', 'guardrail: the p99 limit is never below this (default 25 ms)'),
+            num('--drift', 'drift', "guardrail: score distance from the champion's answers, in champion std (default 0.5)"),
+            (('--metric',), dict(help='guardrail: realised metric once labels exist (roc_auc or pr_auc)')),
+            num('--max-metric-drop', 'max_metric_drop', "guardrail: the candidate's realised metric below the champion's (default 0.05)"),
+            (('--min-rows',), dict(type=int, dest='min_rows', help='rows of each version before latency and drift are judged (default 30)')),
+            (('--min-labels',), dict(type=int, dest='min_labels', help='labelled rows before the realised metric is judged (default 200)')),
+            (('--resume',), dict(action='store_true', help='drive the running rollout (after its controller stopped)')),
+            (('--status',), dict(action='store_true', help='show the rollout state and exit')),
+            (('--abort',), dict(action='store_true', help='roll the running rollout back now')), *who)
+    r.set_defaults(func=handler('mlops_nb.rollout:cli_rollout'))
 
     g = sub.add_parser('gate', help='check the candidate against the gate and the champion; exit 1 if it fails',
                        description='Score models/candidate and the registry champion on the test split with deploy.gates of params.yaml '

@@ -182,12 +182,18 @@ def _skops_io():
         if sys.modules.get('dask', 0) is None: del sys.modules['dask']
     return sys.modules['skops.io']
 
+def _trusted(trusted=None) -> set[str]:
+    """`TRUSTED_TYPES`, the types named in `$MLOPS_NB_TRUSTED_TYPES` (comma-separated: a deployment that ships its own
+    estimator classes trusts them there, for every process, the server's included) and `trusted`."""
+    extra = [t.strip() for t in os.environ.get('MLOPS_NB_TRUSTED_TYPES', '').split(',') if t.strip()]
+    return set(TRUSTED_TYPES) | set(extra) | set(trusted or ())
+
 def skops_bytes(model, trusted:list[str]|None=None, check:bool=True) -> bytes:
     "`model` in the skops format; with `check`, refuse a model that could not be loaded back with the trusted types."
     sio = _skops_io()
     data = _canonical_skops(sio.dumps(model))
     if check:
-        bad = [t for t in sio.get_untrusted_types(data=data) if t not in set(TRUSTED_TYPES) | set(trusted or ())]
+        bad = [t for t in sio.get_untrusted_types(data=data) if t not in _trusted(trusted)]
         if bad: raise MlopsError(f"refusing to save a model holding type(s) {bad}, which are not trusted for loading back; "
                                  "add them to trusted=[...] if they are safe")
     return data
@@ -205,7 +211,7 @@ def load_skops(path:str|os.PathLike, trusted:list[str]|None=None):
     if not path.is_file(): raise MlopsError(f"{path}: model file not found")
     try: found = sio.get_untrusted_types(file=path)
     except Exception as e: raise MlopsError(f"{path}: not a readable skops model file ({type(e).__name__}: {e})") from None
-    bad = [t for t in found if t not in set(TRUSTED_TYPES) | set(trusted or ())]
+    bad = [t for t in found if t not in _trusted(trusted)]
     if bad: raise MlopsError(f"{path}: refusing to load untrusted type(s) {bad}; pass trusted=[...] only if you trust whoever wrote the file")
     try: return sio.load(path, trusted=found)
     except Exception as e: raise MlopsError(f"{path}: could not load the model ({type(e).__name__}: {e})") from None

@@ -468,7 +468,8 @@ def _build(root, out, cache, reports, registry, execute, n_workers, force, t0):
     card = champion_card(registry)
     if card:             # the card and the figures it links to, in a folder of their own
         version, folder = card
-        md = (folder/'card.md').read_text(encoding='utf-8')
+        from mlops_nb.registry import Registry
+        md = Registry(registry).card(version)    # the registered card and the champion's deployment history (promotions, canary steps)
         put('model-card/index.md', md if md.lstrip().startswith('# ') else f'# Model card: {version}\n\n' + md)
         for f in sorted((folder/'figures').glob('*')) if (folder/'figures').is_dir() else []:
             put(f'model-card/figures/{f.name}', f.read_bytes())

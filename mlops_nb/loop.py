@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_loop.ipynb #fc574ebb
 from __future__ import annotations
-import copy, json, os, signal, socket, subprocess, sys, time, urllib.error, urllib.request
+import copy, json, os, signal, socket, subprocess, sys, threading, time, urllib.error, urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,8 @@ LOOP_DEFAULTS = dict(
     triggers=dict(data_drift=True, prediction_drift=False, realised_drop=0.05, estimated_drop=0.05, schedule_days=0),
     min_days_between_retrains=7,
     min_labelled_rows=2000,
+    redeploy='direct',          # a retrain that passes the gate: direct (promoted at once) | canary (a rollout with guardrails)
+    canary=dict(steps=[10, 50, 100], bake_seconds=60.0, guardrails={}, timeout_seconds=900.0),
 )
 TRIGGERS = ('data_drift', 'prediction_drift', 'realised_drop', 'estimated_drop', 'schedule_days')
 
@@ -37,7 +39,7 @@ def settings(section:dict|None) -> dict:
     section = dict(section or {})
     unknown = sorted(set(section) - set(s))
     if unknown: raise MlopsError(f"params loop: unknown key(s) {unknown}; expected some of {sorted(s)}")
-    for k in ('window', 'triggers'):
+    for k in ('window', 'triggers', 'canary'):
         extra = sorted(set(section.get(k) or {}) - set(s[k]))
         if extra: raise MlopsError(f"params loop.{k}: unknown key(s) {extra}; expected some of {sorted(s[k])}")
         s[k].update(section.pop(k, None) or {})
@@ -47,6 +49,13 @@ def settings(section:dict|None) -> dict:
     if not isinstance(s['monitor_days'], int) or s['monitor_days'] < 1: raise MlopsError(f"params loop.monitor_days: must be an integer >= 1, got {s['monitor_days']!r}")
     if s['window']['kind'] not in ('sliding', 'expanding'): raise MlopsError(f"params loop.window.kind: expected sliding or expanding, got {s['window']['kind']!r}")
     if not isinstance(s['window']['days'], int) or s['window']['days'] < 2: raise MlopsError(f"params loop.window.days: must be an integer >= 2, got {s['window']['days']!r}")
+    if s['redeploy'] not in ('direct', 'canary'): raise MlopsError(f"params loop.redeploy: expected direct or canary, got {s['redeploy']!r}")
+    if s['redeploy'] == 'canary':
+        from mlops_nb.registry import check_steps
+        from mlops_nb.rollout import guardrail_settings, parse_duration
+        try: s['canary'] |= dict(steps=check_steps(s['canary']['steps']), bake_seconds=parse_duration(s['canary']['bake_seconds']),
+                                 timeout_seconds=parse_duration(s['canary']['timeout_seconds']), guardrails=guardrail_settings(s['canary']['guardrails']))
+        except MlopsError as e: raise MlopsError(f"params loop.canary: {e}") from None
     if s['start_day'] < s['window']['days']: raise MlopsError(f"params loop.start_day: {s['start_day']} leaves no room for a first window of {s['window']['days']} days")
     return s
 
@@ -175,7 +184,8 @@ class Loop:
         if version is None:
             p = copy.deepcopy(self.params)
             p['collect'] = dict(p.get('collect') or {}, start_day=first, days=n, sources=[{'type': 'simulator'}])
-            p['deploy'] = dict(p.get('deploy') or {}, registry=str(self.reg_dir), auto_promote=True)
+            canary = self.cfg['redeploy'] == 'canary' and before is not None and self.svc is not None
+            p['deploy'] = dict(p.get('deploy') or {}, registry=str(self.reg_dir), auto_promote=not canary)   # canary: the gate makes a challenger
             # the window may hold the drift the retrain adapts to: its new categories and ranges are data, not errors
             pp = dict(p.get('prepare') or {}); pp['validation'] = dict(pp.get('validation') or {}, max_unseen_category_rate=1.0, max_out_of_range_rate=1.0)
             p['prepare'] = pp
@@ -189,13 +199,46 @@ class Loop:
                                    registry=self.reg_dir, project_dir=self.root, lineage_extra=dict(loop=lineage))
             version = dep.version
         reg = self._reg(); info = reg.info(version, verify=False)
+        rollout = None
         if info.get('status') == 'accepted' and reg.aliases().get('champion') != version and (info.get('gate') or {}).get('passed') \
            and not any(h.get('version') == version for h in reg.history('champion')):
-            reg.promote(version, 'champion', reason=f"loop day {day}: gate passed")    # registered, then killed before the promotion
+            if self.cfg['redeploy'] == 'canary' and before is not None and self.svc is not None:
+                if not any(h.get('action') == 'rollout-rollback' and h.get('version') == version for h in reg.history()):
+                    rollout = self.canary(day, version)['status']
+            else: reg.promote(version, 'champion', reason=f"loop day {day}: gate passed")    # registered, then killed before the promotion
         after = reg.aliases().get('champion')
         self.state['runs'][version] = str(run.relative_to(self.dir))
         return dict(version=version, status=info.get('status'), promoted=after == version and before != version,
-                    champion_before=before, champion_after=after, window=[first, n], seconds=round(time.perf_counter() - t0, 2))
+                    champion_before=before, champion_after=after, window=[first, n], seconds=round(time.perf_counter() - t0, 2),
+                    **({'rollout': rollout} if rollout else {}))
+
+    def canary(self, day:int, version:str) -> dict:
+        """Redeploy `version` through a canary rollout (`loop.canary`): the day's records are replayed through the service
+        in small requests while the controller checks the guardrails and moves the share; the rollout's final state."""
+        from mlops_nb.rollout import Controller
+        reg, c = self._reg(), self.cfg['canary']
+        st = reg.rollout()
+        if not (st and st.get('status') == 'running' and st.get('candidate') == version):   # else: resumed after a kill
+            reg.start_rollout(version, c['steps'], c['bake_seconds'], {'columns': self.task['id_columns']}, c['guardrails'],
+                              reason=f"loop day {day}: gate passed; redeploy canary", actor='loop')
+        info = reg.info(reg.aliases()['champion'], verify=False)
+        raw = self._sim().day(day)
+        ids = [k for k in ((info.get('feature_step') or {}).get('id_columns') or []) if k in raw.columns and k not in info['features']]
+        recs = json.loads(raw[info['features'] + ids].to_json(orient='records', date_format='iso'))
+        stop = threading.Event()
+        def traffic():
+            i = 0
+            while not stop.is_set():
+                a = (i * 10) % len(recs)
+                try: _http(self.svc.url + '/invocations', {'dataframe_records': recs[a:a + 10]}, {'X-Request-ID': f'd{day:04d}-canary-{i}'}, timeout=30)
+                except (OSError, MlopsError) as e: log.warning('loop: canary traffic request failed (%s)', e)
+                i += 1
+        t = threading.Thread(target=traffic, name='canary-traffic', daemon=True); t.start()
+        try: st = Controller(reg, self.dir/'captures', poll=0.2, echo=log.info).run(timeout=c['timeout_seconds'])
+        finally: stop.set(); t.join(60)
+        if st['status'] == 'running':
+            reg.rollback_rollout(f"loop: the rollout did not end within {c['timeout_seconds']:g} s", actor='loop'); st = reg.rollout()
+        return st
 
     def _cbpe(self, version:str):
         if version not in self._cbpe_cache:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_registry.ipynb #3b2a8f40
 from __future__ import annotations
-import base64, contextlib, datetime as dt, getpass, hashlib, html, json, os, re, shutil, signal, socket, subprocess, tempfile, warnings
+import base64, contextlib, datetime as dt, getpass, hashlib, html, json, os, re, shutil, signal, socket, subprocess, tempfile, time, warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,10 @@ from filelock import FileLock, Timeout
 from .core import MlopsError, TRUSTED_TYPES, atomic_write, load_skops, read_json, skops_bytes, to_jsonable, write_json, get_logger
 
 # %% auto #0
-__all__ = ['STATUSES', 'DEFAULT_MODEL', 'KEY_METRICS', 'onnx_input_spec', 'onnx_feeds', 'export_onnx', 'onnx_session',
-           'onnx_predict', 'split_feature_step', 'onnx_model_frame', 'onnx_parity', 'sha256_file', 'git_state',
-           'data_hash', 'card_markdown', 'card_html', 'check_model_name', 'parse_model_ref', 'Registry',
-           'registry_from_args', 'cli_models', 'TRUSTED_TYPES', 'load_skops']
+__all__ = ['STATUSES', 'DEFAULT_MODEL', 'ROLLOUT_STATUSES', 'KEY_METRICS', 'onnx_input_spec', 'onnx_feeds', 'export_onnx',
+           'onnx_session', 'onnx_predict', 'split_feature_step', 'onnx_model_frame', 'onnx_parity', 'sha256_file',
+           'git_state', 'data_hash', 'card_markdown', 'card_html', 'check_model_name', 'parse_model_ref', 'Registry',
+           'check_steps', 'registry_from_args', 'cli_models', 'TRUSTED_TYPES', 'load_skops']
 
 # %% ../nbs/07_registry.ipynb #1c4425f6
 _CONVERTERS = {}
@@ -763,6 +763,7 @@ def _committed_lines(self, raw:bytes) -> list[bytes]:
     if good:
         last = json.loads(good[-1])
         if last.get('action') == 'archive': ok = self._statuses().get(last.get('version')) == 'archived'
+        elif str(last.get('action')).startswith('rollout-'): ok = (self.rollout() or {}).get('seq', 0) >= last.get('seq', 0)
         else: ok = self.aliases().get(last.get('alias')) == last.get('version')
         if not ok: good = good[:-1]
     return good
@@ -863,6 +864,99 @@ def _archive(self, version, reason:str='', actor:str|None=None) -> dict:
 
 Registry.rollback, Registry.archive = _rollback, _archive
 
+# %% ../nbs/07_registry.ipynb #255700f4
+ROLLOUT_STATUSES = ('running', 'promoted', 'rolled_back')
+
+def check_steps(steps) -> list[int]:
+    "Canary steps as whole percentages, rising, ending at 100: `[5, 25, 50, 100]` from a list or `'5,25,50,100'`."
+    raw = [s.strip() for s in steps.split(',') if s.strip()] if isinstance(steps, str) else list(steps)
+    try: out = [int(s) for s in raw]
+    except (TypeError, ValueError): raise MlopsError(f"rollout steps {steps!r}: expected whole percentages such as 5,25,50,100") from None
+    if any(str(s).strip() != str(o) for s, o in zip(raw, out) if isinstance(s, str)) or any(isinstance(s, float) and s != int(s) for s in raw):
+        raise MlopsError(f"rollout steps {steps!r}: expected whole percentages such as 5,25,50,100")
+    if not out or any(not 0 < s <= 100 for s in out): raise MlopsError(f"rollout steps {out}: each must be a percentage in 1..100")
+    if any(b <= a for a, b in zip(out, out[1:])): raise MlopsError(f"rollout steps {out}: must rise (the share only grows, so a sticky key never changes version twice)")
+    if out[-1] != 100: raise MlopsError(f"rollout steps {out}: the last step must be 100 (then the candidate becomes champion)")
+    return out
+
+def _rollout(self) -> dict|None:
+    "The model's rollout state (`rollout.json`): the last canary rollout, running or ended; `None` before the first."
+    return read_json(self.rollout_path) if self.rollout_path.exists() else None
+
+def _write_rollout(self, state:dict, action:str, reason:str, evidence, actor) -> dict:
+    "Under the lock: append the history entry of `action`, then replace `rollout.json` (the commit), as an alias change does."
+    state = dict(state, seq=int(state.get('seq') or 0) + 1, updated=time.time(), reason=reason, evidence=to_jsonable(evidence))
+    entry = dict(ts=_now(), action=action, model=self.name, alias='canary', version=state['candidate'], previous=state['champion'],
+                 actor=actor or _actor(), reason=reason, seq=state['seq'], share=state['share'], step=state['step'], status=state['status'],
+                 evidence=to_jsonable(evidence))
+    self._append_history(entry)
+    _kill_point(f'{action}:history-appended')
+    _replace_json(self.rollout_path, state, kill=f'{action}:rollout-written')
+    self.log.info('%s: %s at %s %% (%s)', action, state['candidate'], state['share'], reason)
+    return entry
+
+def _running(self) -> dict:
+    st = self.rollout()
+    if not st or st.get('status') != 'running': raise MlopsError(f"{self.where}: no rollout is running" + (f" (the last one, of {st['candidate']}, {st['status']})" if st else ''))
+    return st
+
+def _start_rollout(self, candidate, steps=(5, 25, 50, 100), bake_seconds:float=600, sticky:dict|None=None, guardrails:dict|None=None,
+                   reason:str='', actor:str|None=None) -> dict:
+    """Start sending `steps[0]` % of the traffic to `candidate` (an accepted version, loaded as a server would first), the
+    champion answering the rest; `sticky` says which key keeps a client on one version, `guardrails` what the controller checks."""
+    steps, v = check_steps(steps), self.resolve(candidate)
+    if not (isinstance(bake_seconds, (int, float)) and not isinstance(bake_seconds, bool) and bake_seconds >= 0):
+        raise MlopsError(f"rollout bake {bake_seconds!r}: expected seconds >= 0")
+    info = self.info(v)
+    self.load_check(v)
+    if info['status'] != 'accepted': raise MlopsError(f"{v} has status '{info['status']}': only accepted versions can be rolled out")
+    champion = self.aliases().get('champion')
+    if champion is None: raise MlopsError(f"{self.where}: no champion to compare a canary with; promote {v} directly")
+    if champion == v: raise MlopsError(f"{v} is already the champion; nothing to roll out")
+    with self._locked():
+        cur = self.rollout()
+        if cur and cur.get('status') == 'running':
+            raise MlopsError(f"{self.where}: a rollout of {cur['candidate']} is running (at {cur['share']} %); abort it first (models rollout --abort)")
+        now = time.time()
+        state = dict(candidate=v, champion=champion, steps=steps, step=0, share=steps[0], bake_seconds=float(bake_seconds),
+                     sticky=dict(sticky or {}), guardrails=dict(guardrails or {}), status='running', started=now, step_started=now,
+                     seq=(cur or {}).get('seq', 0))
+        return self._write_rollout(state, 'rollout-start', reason or f"canary {v} against champion {champion}, steps {steps}", None, actor)
+
+def _advance_rollout(self, evidence=None, reason:str='', actor:str|None=None) -> dict:
+    "Move the running rollout to its next step (the guardrails passed for the bake, says `evidence`)."
+    with self._locked():
+        st = self._running()
+        if st['step'] + 1 >= len(st['steps']): raise MlopsError(f"{self.where}: the rollout of {st['candidate']} is at its last step ({st['share']} %): finish it")
+        if self.aliases().get('champion') != st['champion']:
+            raise MlopsError(f"{self.where}: the champion moved to {self.aliases().get('champion')} during the rollout (it was {st['champion']}); abort it")
+        prev, st['step'] = st['share'], st['step'] + 1
+        st['share'], st['step_started'] = st['steps'][st['step']], time.time()
+        return self._write_rollout(st, 'rollout-advance', reason or f"{prev} % -> {st['share']} %: guardrails passed", evidence, actor)
+
+def _rollback_rollout(self, reason:str, evidence=None, actor:str|None=None) -> dict:
+    "End the running rollout: every request goes to the champion again; `reason` says why (a breach, or a person)."
+    with self._locked():
+        st = self._running()
+        st |= dict(status='rolled_back', share=0, ended=time.time())
+        return self._write_rollout(st, 'rollout-rollback', reason, evidence, actor)
+
+def _finish_rollout(self, evidence=None, reason:str='', actor:str|None=None) -> dict:
+    "At 100 %, after the bake: promote the candidate to champion (the normal promotion, load check included), then end the rollout."
+    st = self._running()
+    if st['share'] != 100: raise MlopsError(f"{self.where}: the rollout of {st['candidate']} is at {st['share']} %, not 100 %")
+    why = reason or f"rollout of {st['candidate']} passed every step ({', '.join(map(str, st['steps']))} %)"
+    self.promote(st['candidate'], 'champion', why, actor)   # None when a killed run promoted it already
+    with self._locked():
+        st = self._running()
+        st |= dict(status='promoted', ended=time.time())
+        return self._write_rollout(st, 'rollout-finish', why, evidence, actor)
+
+Registry.rollout_path = property(lambda self: self.dir/'rollout.json')
+Registry.rollout, Registry._write_rollout, Registry._running = _rollout, _write_rollout, _running
+Registry.start_rollout, Registry.advance_rollout, Registry.rollback_rollout, Registry.finish_rollout = _start_rollout, _advance_rollout, _rollback_rollout, _finish_rollout
+
+
 # %% ../nbs/07_registry.ipynb #a2aa0987
 KEY_METRICS = ('pr_auc', 'roc_auc', 'f1', 'ece', 'rmse', 'mae', 'r2')
 
@@ -906,6 +1000,34 @@ def _diff(self, a, b) -> dict:
                 lineage=lineage)
 
 Registry.list, Registry.diff = _list, _diff
+
+# %% ../nbs/07_registry.ipynb #8578c86f
+def _evidence_text(e) -> str:
+    "A one-line summary of a rollout step's evidence for the card: its numbers, flattened."
+    if not e: return ''
+    flat = {k: v for k, v in _flat(e).items() if isinstance(v, (int, float, str, bool)) and v is not None}
+    return '; '.join(f"{k}={_fmt(v)}" for k, v in list(flat.items())[:14])
+
+def _card(self, ref, html:bool=False) -> str:
+    """The model card of version `ref`: its registered `card.md` (immutable, in the manifest) followed by its deployment
+    history read from the registry now (promotions, rollbacks, canary steps with their evidence); as HTML if `html`."""
+    v = self.resolve(ref)
+    d = self.version_dir(v)
+    md = (d/'card.md').read_text(encoding='utf-8').rstrip('\n')
+    rows = [h for h in self.history() if v in (h.get('version'), h.get('previous')) and h.get('action') != 'archive' or
+            (h.get('action') == 'archive' and h.get('version') == v)]
+    if rows:
+        md += '\n\n## Deployment history\n\n' + _md_table(
+            [(h['ts'], h['action'], f"{h.get('alias') or ''}" + (f" {h['share']} %" if h.get('alias') == 'canary' and h.get('share') is not None else ''),
+              h.get('version'), h.get('previous'), h.get('actor'), h.get('reason'), _evidence_text(h.get('evidence')))
+             for h in rows], ('when', 'action', 'alias', 'version', 'previous', 'by', 'why', 'evidence'))
+    md += '\n'
+    if not html: return md
+    figs = {p.stem: p.read_bytes() for p in sorted((d/'figures').glob('*.png'))} if (d/'figures').is_dir() else {}
+    return card_html(md, figs)
+
+Registry.card = _card
+
 
 # %% ../nbs/07_registry.ipynb #6a86b781
 def registry_from_args(args) -> Registry:
@@ -977,11 +1099,11 @@ def cli_models(args) -> int:
         lines += ['lineage:'] + [f"  {k}: {v['a']} -> {v['b']}" for k, v in d['lineage'].items()]
         _out(args, d, '\n'.join(lines))
     elif cmd == 'card':
-        path = reg.version_dir(args.ref)/('card.html' if args.html else 'card.md')
+        text = reg.card(args.ref, html=args.html)   # the registered card and the version's deployment history
         if args.out:
-            with atomic_write(args.out) as f: f.write(path.read_text(encoding='utf-8'))
+            with atomic_write(args.out) as f: f.write(text)
             print(f"wrote {args.out}")
-        else: print(path.read_text(encoding='utf-8'))
+        else: print(text)
     elif cmd == 'history':
         rows = reg.history(args.alias)
         _out(args, rows, _table(rows, ['ts', 'action', 'model', 'alias', 'version', 'previous', 'actor', 'reason']))

@@ -457,6 +457,28 @@ class Service:
             for it, r in zip(items, results):
                 if not it[-1].done(): it[-1].set_result(r)
 
+    async def predict_canary(self, slot, model:LoadedModel, cols:dict, n:int, rid:str, t0:float, text:bool):
+        """Predict a request `slot.route` sent to the canary `model`: `(model that answered, X, score, label)`. The canary
+        predicts off the event loop (a slow candidate delays its own requests, not the champion's); if it fails, the
+        champion answers and the error is counted for the candidate, so no client request fails because of it."""
+        try:
+            X = model.validator.columns(cols, n, text)
+            score, label = await asyncio.to_thread(model.predict, X)
+            if not np.isfinite(score).all(): raise MlopsError(f"{model.version} returned a non-finite score")
+        except Exception as e:
+            cnt, m = slot.rollout_counts[model.version], slot.model
+            try:
+                X = m.validator.columns(cols, n, text)
+                score, label = await self._predict(slot, m, 'primary', X, n, rid, t0)
+            except RequestError:
+                if isinstance(e, RequestError): cnt[0] -= 1   # bad input for both versions: the client's error, not the canary's
+                raise
+            cnt[1] += 1
+            self.log(event='canary_error', model=slot.name, version=model.version, request_id=rid, error=f"{type(e).__name__}: {str(e)[:200]}")
+            return m, X, score, label
+        slot.record(model, 'primary', [(slot, model, 'primary', X, n, rid, t0)], X, score, label)   # returned: a primary answer
+        return model, X, score, label
+
     def feedback(self, obj:Any, slot=None) -> int:
         "Store labels sent to `/feedback` (the default model's capture) or `/models/{name}/feedback`: `{request_id, label}`, a list of them, or `{feedback: [...]}`."
         slot = slot or self.default
@@ -647,7 +669,7 @@ def build_app(cfg:ServeConfig, preload:bool=False):
         if not s.model: return E(s.not_ready())
         i = s.info()
         return J({**s.model.metadata(), 'name': s.name, 'reference': i['reference'], 'registry': cfg.registry, 'refused': i['refused'],
-                  'capture': i['capture'], 'shadow': i['shadow'], **({'models': list(svc.slots)} if multi else {})})
+                  'capture': i['capture'], 'shadow': i['shadow'], 'rollout': i['rollout'], **({'models': list(svc.slots)} if multi else {})})
     async def metadata(request): return slot_metadata(svc.default)
     async def model_metadata(request):
         try: return slot_metadata(named(request))
@@ -700,6 +722,10 @@ def build_app(cfg:ServeConfig, preload:bool=False):
         sys.setswitchinterval(0.001)
         if not preload: await asyncio.to_thread(svc.load_initial)
         tasks = [asyncio.create_task(svc.log_flusher())] + [asyncio.create_task(s.watch()) for s in svc.slots.values() if s.watched]
+        for s in svc.slots.values():
+            if s.rollout_applies():   # a rollout in progress is resumed before the first request
+                s._rollout_changed(); await s.apply_rollout()
+                tasks.append(asyncio.create_task(s.watch_rollout()))
         svc.log(event='started', pid=os.getpid(), url=f"http://{cfg.host}:{cfg.port}/", registry=cfg.registry, model=cfg.model,
                 version=svc.model.version if svc.model else None,
                 **({'models': {n: s.model.version if s.model else None for n, s in svc.slots.items()}} if multi else {}))
@@ -771,8 +797,10 @@ def build_app(cfg:ServeConfig, preload:bool=False):
             if wanted is not None:
                 bad = [o for o in wanted if o not in avail]
                 if bad: raise _bad('unknown_output', f"output '{bad[0]}' is not an output of the model (outputs: {', '.join(avail)})", 'outputs', bad[0], status=400)
-        X = m.validator.columns(cols, n, text)
-        score, label = await svc._predict(slot, m, role, X, n, rid, t0)
+        if role == 'canary': m, X, score, label = await svc.predict_canary(slot, m, cols, n, rid, t0, text)   # a rollout's share
+        else:
+            X = m.validator.columns(cols, n, text)
+            score, label = await svc._predict(slot, m, role, X, n, rid, t0)
         ids = {k: cols[k] for k in m.id_columns if k in cols}
         hdrs = [(b'x-request-id', rid.encode()), (b'x-model-version', m.version.encode())]
         if kind == 'mlflow':

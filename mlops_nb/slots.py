@@ -4,7 +4,7 @@
 
 # %% ../nbs/09c_slots.ipynb #999452f5
 from __future__ import annotations
-import asyncio, hashlib, queue, threading, time
+import asyncio, hashlib, os, queue, socket, threading, time, zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +14,7 @@ from .core import MlopsError
 from .validation import RequestError
 
 # %% auto #0
-__all__ = ['sampled', 'Shadow', 'ModelSlot']
+__all__ = ['sampled', 'Shadow', 'ModelSlot', 'rollout_bucket', 'Canary']
 
 # %% ../nbs/09c_slots.ipynb #7117721d
 def sampled(request_id:str, share:float, salt:str='shadow') -> bool:
@@ -118,11 +118,9 @@ class ModelSlot:
         self.shadow_source = shadow_source
         self.shadow = Shadow(self, cfg.shadow_share, cfg.shadow_queue) if shadow_source is not None else None
         self.shadow_failed: dict[str, str] = {}
-
-    def route(self, rid:str, headers:dict, cols:dict|None=None):
-        """The loaded version that answers the request `rid` (its `headers`, its parsed `cols`), and the `role` its capture
-        rows record: the champion and 'primary'. A traffic split replaces this method."""
-        return self.model, 'primary'
+        self.canary = None                         # the running canary rollout (a `Canary`), as the model's rollout.json says
+        self.rollout_counts: dict[str, list] = {}  # version -> [requests routed, canary errors, load failures]
+        self._rollout_stamp, self._counts_dirty = None, False
 
     def serves(self, name:str, version:str|None=None) -> bool:
         "Whether a v2 model `name` (and `version`) names this slot's model: its name, 'model', its reference, its version."
@@ -207,7 +205,8 @@ class ModelSlot:
             cur = self.model.version if self.model else None
             if v is None or (v == cur and not force): return dict(ok=True, version=cur, changed=False)
             if v in self.failed and not (force or retry): return dict(ok=False, version=cur, refused=v, error=self.failed[v])
-            try: m = await asyncio.to_thread(self._load, v)
+            c = self.canary   # a finished rollout: the canary, loaded and warm, becomes the champion
+            try: m = c.model if c is not None and c.model.version == v else await asyncio.to_thread(self._load, v)
             except Exception as e:
                 self.failed[v] = f"{type(e).__name__}: {e}"
                 self.stats.load_failures += 1
@@ -252,6 +251,9 @@ class ModelSlot:
         return self.capture.flush() if self.capture is not None else 0
 
     def close(self):
+        if self.rollout_counts:
+            try: self.write_counts()
+            except Exception: pass
         if self.shadow is not None: self.shadow.close()
         if self.capture is not None: self.capture.close()
 
@@ -260,7 +262,8 @@ class ModelSlot:
         c = self.capture
         return dict(name=self.name, reference=self.cfg_ref, refused=self.failed,
                     capture=None if c is None else dict(dir=self.capture_dir, written=c.written, pending=c.pending, dropped=c.dropped),
-                    shadow=None if self.shadow is None else {**self.shadow.info(), 'refused': self.shadow_failed})
+                    shadow=None if self.shadow is None else {**self.shadow.info(), 'refused': self.shadow_failed},
+                    rollout=None if self.canary is None else dict(candidate=self.canary.model.version, share=self.canary.share))
 
     def scrape(self):
         "Copy the counters kept elsewhere (capture, validator, shadow) into the stats before a scrape."
@@ -272,3 +275,103 @@ class ModelSlot:
             sh = self.shadow
             st.info.update(shadow_scored=sh.scored, shadow_dropped=sh.dropped, shadow_errors=sh.errors,
                            shadow_version=sh.model.version if sh.model else None)
+
+# %% ../nbs/09c_slots.ipynb #cfc2e7b2
+def rollout_bucket(key:str, salt:str='') -> int:
+    """The bucket, 0..99, of a sticky key: a request goes to the canary when its bucket is below the share. A key's bucket
+    never changes during a rollout, so as the share only grows, a key that reached the canary stays on it. `salt` (the
+    candidate) gives each rollout its own draw of keys."""
+    return zlib.crc32(f'{salt}\0{key}'.encode()) % 100
+
+class Canary:
+    "A running canary rollout as one slot applies it: the registry's state, the candidate loaded, the sticky key."
+    def __init__(self, state:dict, model, id_columns:list[str]=()):
+        self.state, self.model, self.share, self.salt = state, model, int(state['share']), str(state['candidate'])
+        sticky = state.get('sticky') or {}
+        cols = sticky.get('columns', sticky.get('column')) or list(id_columns)
+        self.columns = [cols] if isinstance(cols, str) else list(cols)
+        self.header = str(sticky.get('header') or 'x-rollout-key').lower()
+
+    def key(self, cols:dict|None, headers:dict, rid:str) -> str:
+        "The sticky key: the first row's value of a key column the record has (`task.id_columns`), else the header, else the request id."
+        for c in self.columns:
+            v = (cols or {}).get(c)
+            if v is not None and len(v) and v[0] is not None: return str(v[0])
+        return headers.get(self.header) or rid
+
+    def takes(self, key:str) -> bool:
+        "Whether the request of `key` goes to the canary."
+        return rollout_bucket(key, self.salt) < self.share
+
+def _route(self, rid:str, headers:dict, cols:dict|None=None):
+    """The loaded version that answers the request `rid` (its `headers`, its parsed `cols`) and its role: the champion and
+    'primary', or, for the share of sticky keys a running rollout sends it, the candidate and 'canary' (whose answers
+    are captured as primary rows: they are the ones returned)."""
+    c, m = self.canary, self.model
+    if c is None or m is None or c.model.version == m.version: return m, 'primary'
+    take = c.takes(c.key(cols, headers, rid))
+    v = c.model.version if take else m.version
+    cnt = self.rollout_counts.get(v) or self.rollout_counts.setdefault(v, [0, 0, 0])
+    cnt[0] += 1; self._counts_dirty = True
+    return (c.model, 'canary') if take else (m, 'primary')
+
+def _rollout_applies(self) -> bool:
+    "A slot applies its model's canary rollout when it serves the champion alias (not a fixed version, not another alias)."
+    return self.source.is_alias and self.source.ref == 'champion'
+
+def _rollout_changed(self) -> bool:
+    "True when the model's `rollout.json` changed (mtime, size or inode) since the last call."
+    try: st = self.source.registry.rollout_path.stat(); stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except FileNotFoundError: stamp = None
+    changed, self._rollout_stamp = stamp != self._rollout_stamp, stamp
+    return changed
+
+async def _apply_rollout(self):
+    "Apply the registry's rollout state now: no canary unless one is running; the candidate loaded (off the loop) the first time."
+    try: state = self.source.registry.rollout()
+    except MlopsError as e: self.log(event='rollout_unreadable', model=self.name, detail=str(e)); return   # keep the split as it was
+    old = self.canary
+    if not state or state.get('status') != 'running' or not state.get('share'):
+        self.canary = None                                  # a rollback: applied at once, nothing to load
+    else:
+        v = state['candidate']
+        try:
+            model = old.model if old is not None and old.model.version == v else await asyncio.to_thread(self._load, v)
+            self.canary = Canary(state, model, self.model.id_columns if self.model else [])
+        except Exception as e:                              # a candidate this server cannot load gets no traffic here
+            self.canary = None
+            self.failed[v] = f"{type(e).__name__}: {e}"
+            self.rollout_counts.setdefault(v, [0, 0, 0])[2] += 1; self._counts_dirty = True
+            self.log(event='canary_refused', model=self.name, version=v, error=self.failed[v])
+    c = self.canary
+    if (old and (old.model.version, old.share)) != (c and (c.model.version, c.share)):
+        self.log(event='rollout', model=self.name, status=(state or {}).get('status'), candidate=(state or {}).get('candidate'), share=c.share if c else 0)
+        self._counts_dirty = True
+
+def _counts_path(self) -> Path|None:
+    "Where this process writes the model's rollout counters: beside its captures, one file per process."
+    if not self.capture_dir: return None
+    return Path(self.capture_dir)/'rollout'/self.name/f'{socket.gethostname()}-{os.getpid()}.json'
+
+def _write_counts(self):
+    """Write the per-version counters (requests routed, canary errors answered by the champion, candidate load failures)
+    atomically; the controller sums every process's file, so several servers on one registry are judged together."""
+    p, self._counts_dirty = self._counts_path(), False
+    if p is None: return
+    from mlops_nb.core import write_json
+    write_json(p, dict(model=self.name, host=socket.gethostname(), pid=os.getpid(), ts=time.time(),
+                       versions={v: dict(requests=c[0], errors=c[1], load_failures=c[2]) for v, c in self.rollout_counts.items()}))
+
+async def _watch_rollout(self):
+    "Poll `rollout.json` (every 0.2 s at most, so a rollback is applied well within a second) and write the counters."
+    every = min(self.cfg.poll_seconds, 0.2)
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if self._rollout_changed(): await self.apply_rollout()
+            if self._counts_dirty: await asyncio.to_thread(self.write_counts)
+        except Exception as e: self.log(event='rollout_watch_error', model=self.name, error=f"{type(e).__name__}: {e}")
+
+ModelSlot.route, ModelSlot.rollout_applies, ModelSlot._rollout_changed, ModelSlot.apply_rollout = _route, _rollout_applies, _rollout_changed, _apply_rollout
+ModelSlot._counts_path, ModelSlot.write_counts, ModelSlot.watch_rollout = _counts_path, _write_counts, _watch_rollout
+

@@ -178,3 +178,22 @@ def test_a_challenger_that_loses_the_gate_is_rejected_and_the_champion_stays(tmp
     reg = Registry(tmp_path/'loop'/'registry')
     assert reg.aliases()['champion'] == h[-1]['champion_after'] == late[0]['retrain']['champion_before']
     assert all(r['version'] == reg.aliases()['champion'] for r in h if r['day'] > late[0]['day'])
+
+
+def test_the_loop_can_redeploy_through_a_canary(tmp_path):
+    "loop.redeploy: canary: a retrain that passes the gate becomes champion through a rollout, every step in the registry."
+    p = small_params(triggers=dict(data_drift=False, realised_drop=0, estimated_drop=0, schedule_days=2), min_days_between_retrains=1,
+                     redeploy='canary', canary=dict(steps=[50, 100], bake_seconds=0.5,
+                                                    guardrails=dict(min_rows=20, p99_floor_ms=5000, drift=100)))   # the plumbing, not the guardrails
+    p['sim']['drift'] = None
+    p['deploy']['gates'] = dict(roc_auc=dict(threshold=0.5))
+    write_params(tmp_path, p)
+    got = simulate(tmp_path, 3)                       # the first champion (direct: there is none to compare with), then a retrain on day 12
+    assert got.returncode == 0, got.stderr[-3000:]
+    from mlops_nb.registry import Registry
+    reg = Registry(tmp_path/'loop'/'registry')
+    r = [r for r in history(tmp_path) if r['decision']['retrain']][0]['retrain']
+    assert r['status'] == 'accepted' and r['rollout'] == 'promoted' and r['promoted'], r
+    assert [(h['action'], h['share']) for h in reg.history() if h.get('alias') == 'canary'] == \
+        [('rollout-start', 50), ('rollout-advance', 100), ('rollout-finish', 100)]
+    assert reg.aliases()['champion'] == r['version'] == history(tmp_path)[-1]['champion_after']
