@@ -220,16 +220,24 @@ def test_two_servers_on_one_registry_are_judged_together(world):
     from mlops_nb.rollout import Controller
     reg, v, root = world['reg'], world['v'], world['root']
     if (reg.rollout() or {}).get('status') == 'running': reg.rollback_rollout('test setup', actor='test')
+    from mlops_nb.rollout import counts_since, read_counts
     other = Server(root, root/'registry', '--capture-dir', str(world['captures']), '--capture-flush-seconds', '0.1', '--no-access-log')
-    loads = [Load(world['srv'], world['rows'], threads=2), Load(other, world['rows'], threads=2)]
+    loads = []
     try:
-        time.sleep(0.3)
         reg.start_rollout(v['raising'], [25, 100], 60, {'header': 'x-rollout-key'}, dict(min_rows=20), actor='test')
         for s in (world['srv'], other):      # each server loads the candidate on its own: the controller judges both once they have
             for _ in range(300):
                 if (s.get('/metadata')[1].get('rollout') or {}).get('candidate') == v['raising']: break
                 time.sleep(0.1)
-        st = Controller(reg, world['captures'], poll=0.2).run(timeout=30)
+        ctl = Controller(reg, world['captures'], poll=0.2)
+        ctl.check()                          # the step's counters as they stand, before either server routed to the canary
+        base = read_counts(world['captures'], reg.name)
+        loads = [Load(world['srv'], world['rows'], threads=2), Load(other, world['rows'], threads=2)]
+        # judged once both processes have reported canary traffic (on a loaded machine one may report a poll later)
+        for _ in range(300):
+            if counts_since(read_counts(world['captures'], reg.name), base, v['raising'])['processes'] == 2: break
+            time.sleep(0.1)
+        st = ctl.run(timeout=30)
         time.sleep(0.6)
     finally:
         results = [r for l in loads for r in l.stop()]
