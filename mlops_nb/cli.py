@@ -88,8 +88,8 @@ def _monitor_commands(sub):
 # %% ../nbs/12_cli.ipynb #276c480a
 @command_group
 def _models_and_gate(sub):
-    "`mlops-nb models list|show|promote|rollback|archive|diff|card|history` and `mlops-nb gate` (mlops_nb.registry)."
-    p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history',
+    "`mlops-nb models list|show|promote|rollback|archive|diff|card|history|reproduce` and `mlops-nb gate` (mlops_nb.registry)."
+    p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history, reproduce',
                        description='Inspect and change the model registry. Exit 0 done, 2 bad input (unknown version/alias, damaged version).')
     p.add_argument('--registry', help="registry folder (default: deploy.registry of ./params.yaml, else ./registry)")
     p.add_argument('--model', help="registered model name (default: deploy.model_name of ./params.yaml, else the registry's root model; list: all)")
@@ -116,6 +116,15 @@ def _models_and_gate(sub):
     add('card', "print a version's model card (markdown, or --html), or write it to --out", ref,
         (('--html',), dict(action='store_true')), (('--out',), dict(help='file to write')))
     add('history', 'every alias change: when, who, from what, to what, why', (('--alias',), dict(help='only this alias')))
+    q = add('reproduce', "rerun a version's training from its registry entry (params, data window or data hash, seed) in a temporary "
+            "folder; metrics beside the recorded ones; exit 0 when they match within --tolerance, 1 otherwise", ref,
+            (('--tolerance',), dict(type=float, default=0.0, help='largest absolute difference accepted per metric (default 0: exact, for the same seed on the same code)')),
+            (('--seed',), dict(type=int, help='train with this seed instead of the recorded one (to see how far the metrics move)')),
+            (('--prepared',), dict(help="main-pipeline versions: the prepared data folder (default: the recorded path under --root); it must hash to the recorded data")),
+            (('--root',), dict(default='.', help='project folder (git commit, prepared data; default: .)')),
+            (('--params',), dict(default='params.yaml', help='params file; only its sim section is read, for loop versions that did not record theirs')),
+            (('--keep',), dict(help='run in this folder and keep it (default: a temporary folder)')))
+    q.set_defaults(func=handler('mlops_nb.loop:cli_reproduce'))
 
     g = sub.add_parser('gate', help='check the candidate against the gate and the champion; exit 1 if it fails',
                        description='Score models/candidate and the registry champion on the test split with deploy.gates of params.yaml '

@@ -14,7 +14,7 @@ from .core import MlopsError, atomic_write, get_logger, read_json, write_json
 
 # %% auto #0
 __all__ = ['log', 'LOOP_DEFAULTS', 'TRIGGERS', 'TIMELINE_COLUMNS', 'settings', 'decide', 'Service', 'Loop', 'cli_loop',
-           'timeline', 'plot_timeline']
+           'timeline', 'plot_timeline', 'compare_metrics', 'reproduce', 'cli_reproduce']
 
 # %% ../nbs/11_loop.ipynb #4acb994b
 log = get_logger('mlops_nb.loop')
@@ -183,7 +183,8 @@ class Loop:
             steps.run_prepare(p, run/'raw', run/'prepared', run/'data_quality.json')
             steps.run_train(p, run/'prepared', run/'model', run/'train.json')
             steps.run_evaluate(p, run/'prepared', run/'model', run/'evaluate.json', run/'plots', run/'predictions.parquet')
-            lineage = dict(day=day, window=dict(kind=self.cfg['window']['kind'], first_day=first, days=n), decision=decision)
+            lineage = dict(day=day, window=dict(kind=self.cfg['window']['kind'], first_day=first, days=n), decision=decision,
+                           sim=p.get('sim'))    # the stream the window is cut from: `models reproduce` rebuilds it
             # the one call site of the gate: deploy's (evaluate.gate, candidate vs champion on the window's test rows)
             dep = steps.run_deploy(p, run/'prepared', run/'model', run/'evaluate.json', run/'plots'/'figures', run/'gate.json',
                                    registry=self.reg_dir, project_dir=self.root, lineage_extra=dict(loop=lineage))
@@ -357,3 +358,108 @@ def _report(self) -> dict:
     return paths
 
 Loop.report = _report
+
+# %% ../nbs/11_loop.ipynb #a1c0e5r2
+def _flat(m:dict, prefix:str='') -> dict:
+    "The numeric scalars of a metrics dict, nested keys joined with dots, without wall-clock measurements."
+    from mlops_nb.steps import MEASURED
+    out = {}
+    for k, v in (m or {}).items():
+        if k in MEASURED: continue
+        if isinstance(v, dict): out |= _flat(v, f'{prefix}{k}.')
+        elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool): out[f'{prefix}{k}'] = float(v)
+    return out
+
+def compare_metrics(recorded:dict, reproduced:dict, tolerance:float=0.0) -> list[dict]:
+    "One row per metric of either side: recorded, reproduced, their difference and whether it is within `tolerance`."
+    a, b = _flat(recorded), _flat(reproduced)
+    rows = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        diff = None if x is None or y is None else y - x
+        same = diff is not None and (abs(diff) <= tolerance or (np.isnan(x) and np.isnan(y)))
+        rows.append(dict(metric=k, recorded=x, reproduced=y, diff=diff, match=bool(same)))
+    return rows
+
+def _code_state(root:Path, recorded:dict|None) -> dict:
+    "The recorded commit against the current one, with the source files that differ between them."
+    from mlops_nb.registry import git_state
+    now, rec = git_state(root), (recorded or {}).get('commit')
+    out = dict(recorded=rec, recorded_dirty=(recorded or {}).get('dirty'), current=now['commit'], current_dirty=now['dirty'], same=rec == now['commit'] and rec is not None)
+    if rec and now['commit'] and rec != now['commit']:
+        r = subprocess.run(['git', 'diff', '--name-only', rec, now['commit'], '--', 'mlops_nb', 'pipelines', 'params.yaml'], cwd=root, capture_output=True, text=True)
+        out['changed'] = r.stdout.split() if r.returncode == 0 else None    # None: the recorded commit is not in this clone
+    return out
+
+def reproduce(registry, ref:str, root:str|Path='.', prepared:str|Path|None=None, tolerance:float=0.0,
+              seed:int|None=None, params:dict|None=None, keep:str|Path|None=None) -> dict:
+    """Rerun the training of version `ref` of `registry` from its registry entry in a temporary folder (or `keep`) and
+    compare its metrics with the recorded ones (`registry`: a folder or a `Registry`). `seed` overrides the recorded seed; `params` (the current params.yaml)
+    only supplies the simulator section of loop versions registered before it was recorded."""
+    import tempfile
+    from mlops_nb import steps
+    from mlops_nb.registry import Registry, data_hash
+    reg, root = (registry if isinstance(registry, Registry) else Registry(registry)), Path(root)
+    info = reg.info(ref)                    # checks the version's manifest
+    version, p = info['version'], copy.deepcopy(info.get('params') or {})
+    if not p.get('train'): raise MlopsError(f"{reg.root} {version}: no recorded train params; it was not registered by the deploy stage or the loop")
+    notes, loop = [], info.get('loop')
+    with tempfile.TemporaryDirectory(prefix='mlops-nb-reproduce-') as td:
+        run = Path(keep) if keep else Path(td)
+        if loop:      # the loop's window: collect and prepare it again from the simulator
+            w = loop['window']
+            sim = loop.get('sim')
+            if sim is None:
+                sim = (params or {}).get('sim') or {}
+                notes.append("the simulator section was not recorded (a version of an older loop): taken from the params file")
+            p['sim'] = sim
+            p['collect'] = dict(loop.get('collect') or {}, start_day=int(w['first_day']), days=int(w['days']), sources=[{'type': 'simulator'}])
+            source = f"loop window: days {w['first_day']}..{w['first_day'] + w['days'] - 1} of the simulator"
+            steps.run_collect(p, run/'raw')
+            steps.run_prepare(p, run/'raw', run/'prepared', run/'data_quality.json')
+            prep = run/'prepared'
+        else:         # the main pipeline's version: the prepared data it was trained on, found by its hash
+            rec_path = (info.get('data') or {}).get('path') or 'data/prepared'
+            prep = Path(prepared) if prepared else root/rec_path
+            source = f"prepared data {prep}"
+            if not prep.is_dir(): raise MlopsError(f"{prep}: prepared data not found; {version} was trained on {rec_path} (pass --prepared, or run `dvc pull`)")
+        got, want = data_hash(prep, None)['sha256'], (info.get('data') or {}).get('sha256')
+        data = dict(source=source, recorded_sha256=want, sha256=got, same=got == want)
+        if want is None: notes.append('no data hash recorded: the data cannot be checked')
+        elif not data['same'] and not loop:
+            commit = (info.get('git') or {}).get('commit')
+            raise MlopsError(f"{prep}: sha256 {got[:12]} is not the data {version} was trained on ({want[:12]}); "
+                             f"check out its data first: git checkout {commit or '<its commit>'} && dvc checkout")
+        elif not data['same']: notes.append('the rebuilt data differ from the recorded hash: simulator or prepare code changed')
+        if seed is not None: p['seed'] = int(seed)     # the training's seed only: the data stay the recorded ones
+        t0 = time.perf_counter()
+        steps.run_train(p, prep, run/'model', run/'train.json')
+        ev = steps.run_evaluate(p, prep, run/'model', run/'evaluate.json', run/'plots', run/'predictions.parquet')
+        seconds = time.perf_counter() - t0
+    rows = compare_metrics(info.get('metrics') or {}, ev.metrics, tolerance)
+    code = _code_state(root, info.get('git'))
+    if code['recorded'] is None: notes.append('no code commit recorded (registered outside git): the code cannot be checked')
+    elif not code['same']: notes.append(f"code: recorded commit {code['recorded'][:12]}, current {(code['current'] or 'none')[:12]}"
+                                        + (f"; changed: {', '.join(code['changed'])}" if code.get('changed') else ''))
+    return dict(version=version, match=all(r['match'] for r in rows), tolerance=tolerance, seed=p.get('seed'), metrics=rows,
+                data=data, code=code, notes=notes, seconds=round(seconds, 2))
+
+def cli_reproduce(args) -> int:
+    "`mlops-nb models reproduce vN`: exit 0 when the rerun's metrics match the recorded ones, 1 otherwise."
+    from mlops_nb.core import load_params
+    from mlops_nb.registry import registry_from_args
+    reg = registry_from_args(args)
+    params = load_params(args.params) if Path(args.params).is_file() else None
+    r = reproduce(reg, args.ref, args.root, args.prepared, args.tolerance, args.seed, params, args.keep)
+    if args.json: print(json.dumps(r, indent=2, default=str))
+    else:
+        print(f"{r['version']} reproduced from its registry entry (seed {r['seed']}, {r['data']['source']}) in {r['seconds']} s")
+        print(f"data sha256 {'matches' if r['data']['same'] else 'DIFFERS'}: {(r['data']['recorded_sha256'] or '-')[:12]} recorded, {r['data']['sha256'][:12]} rebuilt")
+        f = lambda v: '-' if v is None else f'{v:.6g}'
+        print(f"{'metric':<28}{'recorded':>12}{'reproduced':>12}{'diff':>12}")
+        for m in r['metrics']: print(f"{m['metric']:<28}{f(m['recorded']):>12}{f(m['reproduced']):>12}{f(m['diff']):>12}{'' if m['match'] else '  DIFFERS'}")
+        for n in r['notes']: print(f"note: {n}")
+        bad = [m['metric'] for m in r['metrics'] if not m['match']]
+        print(f"MATCH: every metric within {r['tolerance']}" if r['match'] else f"MISMATCH: {len(bad)} metric(s) differ beyond {r['tolerance']}: {', '.join(bad)}")
+    return 0 if r['match'] else 1
+

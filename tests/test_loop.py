@@ -158,3 +158,49 @@ def test_a_challenger_that_loses_the_gate_is_rejected_and_the_champion_stays(tmp
     reg = Registry(tmp_path/'loop'/'registry')
     assert reg.aliases()['champion'] == h[-1]['champion_after'] == late[0]['retrain']['champion_before']
     assert all(r['version'] == reg.aliases()['champion'] for r in h if r['day'] > late[0]['day'])
+
+
+def reproduce(folder: Path, *args):
+    return subprocess.run([MLOPS, 'models', 'reproduce', *args], capture_output=True, text=True, timeout=600, cwd=folder)
+
+
+def test_reproduce_a_loop_version_from_its_registry_entry(drift_run):
+    from mlops_nb.registry import Registry
+    reg = Registry(drift_run/'loop'/'registry')
+    promoted = [r['retrain']['version'] for r in history(drift_run) if r['decision']['retrain'] and r['retrain']['promoted']][0]
+    assert reg.info(promoted)['loop']['sim'] == small_params()['sim']       # the stream is recorded with the window
+    for v in ('v0001', promoted):
+        got = reproduce(drift_run, v, '--registry', 'loop/registry', '--params', 'nowhere.yaml', '--json')   # the entry alone suffices
+        assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
+        r = json.loads(got.stdout)
+        assert r['match'] and r['data']['same'] and r['tolerance'] == 0
+        rec = {m['metric']: m for m in r['metrics']}
+        assert rec['pr_auc']['recorded'] == rec['pr_auc']['reproduced'] == reg.info(v)['metrics']['pr_auc']
+        assert 'latency_ms' not in rec
+    # another seed trains another model on the same data: a non-zero exit and the differing metrics named
+    got = reproduce(drift_run, promoted, '--registry', 'loop/registry', '--seed', '3')
+    assert got.returncode == 1, got.stdout[-2000:] + got.stderr[-2000:]
+    assert 'data sha256 matches' in got.stdout and 'MISMATCH' in got.stdout and 'DIFFERS' in got.stdout
+
+
+def test_reproduce_a_main_pipeline_version_from_its_data_hash(tmp_path):
+    import contextlib
+    from mlops_nb import steps
+    p = small_params()
+    p['collect'] = dict(start_day=0, days=6, sources=[{'type': 'simulator'}])
+    p['deploy'] = dict(p['deploy'], registry='registry')
+    with contextlib.chdir(tmp_path):          # relative paths, as dvc.yaml's stages run them
+        steps.run_collect(p, 'data/raw')
+        steps.run_prepare(p, 'data/raw', 'data/prepared', 'metrics/data_quality.json')
+        steps.run_train(p, 'data/prepared', 'models/candidate', 'metrics/train.json')
+        steps.run_evaluate(p, 'data/prepared', 'models/candidate', 'metrics/evaluate.json', 'plots/evaluate', 'data/predictions/test.parquet')
+        assert steps.run_deploy(p, 'data/prepared', 'models/candidate', 'metrics/evaluate.json', 'plots/evaluate/figures', 'metrics/gate.json').version == 'v0001'
+    got = reproduce(tmp_path, 'v0001', '--registry', 'registry')
+    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
+    assert 'MATCH' in got.stdout and 'prepared data data/prepared' in got.stdout
+    # other prepared data (another commit's): refused, with the way to get the right data
+    import pandas as pd
+    f = tmp_path/'data'/'prepared'/'test.parquet'
+    pd.read_parquet(f).iloc[:-1].to_parquet(f, index=False)
+    got = reproduce(tmp_path, 'v0001', '--registry', 'registry')
+    assert got.returncode == 2 and 'is not the data v0001 was trained on' in got.stderr and 'dvc checkout' in got.stderr, got.stderr[-2000:]
