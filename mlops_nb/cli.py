@@ -201,14 +201,21 @@ def _serve_commands(sub):
 # %% ../nbs/12_cli.ipynb #1d4eebb0
 @command_group
 def _loop_commands(sub):
-    "`mlops-nb loop run|simulate`: the continuous-improvement loop over the built-in stream (`mlops_nb.loop`)."
+    "`mlops-nb loop run|simulate|baselines`: the continuous-improvement loop over the built-in stream (`mlops_nb.loop`)."
     p = sub.add_parser('loop', help='the loop: serve each day, collect late labels, monitor, retrain, gate, redeploy',
                        description="Walk the stream day by day through the running service with the retraining policy of params.yaml's "
                                    "loop section; state in loop.dir, resumed after the last completed day.")
     acts = p.add_subparsers(dest='loop_command', metavar='ACTION', required=True)
-    for name, help in (('run', 'one cycle: the next day'), ('simulate', 'many days: --days N')):
+    for name, help in (('run', 'one cycle: the next day'), ('simulate', 'many days: --days N'),
+                       ('baselines', "never-retrained, daily and weekly baselines on the loop's walked days; metrics.json per schedule")):
         q = acts.add_parser(name, help=help, description=help)
         q.add_argument('--params', default='params.yaml')
         q.add_argument('--root', default='.', help='project folder the loop folder is relative to (default: .)')
-        if name == 'simulate': q.add_argument('--days', type=int, required=True, help='days to walk')
+        if name == 'simulate':
+            q.add_argument('--days', type=int, required=True, help='days to walk')
+            q.add_argument('--baselines', action='store_true', help='then run the baselines on the walked days (as `loop baselines`)')
+        if name != 'run':
+            q.add_argument('--schedules', default='never,daily,weekly', help='baselines to run, comma-separated (default: never,daily,weekly)')
+            q.add_argument('--metric', default='pr_auc', help='the daily metric of the comparison (default: pr_auc)')
+            q.add_argument('--smooth-days', type=int, default=3, dest='smooth_days', help='days pooled into each daily metric (default: 3)')
         q.set_defaults(func=handler('mlops_nb.loop:cli_loop'))

@@ -135,10 +135,16 @@ def test_kill_and_resume_gives_the_uninterrupted_run(drift_run, tmp_path):
 def test_no_drift_never_retrains(tmp_path):
     p = small_params(); p['sim']['drift'] = dict(day=13, schedule='none', amount_scale=1.6)
     write_params(tmp_path, p)
-    got = simulate(tmp_path, 7)
+    got = subprocess.run([MLOPS, 'loop', 'simulate', '--days', '7', '--params', str(tmp_path/'params.yaml'), '--root', str(tmp_path),
+                          '--baselines', '--schedules', 'never'], capture_output=True, text=True, timeout=900)
     assert got.returncode == 0, got.stderr[-3000:]
     h = history(tmp_path)
     assert len(h) == 7 and not any(r['decision']['retrain'] for r in h) and {r['version'] for r in h} == {'v0001'}
+    # the never-retrained baseline scores the same traffic in-process with the same model: the same daily metric
+    m = json.loads((tmp_path/'loop'/'metrics.json').read_text())
+    assert set(m['schedules']) == {'loop', 'never'} and m['schedules']['loop']['onsets'] == [] and m['schedules']['loop']['retrains'] == 0
+    assert m['schedules']['loop']['quiet_days'] == 7 and m['schedules']['loop']['days_to_recovery'] is None
+    assert abs(m['schedules']['loop']['metric_mean'] - m['schedules']['never']['metric_mean']) < 1e-3   # ONNX in the service
 
 
 def test_a_challenger_that_loses_the_gate_is_rejected_and_the_champion_stays(tmp_path):
@@ -204,3 +210,34 @@ def test_reproduce_a_main_pipeline_version_from_its_data_hash(tmp_path):
     pd.read_parquet(f).iloc[:-1].to_parquet(f, index=False)
     got = reproduce(tmp_path, 'v0001', '--registry', 'registry')
     assert got.returncode == 2 and 'is not the data v0001 was trained on' in got.stderr and 'dvc checkout' in got.stderr, got.stderr[-2000:]
+
+
+def test_baselines_on_the_days_and_traffic_of_the_loop(drift_run, tmp_path):
+    import shutil
+    import pandas as pd
+    from matplotlib.image import imread
+    shutil.copytree(drift_run/'loop', tmp_path/'loop'); shutil.copy(drift_run/'params.yaml', tmp_path/'params.yaml')
+    got = subprocess.run([MLOPS, 'loop', 'baselines', '--params', str(tmp_path/'params.yaml'), '--root', str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert 'never' in got.stdout and 'weekly' in got.stdout
+    h = history(tmp_path)
+    m = json.loads((tmp_path/'loop'/'metrics.json').read_text())
+    s = m['schedules']
+    assert set(s) == {'loop', 'never', 'daily', 'weekly'} and m['days'] == [10, 10 + DAYS - 1] and m['metric'] == 'pr_auc'
+    assert (s['never']['retrains'], s['daily']['retrains'], s['weekly']['retrains']) == (0, DAYS - 1, 1)
+    assert s['loop']['retrains'] == sum(r['decision']['retrain'] for r in h) and s['loop']['retrain_wall_seconds'] > 0
+    assert s['loop']['onsets'] == [13] and s['loop']['days_to_detection'] == 0 and s['loop']['missed_detections'] == 0
+    assert s['never']['days_to_detection'] is None                               # a baseline has no detector
+    # the never-retrained baseline stays below its level before the drift
+    assert s['never']['metric_mean_after_onset'] < s['never']['metric_before_drift'] - 0.1
+    tab = pd.read_csv(tmp_path/'loop'/'schedules.csv')
+    wide = tab.pivot(index='day', columns='schedule', values='metric')
+    # until the first promotion the loop served v0001: the baseline scoring the same days in-process gets the same metric
+    # (to the float precision of the service's ONNX scores)
+    first = min(r['day'] for r in h if r['decision']['retrain'] and r['retrain']['promoted'])
+    assert (wide.loc[:first, 'loop'] - wide.loc[:first, 'never']).abs().max() < 1e-3
+    assert (wide.loc[first + 1:, 'loop'] - wide.loc[first + 1:, 'never']).abs().max() > 1e-2
+    tl = pd.read_csv(tmp_path/'loop'/'timeline.csv')
+    for k in s: assert (tl[f'pr_auc_{k}'].to_numpy() == wide.loc[tl['day'], k].to_numpy()).all()
+    assert imread(tmp_path/'loop'/'timeline.png').shape[0] >= 750                 # the third panel: the schedules
