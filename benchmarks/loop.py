@@ -88,7 +88,8 @@ def targets(res:dict, days:int) -> list[tuple[str, str, str, bool|None]]:
 def report(res:dict) -> str:
     days = res['days']
     lines = [f"Measured by `.venv/bin/python benchmarks/loop.py --days {days} --write-readme`, one run per scenario, on this 2-core machine "
-             f"shared with other work (load average {res['load'][0]} before, {res['load'][1]} after: the times are those of a busy machine). "
+             f"shared with other work (load average {res['load'][0]} before, {res['load'][1]} after: the times are those of a busy machine"
+             + ("; the scenarios ran side by side, one process each, merged with `--from-results --merge`" if ' / ' in str(res['load'][0]) else '') + "). "
              f"Default `params.yaml` ({res['transactions_per_day']:,} transactions a day, loop from day {res['start_day']}, labels "
              f"{res['label_delay_days']} days late, sliding window of {res['window_days']} days, at least {res['min_days_between']} days between retrains); "
              f"`abrupt`: the default abrupt drift from day {res['drift_day']}; `none`: the same stream without drift. The loop serves every "
@@ -104,7 +105,7 @@ def report(res:dict) -> str:
         for name, s in sorted(sc['metrics']['schedules'].items(), key=lambda kv: ['loop', 'never', 'daily', 'weekly'].index(kv[0]) if kv[0] in ('loop', 'never', 'daily', 'weekly') else 9):
             lines.append(f"| {k} | {name} | {s['retrains']} | {f(s['training_seconds'], '.0f')} | {f(s['days_to_detection'])} | {f(s['false_alarms_per_100_days'], '.1f')} | "
                          f"{f(s['metric_before_drift'])} | {f(s['metric_worst'])} | {f(s['days_to_recovery'])} | {f(s.get('metric_after_recovery'))} | {f(s['metric_mean'])} |")
-    lines += ['', 'Wall times: ' + '; '.join(f"{k}: loop {sc['loop_seconds']:.0f} s ({sc['promotions']} promotions), baselines {sc['baselines_seconds']:.0f} s"
+    lines += ['', 'Wall times: ' + '; '.join(f"{k}: loop {sc['loop_seconds']:.0f} s (of which the first champion {sc['initial_seconds'] or 0:.0f} s; {sc['promotions']} promotions), baselines {sc['baselines_seconds']:.0f} s"
                                             for k, sc in res['scenarios'].items()) + '. The loop\'s training seconds are the fit of each retrain\'s search '
               'as the registry recorded it; the baselines\' are single fits.']
     return '\n'.join(lines)
@@ -117,9 +118,17 @@ def main():
     ap.add_argument('--write-readme', action='store_true')
     ap.add_argument('--from-results', action='store_true', help='render benchmarks/results/loop.json again instead of measuring')
     ap.add_argument('--keep', help='run in this folder and keep it (default: a temporary folder)')
+    ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'loop.json'), help='results file (default: benchmarks/results/loop.json)')
+    ap.add_argument('--merge', nargs='*', default=[], help='with --from-results: also take the scenarios of these results files (runs made apart)')
     args = ap.parse_args()
-    out = ROOT/'benchmarks'/'results'/'loop.json'
-    if args.from_results: res = json.loads(out.read_text())
+    out = Path(args.out)
+    if args.from_results:
+        res = json.loads(out.read_text())
+        for other in args.merge:
+            o = json.loads(Path(other).read_text())
+            res['scenarios'].update(o['scenarios'])
+            res['load'] = [f"{res['load'][0]} / {o['load'][0]}", f"{res['load'][1]} / {o['load'][1]}"]   # each run's, in the order of the files
+        if args.merge: out.write_text(json.dumps(res, indent=1, default=str) + '\n')
     else:
         p = yaml.safe_load((ROOT/'params.yaml').read_text())
         lp = p.get('loop') or {}
