@@ -45,14 +45,21 @@ def scenario(name:str, days:int, work:Path) -> dict:
     folder = work/name
     folder.mkdir(parents=True)
     (folder/'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
-    mlops = str(BIN/'mlops-nb')
-    loop_s = run([mlops, 'loop', 'simulate', '--days', str(days), '--params', 'params.yaml', '--root', '.'], folder)
-    base_s = run([mlops, 'loop', 'baselines', '--params', 'params.yaml', '--root', '.'], folder)
-    m = json.loads((folder/p['loop'].get('dir', 'loop')/'metrics.json').read_text())
-    state = json.loads((folder/p['loop'].get('dir', 'loop')/'state.json').read_text())
-    return dict(loop_seconds=round(loop_s, 1), baselines_seconds=round(base_s, 1), metrics=m,
+    loop_s = run([str(BIN/'mlops-nb'), 'loop', 'simulate', '--days', str(days), '--params', 'params.yaml', '--root', '.'], folder)
+    return summarise(folder, days, loop_s)
+
+
+def summarise(folder:Path, days:int, loop_s:float|None=None) -> dict:
+    """Run the baselines on the days the loop of `folder` walked and summarise it. Without `loop_s` (a run stopped
+    before its end, see --stopped) the loop's time is read from the files: params.yaml written, state.json last committed."""
+    p = yaml.safe_load((folder/'params.yaml').read_text())
+    d = folder/(p.get('loop') or {}).get('dir', 'loop')
+    state = json.loads((d/'state.json').read_text())
+    if loop_s is None: loop_s = (d/'state.json').stat().st_mtime - (folder/'params.yaml').stat().st_mtime
+    base_s = run([str(BIN/'mlops-nb'), 'loop', 'baselines', '--params', 'params.yaml', '--root', '.'], folder)
+    return dict(loop_seconds=round(loop_s, 1), baselines_seconds=round(base_s, 1), metrics=json.loads((d/'metrics.json').read_text()),
                 promotions=sum(bool((r.get('retrain') or {}).get('promoted')) for r in state['history']),
-                initial_seconds=(state.get('initial') or {}).get('seconds'))
+                initial_seconds=(state.get('initial') or {}).get('seconds'), days_walked=len(state['history']), finished=len(state['history']) >= days)
 
 
 def targets(res:dict, days:int) -> list[tuple[str, str, str, bool|None]]:
@@ -81,7 +88,10 @@ def targets(res:dict, days:int) -> list[tuple[str, str, str, bool|None]]:
         out.append(('≤ 1 false alarm per 100 days without drift', f"{lp['false_alarms']} alarm(s) in {lp['quiet_days']} quiet days ({lp['false_alarms_per_100_days']} per 100)",
                     'none', lp['false_alarms_per_100_days'] is not None and lp['false_alarms_per_100_days'] <= 1))
     for k, sc in res['scenarios'].items():
-        out.append((f'{days} simulated days of the loop in under 10 minutes, through the service', f"{sc['loop_seconds'] / 60:.1f} min (first champion included)", k, sc['loop_seconds'] < 600))
+        done = sc.get('finished', True)
+        out.append((f'{days} simulated days of the loop in under 10 minutes, through the service',
+                    f"{sc['loop_seconds'] / 60:.1f} min (first champion included)" if done else
+                    f"stopped unfinished: {sc['days_walked']} of {days} days in {sc['loop_seconds'] / 60:.0f} min", k, done and sc['loop_seconds'] < 600))
     return out
 
 
@@ -95,7 +105,9 @@ def report(res:dict) -> str:
              f"`abrupt`: the default abrupt drift from day {res['drift_day']}; `none`: the same stream without drift. The loop serves every "
              "day through `mlops-nb serve` on 127.0.0.1 (real HTTP); its retrains run the project's stages with the full hyper-parameter "
              "search and deploy's gate. The baselines are batch-scored in-process on the same days and traffic and retrained with the first "
-             "champion's hyper-parameters (no search). PR AUC per day is pooled over 3 days (a day holds about 20 frauds).", '',
+             "champion's hyper-parameters (no search). PR AUC per day is pooled over 3 days (a day holds about 20 frauds)."
+             + ''.join(f" The `{k}` run was stopped after {sc['days_walked']} of {days} days (`--stopped`): its figures cover the days walked."
+                       for k, sc in res['scenarios'].items() if not sc.get('finished', True)), '',
              '| target | measured | scenario | met? |', '|---|---|---|---|']
     for t, m, s, ok in targets(res, days): lines.append(f"| {t} | {m} | {s} | {'**met**' if ok else 'not met'} |")
     lines += ['', '| scenario | schedule | retrains | training s | detection (days) | false alarms / 100 days | PR AUC before drift | worst | days to recovery | after recovery | mean |',
@@ -119,10 +131,22 @@ def main():
     ap.add_argument('--from-results', action='store_true', help='render benchmarks/results/loop.json again instead of measuring')
     ap.add_argument('--keep', help='run in this folder and keep it (default: a temporary folder)')
     ap.add_argument('--out', default=str(ROOT/'benchmarks'/'results'/'loop.json'), help='results file (default: benchmarks/results/loop.json)')
+    ap.add_argument('--stopped', nargs='*', default=[], metavar='NAME=FOLDER',
+                    help='summarise loop runs stopped before their end (their folder kept with --keep): baselines on the days walked')
     ap.add_argument('--merge', nargs='*', default=[], help='with --from-results: also take the scenarios of these results files (runs made apart)')
     args = ap.parse_args()
     out = Path(args.out)
-    if args.from_results:
+    if args.stopped:
+        res = json.loads(out.read_text()) if out.exists() and args.from_results else dict(days=args.days, load=[load_avg()], scenarios={})
+        for item in args.stopped:
+            name, folder = item.split('=', 1)
+            res['scenarios'][name] = summarise(Path(folder), args.days)
+        res['load'] = res['load'][:1] + [load_avg()]
+        p = yaml.safe_load((ROOT/'params.yaml').read_text()); lp = p.get('loop') or {}
+        res |= dict(transactions_per_day=p['sim']['transactions_per_day'], start_day=lp.get('start_day'), label_delay_days=lp.get('label_delay_days'),
+                    window_days=(lp.get('window') or {}).get('days'), min_days_between=lp.get('min_days_between_retrains'), drift_day=(p['sim'].get('drift') or {}).get('day'))
+        out.write_text(json.dumps(res, indent=1, default=str) + '\n')
+    elif args.from_results:
         res = json.loads(out.read_text())
         for other in args.merge:
             o = json.loads(Path(other).read_text())
