@@ -21,7 +21,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MPLBACKEND='Agg')
+# numeric libraries at 1 thread: on 2 shared cores, OpenMP's 2 threads per fit oversubscribe the machine (a search took
+# 500 s instead of 30 s when the load average was 8)
+THREADS = {k: '1' for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS')}
+ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MPLBACKEND='Agg', **THREADS)
 SCENARIOS = ('abrupt', 'none')
 
 
@@ -105,7 +108,7 @@ def report(res:dict) -> str:
              f"`abrupt`: the default abrupt drift from day {res['drift_day']}; `none`: the same stream without drift. The loop serves every "
              "day through `mlops-nb serve` on 127.0.0.1 (real HTTP); its retrains run the project's stages with the full hyper-parameter "
              "search and deploy's gate. The baselines are batch-scored in-process on the same days and traffic and retrained with the first "
-             "champion's hyper-parameters (no search). PR AUC per day is pooled over 3 days (a day holds about 20 frauds)."
+             "champion's hyper-parameters (no search). Numeric libraries run at 1 thread. PR AUC per day is pooled over 3 days (a day holds about 20 frauds)."
              + ''.join(f" The `{k}` run was stopped after {sc['days_walked']} of {days} days (`--stopped`): its figures cover the days walked."
                        for k, sc in res['scenarios'].items() if not sc.get('finished', True)), '',
              '| target | measured | scenario | met? |', '|---|---|---|---|']

@@ -13,9 +13,9 @@ import pandas as pd
 from .core import MlopsError, atomic_write, get_logger, read_json, write_json
 
 # %% auto #0
-__all__ = ['log', 'LOOP_DEFAULTS', 'TRIGGERS', 'TIMELINE_COLUMNS', 'SCHEDULES', 'settings', 'decide', 'Service', 'Loop',
-           'cli_loop', 'timeline', 'plot_timeline', 'compare_metrics', 'reproduce', 'cli_reproduce', 'fixed_fit',
-           'daily_metric', 'schedule_metrics', 'print_schedules']
+__all__ = ['log', 'LOOP_DEFAULTS', 'TRIGGERS', 'TIMELINE_COLUMNS', 'SCHEDULES', 'challenger_gates', 'settings', 'decide',
+           'Service', 'Loop', 'cli_loop', 'timeline', 'plot_timeline', 'compare_metrics', 'reproduce', 'cli_reproduce',
+           'fixed_fit', 'daily_metric', 'schedule_metrics', 'print_schedules']
 
 # %% ../nbs/11_loop.ipynb #4acb994b
 log = get_logger('mlops_nb.loop')
@@ -29,8 +29,17 @@ LOOP_DEFAULTS = dict(
     triggers=dict(data_drift=True, prediction_drift=False, realised_drop=0.05, estimated_drop=0.05, schedule_days=0),
     min_days_between_retrains=7,
     min_labelled_rows=2000,
+    champion_over_threshold=True,   # a challenger is judged against the champion where a gate rule compares them (see challenger_gates)
 )
 TRIGGERS = ('data_drift', 'prediction_drift', 'realised_drop', 'estimated_drop', 'schedule_days')
+
+def challenger_gates(gates:dict) -> dict:
+    """deploy.gates for a challenger of the loop: a metric with a rule comparing it to the champion (min_absolute_change or
+    min_relative_change) drops its absolute threshold, so the comparison decides; other rules stay as they are."""
+    out = copy.deepcopy(gates or {})
+    for rule in out.values():
+        if isinstance(rule, dict) and any(rule.get(k) is not None for k in ('min_absolute_change', 'min_relative_change')): rule.pop('threshold', None)
+    return out
 
 def settings(section:dict|None) -> dict:
     "The `loop` section of params.yaml with its defaults, checked."
@@ -45,6 +54,7 @@ def settings(section:dict|None) -> dict:
     s.update(section)
     for k in ('start_day', 'label_delay_days', 'min_days_between_retrains', 'min_labelled_rows'):
         if not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < 0: raise MlopsError(f"params loop.{k}: must be an integer >= 0, got {s[k]!r}")
+    if not isinstance(s['champion_over_threshold'], bool): raise MlopsError(f"params loop.champion_over_threshold: must be true or false, got {s['champion_over_threshold']!r}")
     if not isinstance(s['monitor_days'], int) or s['monitor_days'] < 1: raise MlopsError(f"params loop.monitor_days: must be an integer >= 1, got {s['monitor_days']!r}")
     if s['window']['kind'] not in ('sliding', 'expanding'): raise MlopsError(f"params loop.window.kind: expected sliding or expanding, got {s['window']['kind']!r}")
     if not isinstance(s['window']['days'], int) or s['window']['days'] < 2: raise MlopsError(f"params loop.window.days: must be an integer >= 2, got {s['window']['days']!r}")
@@ -177,6 +187,8 @@ class Loop:
             p = copy.deepcopy(self.params)
             p['collect'] = dict(p.get('collect') or {}, start_day=first, days=n, sources=[{'type': 'simulator'}])
             p['deploy'] = dict(p.get('deploy') or {}, registry=str(self.reg_dir), auto_promote=True)
+            if before is not None and self.cfg['champion_over_threshold']:   # after a drift yesterday's floor may be out of any model's reach
+                p['deploy']['gates'] = challenger_gates(p['deploy'].get('gates'))
             # the window may hold the drift the retrain adapts to: its new categories and ranges are data, not errors
             pp = dict(p.get('prepare') or {}); pp['validation'] = dict(pp.get('validation') or {}, max_unseen_category_rate=1.0, max_out_of_range_rate=1.0)
             p['prepare'] = pp
