@@ -85,7 +85,7 @@ PARAMS_SCHEMA = _obj({
                   'triggers': _obj({'data_drift': _bool, 'prediction_drift': _bool, 'realised_drop': _num, 'estimated_drop': _num,
                                     'schedule_days': {'type': 'integer', 'minimum': 0}}),
                   'min_days_between_retrains': {'type': 'integer', 'minimum': 0},
-                  'min_labelled_rows': {'type': 'integer', 'minimum': 0}}),   # the retraining loop (mlops_nb.loop)
+                  'min_labelled_rows': {'type': 'integer', 'minimum': 0}, 'champion_over_threshold': _bool}),   # the retraining loop (mlops_nb.loop)
 })
 
 # %% ../nbs/15_params.ipynb #47520525

@@ -164,6 +164,22 @@ def test_a_challenger_that_loses_the_gate_is_rejected_and_the_champion_stays(tmp
     reg = Registry(tmp_path/'loop'/'registry')
     assert reg.aliases()['champion'] == h[-1]['champion_after'] == late[0]['retrain']['champion_before']
     assert all(r['version'] == reg.aliases()['champion'] for r in h if r['day'] > late[0]['day'])
+    # a floor no model reaches (pr_auc >= 0.99) beside a rule comparing with the champion: the comparison decides...
+    p['deploy']['gates']['pr_auc'] = dict(threshold=0.99, min_absolute_change=-1.0)
+    write_params(tmp_path, p)
+    got = simulate(tmp_path, 2)                       # every 2 days: one scheduled retrain
+    assert got.returncode == 0, got.stderr[-3000:]
+    last = [r for r in history(tmp_path)[-2:] if r['decision']['retrain']]
+    assert len(last) == 1 and last[0]['retrain']['status'] == 'accepted' and last[0]['retrain']['promoted'], last
+    # ...unless loop.champion_over_threshold is off: then the floor holds
+    p['loop']['champion_over_threshold'] = False
+    write_params(tmp_path, p)
+    got = simulate(tmp_path, 2)
+    assert got.returncode == 0, got.stderr[-3000:]
+    late = [r for r in history(tmp_path)[-2:] if r['decision']['retrain']]
+    assert late and all(r['retrain']['status'] == 'rejected' for r in late)
+    gate = json.loads((tmp_path/'loop'/'runs'/f"d{late[0]['day']:04d}"/'gate.json').read_text())
+    assert len(gate['failed']) == 1 and gate['failed'][0].startswith('pr_auc ') and gate['failed'][0].endswith('< threshold 0.99'), gate['failed']
 
 
 def reproduce(folder: Path, *args):
