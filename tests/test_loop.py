@@ -174,9 +174,9 @@ def test_a_challenger_that_loses_the_gate_is_rejected_and_the_champion_stays(tmp
     # ...unless loop.champion_over_threshold is off: then the floor holds
     p['loop']['champion_over_threshold'] = False
     write_params(tmp_path, p)
-    got = simulate(tmp_path, 2)
+    got = simulate(tmp_path, 3)                       # the new champion needs its own labelled rows first (min_labelled_rows)
     assert got.returncode == 0, got.stderr[-3000:]
-    late = [r for r in history(tmp_path)[-2:] if r['decision']['retrain']]
+    late = [r for r in history(tmp_path)[-3:] if r['decision']['retrain']]
     assert late and all(r['retrain']['status'] == 'rejected' for r in late)
     gate = json.loads((tmp_path/'loop'/'runs'/f"d{late[0]['day']:04d}"/'gate.json').read_text())
     assert len(gate['failed']) == 1 and gate['failed'][0].startswith('pr_auc ') and gate['failed'][0].endswith('< threshold 0.99'), gate['failed']
