@@ -100,8 +100,8 @@ def _monitor_commands(sub):
 # %% ../nbs/12_cli.ipynb #276c480a
 @command_group
 def _models_and_gate(sub):
-    "`mlops-nb models list|show|promote|rollback|archive|diff|card|history` and `mlops-nb gate` (mlops_nb.registry)."
-    p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history, rollout',
+    "`mlops-nb models list|show|promote|rollback|archive|diff|card|history|rollout|reproduce` and `mlops-nb gate` (mlops_nb.registry)."
+    p = sub.add_parser('models', help='the model registry: list, show, promote, rollback, archive, diff, card, history, rollout, reproduce',
                        description='Inspect and change the model registry. Exit 0 done, 2 bad input (unknown version/alias, damaged version).')
     p.add_argument('--registry', help="registry folder (default: deploy.registry of ./params.yaml, else ./registry)")
     p.add_argument('--model', help="registered model name (default: deploy.model_name of ./params.yaml, else the registry's root model; list: all)")
@@ -150,6 +150,15 @@ def _models_and_gate(sub):
             (('--status',), dict(action='store_true', help='show the rollout state and exit')),
             (('--abort',), dict(action='store_true', help='roll the running rollout back now')), *who)
     r.set_defaults(func=handler('mlops_nb.rollout:cli_rollout'))
+    q = add('reproduce', "rerun a version's training from its registry entry (params, data window or data hash, seed) in a temporary "
+            "folder; metrics beside the recorded ones; exit 0 when they match within --tolerance, 1 otherwise", ref,
+            (('--tolerance',), dict(type=float, default=0.0, help='largest absolute difference accepted per metric (default 0: exact, for the same seed on the same code)')),
+            (('--seed',), dict(type=int, help='train with this seed instead of the recorded one (to see how far the metrics move)')),
+            (('--prepared',), dict(help="main-pipeline versions: the prepared data folder (default: the recorded path under --root); it must hash to the recorded data")),
+            (('--root',), dict(default='.', help='project folder (git commit, prepared data; default: .)')),
+            (('--params',), dict(default='params.yaml', help='params file; only its sim section is read, for loop versions that did not record theirs')),
+            (('--keep',), dict(help='run in this folder and keep it (default: a temporary folder)')))
+    q.set_defaults(func=handler('mlops_nb.loop:cli_reproduce'))
 
     g = sub.add_parser('gate', help='check the candidate against the gate and the champion; exit 1 if it fails',
                        description='Score models/candidate and the registry champion on the test split with deploy.gates of params.yaml '
@@ -228,14 +237,21 @@ def _serve_commands(sub):
 # %% ../nbs/12_cli.ipynb #1d4eebb0
 @command_group
 def _loop_commands(sub):
-    "`mlops-nb loop run|simulate`: the continuous-improvement loop over the built-in stream (`mlops_nb.loop`)."
+    "`mlops-nb loop run|simulate|baselines`: the continuous-improvement loop over the built-in stream (`mlops_nb.loop`)."
     p = sub.add_parser('loop', help='the loop: serve each day, collect late labels, monitor, retrain, gate, redeploy',
                        description="Walk the stream day by day through the running service with the retraining policy of params.yaml's "
                                    "loop section; state in loop.dir, resumed after the last completed day.")
     acts = p.add_subparsers(dest='loop_command', metavar='ACTION', required=True)
-    for name, help in (('run', 'one cycle: the next day'), ('simulate', 'many days: --days N')):
+    for name, help in (('run', 'one cycle: the next day'), ('simulate', 'many days: --days N'),
+                       ('baselines', "never-retrained, daily and weekly baselines on the loop's walked days; metrics.json per schedule")):
         q = acts.add_parser(name, help=help, description=help)
         q.add_argument('--params', default='params.yaml')
         q.add_argument('--root', default='.', help='project folder the loop folder is relative to (default: .)')
-        if name == 'simulate': q.add_argument('--days', type=int, required=True, help='days to walk')
+        if name == 'simulate':
+            q.add_argument('--days', type=int, required=True, help='days to walk')
+            q.add_argument('--baselines', action='store_true', help='then run the baselines on the walked days (as `loop baselines`)')
+        if name != 'run':
+            q.add_argument('--schedules', default='never,daily,weekly', help='baselines to run, comma-separated (default: never,daily,weekly)')
+            q.add_argument('--metric', default='pr_auc', help='the daily metric of the comparison (default: pr_auc)')
+            q.add_argument('--smooth-days', type=int, default=3, dest='smooth_days', help='days pooled into each daily metric (default: 3)')
         q.set_defaults(func=handler('mlops_nb.loop:cli_loop'))

@@ -13,8 +13,9 @@ import pandas as pd
 from .core import MlopsError, atomic_write, get_logger, read_json, write_json
 
 # %% auto #0
-__all__ = ['log', 'LOOP_DEFAULTS', 'TRIGGERS', 'TIMELINE_COLUMNS', 'settings', 'decide', 'Service', 'Loop', 'cli_loop',
-           'timeline', 'plot_timeline']
+__all__ = ['log', 'LOOP_DEFAULTS', 'TRIGGERS', 'TIMELINE_COLUMNS', 'SCHEDULES', 'challenger_gates', 'settings', 'decide',
+           'Service', 'Loop', 'cli_loop', 'timeline', 'plot_timeline', 'compare_metrics', 'reproduce', 'cli_reproduce',
+           'fixed_fit', 'daily_metric', 'schedule_metrics', 'print_schedules']
 
 # %% ../nbs/11_loop.ipynb #4acb994b
 log = get_logger('mlops_nb.loop')
@@ -30,8 +31,17 @@ LOOP_DEFAULTS = dict(
     min_labelled_rows=2000,
     redeploy='direct',          # a retrain that passes the gate: direct (promoted at once) | canary (a rollout with guardrails)
     canary=dict(steps=[10, 50, 100], bake_seconds=60.0, guardrails={}, timeout_seconds=900.0),
+    champion_over_threshold=True,   # a challenger is judged against the champion where a gate rule compares them (see challenger_gates)
 )
 TRIGGERS = ('data_drift', 'prediction_drift', 'realised_drop', 'estimated_drop', 'schedule_days')
+
+def challenger_gates(gates:dict) -> dict:
+    """deploy.gates for a challenger of the loop: a metric with a rule comparing it to the champion (min_absolute_change or
+    min_relative_change) drops its absolute threshold, so the comparison decides; other rules stay as they are."""
+    out = copy.deepcopy(gates or {})
+    for rule in out.values():
+        if isinstance(rule, dict) and any(rule.get(k) is not None for k in ('min_absolute_change', 'min_relative_change')): rule.pop('threshold', None)
+    return out
 
 def settings(section:dict|None) -> dict:
     "The `loop` section of params.yaml with its defaults, checked."
@@ -46,6 +56,7 @@ def settings(section:dict|None) -> dict:
     s.update(section)
     for k in ('start_day', 'label_delay_days', 'min_days_between_retrains', 'min_labelled_rows'):
         if not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < 0: raise MlopsError(f"params loop.{k}: must be an integer >= 0, got {s[k]!r}")
+    if not isinstance(s['champion_over_threshold'], bool): raise MlopsError(f"params loop.champion_over_threshold: must be true or false, got {s['champion_over_threshold']!r}")
     if not isinstance(s['monitor_days'], int) or s['monitor_days'] < 1: raise MlopsError(f"params loop.monitor_days: must be an integer >= 1, got {s['monitor_days']!r}")
     if s['window']['kind'] not in ('sliding', 'expanding'): raise MlopsError(f"params loop.window.kind: expected sliding or expanding, got {s['window']['kind']!r}")
     if not isinstance(s['window']['days'], int) or s['window']['days'] < 2: raise MlopsError(f"params loop.window.days: must be an integer >= 2, got {s['window']['days']!r}")
@@ -186,6 +197,8 @@ class Loop:
             p['collect'] = dict(p.get('collect') or {}, start_day=first, days=n, sources=[{'type': 'simulator'}])
             canary = self.cfg['redeploy'] == 'canary' and before is not None and self.svc is not None
             p['deploy'] = dict(p.get('deploy') or {}, registry=str(self.reg_dir), auto_promote=not canary)   # canary: the gate makes a challenger
+            if before is not None and self.cfg['champion_over_threshold']:   # after a drift yesterday's floor may be out of any model's reach
+                p['deploy']['gates'] = challenger_gates(p['deploy'].get('gates'))
             # the window may hold the drift the retrain adapts to: its new categories and ranges are data, not errors
             pp = dict(p.get('prepare') or {}); pp['validation'] = dict(pp.get('validation') or {}, max_unseen_category_rate=1.0, max_out_of_range_rate=1.0)
             p['prepare'] = pp
@@ -193,7 +206,8 @@ class Loop:
             steps.run_prepare(p, run/'raw', run/'prepared', run/'data_quality.json')
             steps.run_train(p, run/'prepared', run/'model', run/'train.json')
             steps.run_evaluate(p, run/'prepared', run/'model', run/'evaluate.json', run/'plots', run/'predictions.parquet')
-            lineage = dict(day=day, window=dict(kind=self.cfg['window']['kind'], first_day=first, days=n), decision=decision)
+            lineage = dict(day=day, window=dict(kind=self.cfg['window']['kind'], first_day=first, days=n), decision=decision,
+                           sim=p.get('sim'))    # the stream the window is cut from: `models reproduce` rebuilds it
             # the one call site of the gate: deploy's (evaluate.gate, candidate vs champion on the window's test rows)
             dep = steps.run_deploy(p, run/'prepared', run/'model', run/'evaluate.json', run/'plots'/'figures', run/'gate.json',
                                    registry=self.reg_dir, project_dir=self.root, lineage_extra=dict(loop=lineage))
@@ -343,14 +357,17 @@ class Loop:
         write_json(self.state_path, self.state)
 
 def cli_loop(args) -> int:
-    "`mlops-nb loop run|simulate`."
+    "`mlops-nb loop run|simulate|baselines`."
     from mlops_nb.core import load_params
     lp = Loop(load_params(args.params), args.root)
+    if args.loop_command == 'baselines':
+        print_schedules(lp.baselines(args.schedules.split(','), args.metric, args.smooth_days)); return 0
     recs = lp.simulate(1 if args.loop_command == 'run' else args.days)
     for r in recs:
         d = r['decision']
         print(f"day {r['day']}: served by {r['version']}, {r['rows']} rows; " + ('RETRAIN: ' + d['reason'] + f" -> {r['retrain']['version']} {r['retrain']['status']}"
               + (' promoted' if r['retrain']['promoted'] else ', champion stays') if d['retrain'] else f"no retrain ({d['reason']})"))
+    if getattr(args, 'baselines', False): print_schedules(lp.baselines(args.schedules.split(','), args.metric, args.smooth_days))
     return 0
 
 # %% ../nbs/11_loop.ipynb #5f95263c
@@ -370,11 +387,13 @@ def timeline(history:list[dict]) -> pd.DataFrame:
                          promoted=bool(t.get('promoted')), champion_after=r.get('champion_after')))
     return pd.DataFrame(rows, columns=list(TIMELINE_COLUMNS))
 
-def plot_timeline(tl:pd.DataFrame, metric:str='roc_auc'):
-    "The timeline as a figure: realised vs estimated metric of the served model, drift share with alerts, retrains and promotions."
+def plot_timeline(tl:pd.DataFrame, metric:str='roc_auc', schedules:pd.DataFrame|None=None, schedule_metric:str='pr_auc'):
+    "The timeline as a figure: realised vs estimated metric of the served model, drift share with alerts, retrains and promotions;\n    with `schedules` (day and one column per schedule), a panel of the loop's daily metric beside the baselines'."
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(9, 5.5), layout='constrained')
-    ax, bx = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    extra = schedules is not None and len(schedules)
+    fig = Figure(figsize=(9, 8 if extra else 5.5), layout='constrained')
+    axes = fig.subplots(3 if extra else 2, 1, sharex=True, height_ratios=[2, 1, 2] if extra else [2, 1])
+    ax, bx = axes[0], axes[1]
     ax.plot(tl['day'], pd.to_numeric(tl['realised'], errors='coerce'), 'o-', label=f'realised {metric} (labels in)')
     ax.plot(tl['day'], pd.to_numeric(tl['estimated'], errors='coerce'), 's--', label=f'estimated {metric} (before labels)')
     for _, r in tl[tl['retrain']].iterrows():
@@ -386,17 +405,259 @@ def plot_timeline(tl:pd.DataFrame, metric:str='roc_auc'):
     ax.set_ylabel(metric); ax.legend(loc='center left', fontsize=8); ax.set_title('the loop, day by day (green: promoted retrain, red dotted: rejected)')
     bx.bar(tl['day'], pd.to_numeric(tl['drift_share'], errors='coerce').fillna(0), color=np.where(tl['data_drift'], 'tab:orange', 'tab:gray'))
     bx.set_ylabel('drifted share'); bx.set_xlabel('day'); bx.set_ylim(0, 1)
+    if extra:
+        cx = axes[2]
+        for col in [c for c in schedules.columns if c != 'day']:
+            cx.plot(schedules['day'], schedules[col], 'o-' if col == 'loop' else '--', lw=2.5 if col == 'loop' else 1.2, ms=3, label=col)
+        cx.set_ylabel(f'{schedule_metric} per day'); cx.set_xlabel('day'); cx.legend(fontsize=8, ncols=4)
+        cx.set_title('the loop beside the baselines on the same days and traffic (never retrained, daily, weekly)', fontsize=9)
     return fig
 
 # %% ../nbs/11_loop.ipynb #4936f7da
 def _report(self) -> dict:
-    "Write the timeline table (`timeline.csv`) and figure (`timeline.png`) of the walked days into the loop folder."
+    "Write the timeline table (`timeline.csv`) and figure (`timeline.png`) of the walked days into the loop folder, with the baselines once run."
     tl = timeline(self.state['history'])
     metric = (self.params.get('monitor') or {}).get('performance', {}).get('metric', 'roc_auc')
     paths = dict(table=self.dir/'timeline.csv', figure=self.dir/'timeline.png')
+    wide, sm = None, 'pr_auc'
+    if (self.dir/'schedules.csv').exists():     # the baselines of `loop baselines`: one column per schedule
+        long = pd.read_csv(self.dir/'schedules.csv')
+        sm = read_json(self.dir/'metrics.json').get('metric', sm) if (self.dir/'metrics.json').exists() else sm
+        wide = long.pivot(index='day', columns='schedule', values='metric').reset_index()
+        wide = wide[['day'] + [c for c in ('loop', *SCHEDULES) if c in wide.columns]]
+        tl = tl.merge(wide.rename(columns={c: f'{sm}_{c}' for c in wide.columns if c != 'day'}), on='day', how='left')
     with atomic_write(paths['table']) as f: tl.to_csv(f, index=False)
-    fig = plot_timeline(tl, metric)
+    fig = plot_timeline(tl, metric, wide, sm)
     with atomic_write(paths['figure'], 'wb') as f: fig.savefig(f, format='png', dpi=100)
     return paths
 
 Loop.report = _report
+
+# %% ../nbs/11_loop.ipynb #a1c0e5r2
+def _flat(m:dict, prefix:str='') -> dict:
+    "The numeric scalars of a metrics dict, nested keys joined with dots, without wall-clock measurements."
+    from mlops_nb.steps import MEASURED
+    out = {}
+    for k, v in (m or {}).items():
+        if k in MEASURED: continue
+        if isinstance(v, dict): out |= _flat(v, f'{prefix}{k}.')
+        elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool): out[f'{prefix}{k}'] = float(v)
+    return out
+
+def compare_metrics(recorded:dict, reproduced:dict, tolerance:float=0.0) -> list[dict]:
+    "One row per metric of either side: recorded, reproduced, their difference and whether it is within `tolerance`."
+    a, b = _flat(recorded), _flat(reproduced)
+    rows = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        diff = None if x is None or y is None else y - x
+        same = diff is not None and (abs(diff) <= tolerance or (np.isnan(x) and np.isnan(y)))
+        rows.append(dict(metric=k, recorded=x, reproduced=y, diff=diff, match=bool(same)))
+    return rows
+
+def _code_state(root:Path, recorded:dict|None) -> dict:
+    "The recorded commit against the current one, with the source files that differ between them."
+    from mlops_nb.registry import git_state
+    now, rec = git_state(root), (recorded or {}).get('commit')
+    out = dict(recorded=rec, recorded_dirty=(recorded or {}).get('dirty'), current=now['commit'], current_dirty=now['dirty'], same=rec == now['commit'] and rec is not None)
+    if rec and now['commit'] and rec != now['commit']:
+        r = subprocess.run(['git', 'diff', '--name-only', rec, now['commit'], '--', 'mlops_nb', 'pipelines', 'params.yaml'], cwd=root, capture_output=True, text=True)
+        out['changed'] = r.stdout.split() if r.returncode == 0 else None    # None: the recorded commit is not in this clone
+    return out
+
+def reproduce(registry, ref:str, root:str|Path='.', prepared:str|Path|None=None, tolerance:float=0.0,
+              seed:int|None=None, params:dict|None=None, keep:str|Path|None=None) -> dict:
+    """Rerun the training of version `ref` of `registry` from its registry entry in a temporary folder (or `keep`) and
+    compare its metrics with the recorded ones (`registry`: a folder or a `Registry`). `seed` overrides the recorded seed; `params` (the current params.yaml)
+    only supplies the simulator section of loop versions registered before it was recorded."""
+    import tempfile
+    from mlops_nb import steps
+    from mlops_nb.registry import Registry, data_hash
+    reg, root = (registry if isinstance(registry, Registry) else Registry(registry)), Path(root)
+    info = reg.info(ref)                    # checks the version's manifest
+    version, p = info['version'], copy.deepcopy(info.get('params') or {})
+    if not p.get('train'): raise MlopsError(f"{reg.root} {version}: no recorded train params; it was not registered by the deploy stage or the loop")
+    notes, loop = [], info.get('loop')
+    with tempfile.TemporaryDirectory(prefix='mlops-nb-reproduce-') as td:
+        run = Path(keep) if keep else Path(td)
+        if loop:      # the loop's window: collect and prepare it again from the simulator
+            w = loop['window']
+            sim = loop.get('sim')
+            if sim is None:
+                sim = (params or {}).get('sim') or {}
+                notes.append("the simulator section was not recorded (a version of an older loop): taken from the params file")
+            p['sim'] = sim
+            p['collect'] = dict(loop.get('collect') or {}, start_day=int(w['first_day']), days=int(w['days']), sources=[{'type': 'simulator'}])
+            source = f"loop window: days {w['first_day']}..{w['first_day'] + w['days'] - 1} of the simulator"
+            steps.run_collect(p, run/'raw')
+            steps.run_prepare(p, run/'raw', run/'prepared', run/'data_quality.json')
+            prep = run/'prepared'
+        else:         # the main pipeline's version: the prepared data it was trained on, found by its hash
+            rec_path = (info.get('data') or {}).get('path') or 'data/prepared'
+            prep = Path(prepared) if prepared else root/rec_path
+            source = f"prepared data {prep}"
+            if not prep.is_dir(): raise MlopsError(f"{prep}: prepared data not found; {version} was trained on {rec_path} (pass --prepared, or run `dvc pull`)")
+        got, want = data_hash(prep, None)['sha256'], (info.get('data') or {}).get('sha256')
+        data = dict(source=source, recorded_sha256=want, sha256=got, same=got == want)
+        if want is None: notes.append('no data hash recorded: the data cannot be checked')
+        elif not data['same'] and not loop:
+            commit = (info.get('git') or {}).get('commit')
+            raise MlopsError(f"{prep}: sha256 {got[:12]} is not the data {version} was trained on ({want[:12]}); "
+                             f"check out its data first: git checkout {commit or '<its commit>'} && dvc checkout")
+        elif not data['same']: notes.append('the rebuilt data differ from the recorded hash: simulator or prepare code changed')
+        if seed is not None: p['seed'] = int(seed)     # the training's seed only: the data stay the recorded ones
+        t0 = time.perf_counter()
+        steps.run_train(p, prep, run/'model', run/'train.json')
+        ev = steps.run_evaluate(p, prep, run/'model', run/'evaluate.json', run/'plots', run/'predictions.parquet')
+        seconds = time.perf_counter() - t0
+    rows = compare_metrics(info.get('metrics') or {}, ev.metrics, tolerance)
+    code = _code_state(root, info.get('git'))
+    if code['recorded'] is None: notes.append('no code commit recorded (registered outside git): the code cannot be checked')
+    elif not code['same']: notes.append(f"code: recorded commit {code['recorded'][:12]}, current {(code['current'] or 'none')[:12]}"
+                                        + (f"; changed: {', '.join(code['changed'])}" if code.get('changed') else ''))
+    return dict(version=version, match=all(r['match'] for r in rows), tolerance=tolerance, seed=p.get('seed'), metrics=rows,
+                data=data, code=code, notes=notes, seconds=round(seconds, 2))
+
+def cli_reproduce(args) -> int:
+    "`mlops-nb models reproduce vN`: exit 0 when the rerun's metrics match the recorded ones, 1 otherwise."
+    from mlops_nb.core import load_params
+    from mlops_nb.registry import registry_from_args
+    reg = registry_from_args(args)
+    params = load_params(args.params) if Path(args.params).is_file() else None
+    r = reproduce(reg, args.ref, args.root, args.prepared, args.tolerance, args.seed, params, args.keep)
+    if args.json: print(json.dumps(r, indent=2, default=str))
+    else:
+        print(f"{r['version']} reproduced from its registry entry (seed {r['seed']}, {r['data']['source']}) in {r['seconds']} s")
+        print(f"data sha256 {'matches' if r['data']['same'] else 'DIFFERS'}: {(r['data']['recorded_sha256'] or '-')[:12]} recorded, {r['data']['sha256'][:12]} rebuilt")
+        f = lambda v: '-' if v is None else f'{v:.6g}'
+        print(f"{'metric':<28}{'recorded':>12}{'reproduced':>12}{'diff':>12}")
+        for m in r['metrics']: print(f"{m['metric']:<28}{f(m['recorded']):>12}{f(m['reproduced']):>12}{f(m['diff']):>12}{'' if m['match'] else '  DIFFERS'}")
+        for n in r['notes']: print(f"note: {n}")
+        bad = [m['metric'] for m in r['metrics'] if not m['match']]
+        print(f"MATCH: every metric within {r['tolerance']}" if r['match'] else f"MISMATCH: {len(bad)} metric(s) differ beyond {r['tolerance']}: {', '.join(bad)}")
+    return 0 if r['match'] else 1
+
+
+# %% ../nbs/11_loop.ipynb #b4se11n2
+SCHEDULES = dict(never=0, daily=1, weekly=7)     # days between retrains of each baseline (0: never)
+
+def fixed_fit(info:dict, X:pd.DataFrame, y, seed:int=0):
+    "A new pipeline of the registered version `info` (features, estimator, its hyper-parameters), fitted on `X, y` with no search."
+    from mlops_nb.train import make_estimator, make_pipeline
+    t, fs = (info.get('params') or {}).get('train') or {}, info.get('feature_step') or {}
+    best = {k.removeprefix('model__'): v for k, v in (info.get('best_params') or {}).items()}
+    est = make_estimator(info.get('estimator') or t.get('estimator', 'hist_gradient_boosting'), info['task'], (t.get('estimator_params') or {}) | best, seed)
+    pipe = make_pipeline(info['numeric'], info['categorical'], est, fs.get('spec') or {} if fs else None, fs.get('time_column') if fs else None)
+    return pipe.fit(X, y)
+
+def daily_metric(frame:pd.DataFrame, metric:str, smooth_days:int=3, target:str='y', score:str='score') -> pd.Series:
+    "Per day of `frame` (columns day, `target`, `score`), `metric` on the rows of that day and the `smooth_days - 1` before it."
+    from mlops_nb.evaluate import classification_metrics, regression_metrics
+    out = {}
+    for d in sorted(frame['day'].unique()):
+        w = frame[(frame['day'] > d - smooth_days) & (frame['day'] <= d)]
+        y, s = w[target].to_numpy(), w[score].to_numpy()
+        if metric in ('mae', 'rmse', 'r2'): out[d] = regression_metrics(y, s)[metric]
+        else: out[d] = classification_metrics(y, s, 0.5)[metric] if len(np.unique(y)) == 2 else np.nan
+    return pd.Series(out, name=metric, dtype='float64')
+
+def schedule_metrics(days:pd.DataFrame, weight, quiet_lookback:int, recovery:float=0.05, higher_is_better:bool=True) -> dict:
+    """The metrics of one schedule from `days` (columns day, metric, retrain, train_seconds, and alert or None for no
+    detector) and `weight(d)`, the drift weight of day `d`."""
+    ds = days['day'].tolist()
+    m = pd.Series(days['metric'].to_numpy(dtype='float64'), index=ds)
+    sgn = 1 if higher_is_better else -1
+    onsets = [d for d in ds if weight(d) > 0 and weight(d - 1) == 0]
+    out = dict(days=len(ds), onsets=onsets, retrains=int(days['retrain'].sum()), training_seconds=round(float(days['train_seconds'].sum()), 2))
+    has = 'alert' in days and days['alert'].notna().all()
+    if has:
+        alerts = [d for d, a in zip(ds, days['alert']) if a]
+        delays = []
+        for i, o in enumerate(onsets):
+            end = onsets[i + 1] if i + 1 < len(onsets) else ds[-1] + 1
+            hit = [a for a in alerts if o <= a < end]
+            delays.append(hit[0] - o if hit else None)
+        quiet = [d for d in ds if all(weight(k) == 0 for k in range(d - quiet_lookback, d + 1))]
+        false = [a for a in alerts if a in set(quiet)]
+        out |= dict(detection_days=delays, days_to_detection=delays[0] if delays else None, missed_detections=sum(x is None for x in delays),
+                    quiet_days=len(quiet), false_alarms=len(false), false_alarms_per_100_days=round(100*len(false)/len(quiet), 2) if quiet else None)
+    else: out |= dict(detection_days=None, days_to_detection=None, missed_detections=None, quiet_days=None, false_alarms=None, false_alarms_per_100_days=None)
+    f = lambda x: None if x is None or not np.isfinite(x) else round(float(x), 4)
+    out |= dict(metric_mean=f(m.mean()))
+    if not onsets: return out | dict(metric_before_drift=f(m.mean()), metric_worst=f(m.min() if higher_is_better else m.max()), days_to_recovery=None, metric_after_recovery=None, metric_mean_after_onset=None)
+    o = onsets[0]
+    before, after = m[m.index < o], m[m.index >= o]
+    b = before.mean() if len(before) else np.nan
+    worst_day = (after.idxmin() if higher_is_better else after.idxmax()) if after.notna().any() else None
+    rec_day = None
+    if np.isfinite(b) and worst_day is not None:
+        ok = after[(after.index >= worst_day) & (sgn*(after - b) >= -recovery*abs(b))]
+        rec_day = o if sgn*(after[worst_day] - b) >= -recovery*abs(b) else (ok.index[0] if len(ok) else None)
+    return out | dict(metric_before_drift=f(b), metric_worst=f(after.get(worst_day)) if worst_day is not None else None, worst_day=worst_day,
+                      days_to_recovery=None if rec_day is None else int(rec_day - o), recovered=rec_day is not None,
+                      metric_after_recovery=f(after[after.index >= rec_day].mean()) if rec_day is not None else None,
+                      metric_mean_after_onset=f(after.mean()))
+
+
+# %% ../nbs/11_loop.ipynb #b4se11n4
+def _baselines(self, schedules:tuple|list=('never', 'daily', 'weekly'), metric:str='pr_auc', smooth_days:int=3, recovery:float=0.05) -> dict:
+    "Run the baselines on the loop's walked days; write `schedules.csv` and `metrics.json` (every schedule and the loop), refresh the report."
+    from mlops_nb.evaluate import predict_scores
+    from mlops_nb.sim import drift_weight
+    from mlops_nb.train import load_model
+    hist = self.state['history']
+    if not hist: raise MlopsError(f"{self.dir}: the loop has walked no day yet; run `mlops-nb loop simulate --days N` first")
+    bad = [s for s in schedules if s not in SCHEDULES]
+    if bad: raise MlopsError(f"loop baselines: unknown schedule(s) {bad}; expected some of {list(SCHEDULES)}")
+    if not isinstance(smooth_days, int) or smooth_days < 1: raise MlopsError(f"loop baselines: smooth_days must be an integer >= 1, got {smooth_days!r}")
+    reg, target, days = self._reg(), self.task['target'], [r['day'] for r in hist]
+    v0 = (self.state.get('initial') or {}).get('version') or reg.versions()[0]
+    info = reg.info(v0, verify=False)
+    feats, m0 = info['features'], load_model(reg.version_dir(v0, verify=False)/'model.skops')
+    sim, seed, cache = self._sim(), int(self.params.get('seed', 0)), {}
+    def raw(d):
+        if d not in cache: cache[d] = sim.day(d)
+        return cache[d]
+    # the loop: the scores the service answered (its day files) and the alerts of the policy
+    served = pd.concat([pd.read_parquet(self.days_dir/f'd{d:04d}.parquet', columns=['day', target, 'score']) for d in days], ignore_index=True)
+    fit = lambda r: (reg.info(r['retrain']['version'], verify=False).get('training_seconds') or 0.0) if r['decision'].get('retrain') and r.get('retrain') else 0.0
+    per = dict(loop=pd.DataFrame(dict(day=days, metric=daily_metric(served, metric, smooth_days, target).reindex(days).to_numpy(),
+                                      alert=[any(not t.startswith('schedule') for t in r['decision'].get('triggers') or []) for r in hist],
+                                      retrain=[bool(r['decision'].get('retrain')) for r in hist], train_seconds=[fit(r) for r in hist])))
+    for name in schedules:
+        every, model, last, scored, log_ = SCHEDULES[name], m0, self.cfg['start_day'], [], []
+        for d in days:
+            secs, retrained = 0.0, bool(every) and d - last >= every
+            if retrained:      # the loop's window of labelled days, the first champion's hyper-parameters
+                first, n = self.window(d)
+                fr = pd.concat([raw(k) for k in range(first, first + n)], ignore_index=True)
+                t0 = time.perf_counter(); model = fixed_fit(info, fr[feats], fr[target], seed); secs = time.perf_counter() - t0
+                last = d
+            f = raw(d)
+            scored.append(pd.DataFrame({'day': d, target: f[target].to_numpy(), 'score': predict_scores(model, f[feats], info['task'])}))
+            log_.append(dict(day=d, retrain=retrained, train_seconds=secs))
+        per[name] = pd.DataFrame(log_).assign(metric=daily_metric(pd.concat(scored, ignore_index=True), metric, smooth_days, target).reindex(days).to_numpy(), alert=None)
+    weight = lambda d: drift_weight(sim.drift, d) if d >= 0 else 0.0
+    lookback = self.cfg['window']['days'] + self.cfg['label_delay_days'] + self.cfg['monitor_days']
+    res = dict(metric=metric, smooth_days=smooth_days, recovery=recovery, days=[days[0], days[-1]], drift=sim.drift, first_champion=v0,
+               loop_scoring='through the service (HTTP), as the loop ran', baseline_scoring='batch scoring in-process',
+               baseline_training=f"{v0}'s hyper-parameters, no search; fitted on the loop's window", quiet_lookback_days=lookback,
+               schedules={k: schedule_metrics(v, weight, lookback, recovery, metric not in ('mae', 'rmse')) for k, v in per.items()})
+    res['schedules']['loop']['retrain_wall_seconds'] = round(sum((r.get('retrain') or {}).get('seconds') or 0 for r in hist if r['decision'].get('retrain')), 2)
+    long = pd.concat([v[['day', 'metric', 'retrain', 'train_seconds']].assign(schedule=k) for k, v in per.items()], ignore_index=True)
+    with atomic_write(self.dir/'schedules.csv') as fh: long[['schedule', 'day', 'metric', 'retrain', 'train_seconds']].to_csv(fh, index=False)
+    write_json(self.dir/'metrics.json', res)
+    self.report()
+    return res
+
+Loop.baselines = _baselines
+
+def print_schedules(res:dict):
+    "The per-schedule metrics as a terminal table."
+    f = lambda v: '-' if v is None else (f'{v:.3f}' if isinstance(v, float) else str(v))
+    cols = ('retrains', 'training_seconds', 'days_to_detection', 'missed_detections', 'false_alarms_per_100_days', 'metric_before_drift',
+            'metric_worst', 'days_to_recovery', 'metric_after_recovery', 'metric_mean')
+    print(f"{res['metric']} per day (pooled over {res['smooth_days']} days), days {res['days'][0]}..{res['days'][1]}")
+    print(f"{'schedule':<9}" + ''.join(f'{c:>{max(len(c), 8) + 1}}' for c in cols))
+    for k, s in res['schedules'].items(): print(f'{k:<9}' + ''.join(f'{f(s.get(c)):>{max(len(c), 8) + 1}}' for c in cols))
+

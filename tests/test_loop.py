@@ -155,10 +155,16 @@ def test_kill_and_resume_gives_the_uninterrupted_run(drift_run, tmp_path):
 def test_no_drift_never_retrains(tmp_path):
     p = small_params(); p['sim']['drift'] = dict(day=13, schedule='none', amount_scale=1.6)
     write_params(tmp_path, p)
-    got = simulate(tmp_path, 7)
+    got = subprocess.run([MLOPS, 'loop', 'simulate', '--days', '7', '--params', str(tmp_path/'params.yaml'), '--root', str(tmp_path),
+                          '--baselines', '--schedules', 'never'], capture_output=True, text=True, timeout=900)
     assert got.returncode == 0, got.stderr[-3000:]
     h = history(tmp_path)
     assert len(h) == 7 and not any(r['decision']['retrain'] for r in h) and {r['version'] for r in h} == {'v0001'}
+    # the never-retrained baseline scores the same traffic in-process with the same model: the same daily metric
+    m = json.loads((tmp_path/'loop'/'metrics.json').read_text())
+    assert set(m['schedules']) == {'loop', 'never'} and m['schedules']['loop']['onsets'] == [] and m['schedules']['loop']['retrains'] == 0
+    assert m['schedules']['loop']['quiet_days'] == 7 and m['schedules']['loop']['days_to_recovery'] is None
+    assert abs(m['schedules']['loop']['metric_mean'] - m['schedules']['never']['metric_mean']) < 1e-3   # ONNX in the service
 
 
 def test_a_challenger_that_loses_the_gate_is_rejected_and_the_champion_stays(tmp_path):
@@ -178,6 +184,99 @@ def test_a_challenger_that_loses_the_gate_is_rejected_and_the_champion_stays(tmp
     reg = Registry(tmp_path/'loop'/'registry')
     assert reg.aliases()['champion'] == h[-1]['champion_after'] == late[0]['retrain']['champion_before']
     assert all(r['version'] == reg.aliases()['champion'] for r in h if r['day'] > late[0]['day'])
+    # a floor no model reaches (pr_auc >= 0.99) beside a rule comparing with the champion: the comparison decides...
+    p['deploy']['gates']['pr_auc'] = dict(threshold=0.99, min_absolute_change=-1.0)
+    write_params(tmp_path, p)
+    got = simulate(tmp_path, 2)                       # every 2 days: one scheduled retrain
+    assert got.returncode == 0, got.stderr[-3000:]
+    last = [r for r in history(tmp_path)[-2:] if r['decision']['retrain']]
+    assert len(last) == 1 and last[0]['retrain']['status'] == 'accepted' and last[0]['retrain']['promoted'], last
+    # ...unless loop.champion_over_threshold is off: then the floor holds
+    p['loop']['champion_over_threshold'] = False
+    write_params(tmp_path, p)
+    got = simulate(tmp_path, 3)                       # the new champion needs its own labelled rows first (min_labelled_rows)
+    assert got.returncode == 0, got.stderr[-3000:]
+    late = [r for r in history(tmp_path)[-3:] if r['decision']['retrain']]
+    assert late and all(r['retrain']['status'] == 'rejected' for r in late)
+    gate = json.loads((tmp_path/'loop'/'runs'/f"d{late[0]['day']:04d}"/'gate.json').read_text())
+    assert len(gate['failed']) == 1 and gate['failed'][0].startswith('pr_auc ') and gate['failed'][0].endswith('< threshold 0.99'), gate['failed']
+
+
+def reproduce(folder: Path, *args):
+    return subprocess.run([MLOPS, 'models', 'reproduce', *args], capture_output=True, text=True, timeout=600, cwd=folder)
+
+
+def test_reproduce_a_loop_version_from_its_registry_entry(drift_run):
+    from mlops_nb.registry import Registry
+    reg = Registry(drift_run/'loop'/'registry')
+    promoted = [r['retrain']['version'] for r in history(drift_run) if r['decision']['retrain'] and r['retrain']['promoted']][0]
+    assert reg.info(promoted)['loop']['sim'] == small_params()['sim']       # the stream is recorded with the window
+    for v in ('v0001', promoted):
+        got = reproduce(drift_run, v, '--registry', 'loop/registry', '--params', 'nowhere.yaml', '--json')   # the entry alone suffices
+        assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
+        r = json.loads(got.stdout)
+        assert r['match'] and r['data']['same'] and r['tolerance'] == 0
+        rec = {m['metric']: m for m in r['metrics']}
+        assert rec['pr_auc']['recorded'] == rec['pr_auc']['reproduced'] == reg.info(v)['metrics']['pr_auc']
+        assert 'latency_ms' not in rec
+    # another seed trains another model on the same data: a non-zero exit and the differing metrics named
+    got = reproduce(drift_run, promoted, '--registry', 'loop/registry', '--seed', '3')
+    assert got.returncode == 1, got.stdout[-2000:] + got.stderr[-2000:]
+    assert 'data sha256 matches' in got.stdout and 'MISMATCH' in got.stdout and 'DIFFERS' in got.stdout
+
+
+def test_reproduce_a_main_pipeline_version_from_its_data_hash(tmp_path):
+    import contextlib
+    from mlops_nb import steps
+    p = small_params()
+    p['collect'] = dict(start_day=0, days=6, sources=[{'type': 'simulator'}])
+    p['deploy'] = dict(p['deploy'], registry='registry')
+    with contextlib.chdir(tmp_path):          # relative paths, as dvc.yaml's stages run them
+        steps.run_collect(p, 'data/raw')
+        steps.run_prepare(p, 'data/raw', 'data/prepared', 'metrics/data_quality.json')
+        steps.run_train(p, 'data/prepared', 'models/candidate', 'metrics/train.json')
+        steps.run_evaluate(p, 'data/prepared', 'models/candidate', 'metrics/evaluate.json', 'plots/evaluate', 'data/predictions/test.parquet')
+        assert steps.run_deploy(p, 'data/prepared', 'models/candidate', 'metrics/evaluate.json', 'plots/evaluate/figures', 'metrics/gate.json').version == 'v0001'
+    got = reproduce(tmp_path, 'v0001', '--registry', 'registry')
+    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
+    assert 'MATCH' in got.stdout and 'prepared data data/prepared' in got.stdout
+    # other prepared data (another commit's): refused, with the way to get the right data
+    import pandas as pd
+    f = tmp_path/'data'/'prepared'/'test.parquet'
+    pd.read_parquet(f).iloc[:-1].to_parquet(f, index=False)
+    got = reproduce(tmp_path, 'v0001', '--registry', 'registry')
+    assert got.returncode == 2 and 'is not the data v0001 was trained on' in got.stderr and 'dvc checkout' in got.stderr, got.stderr[-2000:]
+
+
+def test_baselines_on_the_days_and_traffic_of_the_loop(drift_run, tmp_path):
+    import shutil
+    import pandas as pd
+    from matplotlib.image import imread
+    shutil.copytree(drift_run/'loop', tmp_path/'loop'); shutil.copy(drift_run/'params.yaml', tmp_path/'params.yaml')
+    got = subprocess.run([MLOPS, 'loop', 'baselines', '--params', str(tmp_path/'params.yaml'), '--root', str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert 'never' in got.stdout and 'weekly' in got.stdout
+    h = history(tmp_path)
+    m = json.loads((tmp_path/'loop'/'metrics.json').read_text())
+    s = m['schedules']
+    assert set(s) == {'loop', 'never', 'daily', 'weekly'} and m['days'] == [10, 10 + DAYS - 1] and m['metric'] == 'pr_auc'
+    assert (s['never']['retrains'], s['daily']['retrains'], s['weekly']['retrains']) == (0, DAYS - 1, 1)
+    assert s['loop']['retrains'] == sum(r['decision']['retrain'] for r in h) and s['loop']['retrain_wall_seconds'] > 0
+    assert s['loop']['onsets'] == [13] and s['loop']['days_to_detection'] == 0 and s['loop']['missed_detections'] == 0
+    assert s['never']['days_to_detection'] is None                               # a baseline has no detector
+    # the never-retrained baseline stays below its level before the drift
+    assert s['never']['metric_mean_after_onset'] < s['never']['metric_before_drift'] - 0.1
+    tab = pd.read_csv(tmp_path/'loop'/'schedules.csv')
+    wide = tab.pivot(index='day', columns='schedule', values='metric')
+    # until the first promotion the loop served v0001: the baseline scoring the same days in-process gets the same metric
+    # (to the float precision of the service's ONNX scores)
+    first = min(r['day'] for r in h if r['decision']['retrain'] and r['retrain']['promoted'])
+    assert (wide.loc[:first, 'loop'] - wide.loc[:first, 'never']).abs().max() < 1e-3
+    assert (wide.loc[first + 1:, 'loop'] - wide.loc[first + 1:, 'never']).abs().max() > 1e-2
+    tl = pd.read_csv(tmp_path/'loop'/'timeline.csv')
+    for k in s: assert (tl[f'pr_auc_{k}'].to_numpy() == wide.loc[tl['day'], k].to_numpy()).all()
+    assert imread(tmp_path/'loop'/'timeline.png').shape[0] >= 750                 # the third panel: the schedules
 
 
 def test_the_loop_can_redeploy_through_a_canary(tmp_path):
