@@ -510,7 +510,8 @@ def latency_ms(model, X:pd.DataFrame, n:int=50) -> float:
 
 # %% ../nbs/06_steps.ipynb #c8d494d0
 def _deploy_params(params:dict) -> dict:
-    "The `deploy` section with its defaults."
+    "The `deploy` section with its defaults (`auto` gates: the task's, `params.resolve`)."
+    params = resolve(params)
     d = dict(registry='registry', model_name=None, auto_promote=True, release_branch='main', onnx_tolerance=1e-4, latency_rows=50, gates={},
              evidence={}) | (params.get('deploy') or {})
     if not isinstance(d['evidence'], dict): raise MlopsError(f"params deploy.evidence must be a mapping (n_boot, confidence, min_rows, seed), got {d['evidence']!r}")
