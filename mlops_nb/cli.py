@@ -61,6 +61,13 @@ def _params_commands(sub):
                         description='Check every section of the params file (unknown keys, types, metrics that do not fit task.type).')
     c.add_argument('--params', default='params.yaml', help='the params file (default: params.yaml)')
     c.set_defaults(func=handler('mlops_nb.params:cli_check'))
+    s = acts.add_parser('show', help='print the params file; --resolved: with every auto value as the stages resolve it',
+                        description='Print the params file as YAML. With --resolved, every `auto` (or absent) value is shown as the stages '
+                                    'resolve it: from task.type and the columns of the collected data (data/raw).')
+    s.add_argument('--params', default='params.yaml', help='the params file (default: params.yaml)')
+    s.add_argument('--resolved', action='store_true', help='resolve auto values from task.type and the data')
+    s.add_argument('--raw', default='data/raw', help='the collected data whose columns the feature steps follow (default: data/raw)')
+    s.set_defaults(func=handler('mlops_nb.params:cli_show'))
 
 # %% ../nbs/12_cli.ipynb #97b39acc
 @command_group

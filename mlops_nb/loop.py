@@ -151,6 +151,8 @@ class Loop:
     "The loop over the simulated stream of `params`, with its state in `<root>/<loop.dir>`."
     def __init__(self, params:dict, root:str|Path='.'):
         from mlops_nb.steps import _task
+        from mlops_nb.params import resolve
+        params = resolve(params)   # the built-in stream's columns: auto values as the stages resolve them
         self.params, self.root, self.cfg, self.task = params, Path(root), settings(params.get('loop')), _task(params)
         self.dir = self.root/self.cfg['dir']
         self.reg_dir, self.days_dir = self.dir/'registry', self.dir/'days'

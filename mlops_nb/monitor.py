@@ -1051,6 +1051,9 @@ def cli_monitor(args) -> int:
     "`mlops-nb monitor`: compare --current with --reference, write status/metrics, exit 1 on alert unless --report-only."
     from mlops_nb.core import load_params
     params = load_params(args.params) if args.params and Path(args.params).exists() else {}
+    if params:
+        from mlops_nb.params import resolve
+        params = resolve(params, list(read_window(args.current).columns))   # auto values (metric, alert columns, feature steps)
     cfg = settings(params.get('monitor'))
     if args.webhook is not None: cfg['alerts']['webhook'] = args.webhook
     if args.min_rows is not None: cfg['alerts']['min_rows'] = args.min_rows

@@ -10,7 +10,9 @@ from pathlib import Path
 from .core import MlopsError, load_params
 
 # %% auto #0
-__all__ = ['PARAMS_SCHEMA', 'TASK_METRICS', 'scorer_task', 'params_problems', 'check_params', 'check_params_file', 'cli_check']
+__all__ = ['PARAMS_SCHEMA', 'TASK_METRICS', 'TASK_DEFAULTS', 'STREAM_FEATURES', 'STREAM_ALERT_FEATURES', 'scorer_task',
+           'params_problems', 'check_params', 'check_params_file', 'auto_keys', 'resolve', 'cli_check', 'data_columns',
+           'cli_show']
 
 # %% ../nbs/15_params.ipynb #0b20728c
 def _obj(props:dict, required:list[str]|None=None, extra=False) -> dict:
@@ -21,6 +23,8 @@ _num, _int, _str, _bool = {'type': 'number'}, {'type': 'integer'}, {'type': 'str
 _frac = {'type': 'number', 'minimum': 0, 'maximum': 1}
 _pos = {'type': 'number', 'exclusiveMinimum': 0}
 _strs = {'type': 'array', 'items': _str}
+_auto = {'const': 'auto'}     # resolved from task.type and the data's columns (`resolve`)
+_or_auto = lambda s: {'anyOf': [_auto, s]}
 _rule = _obj({'threshold': _num, 'min_absolute_change': _num, 'min_relative_change': _num, 'greater_is_better': _bool})
 
 _source = {'type': 'object', 'required': ['type'], 'properties': {'type': {'enum': ['simulator', 'file', 'sql']}},
@@ -45,8 +49,8 @@ PARAMS_SCHEMA = _obj({
                      'null_tokens': _strs, 'schema_evolution': {'enum': ['refuse', 'allow']},
                      'validation': _obj({'max_null_rate_increase': _frac, 'range_margin': {'type': 'number', 'minimum': 0},
                                          'max_out_of_range_rate': _frac, 'max_unseen_category_rate': _frac, 'max_null_rate': _frac}),
-                     'features': _obj({'time_parts': _strs,
-                                       'log': _strs, 'ratios': {'type': 'object', 'additionalProperties': {'type': 'array', 'items': _str, 'minItems': 2, 'maxItems': 2}}}),
+                     'features': {'anyOf': [_auto, _obj({'time_parts': _or_auto(_strs), 'log': _or_auto(_strs),
+                                  'ratios': _or_auto({'type': 'object', 'additionalProperties': {'type': 'array', 'items': _str, 'minItems': 2, 'maxItems': 2}})})]},
                      'split': _obj({'valid_fraction': _frac, 'test_fraction': _frac})}),
     'train': _obj({'estimator': _str, 'estimator_params': {'type': 'object'},
                    'search': _obj({'method': {'enum': ['random', 'grid']}, 'n_iter': {'type': 'integer', 'minimum': 1},
@@ -56,20 +60,21 @@ PARAMS_SCHEMA = _obj({
                       'calibration_bins': {'type': 'integer', 'minimum': 2}, 'importance_repeats': {'type': 'integer', 'minimum': 0},
                       'importance_max_rows': {'type': 'integer', 'minimum': 1}}),
     'deploy': _obj({'registry': {'type': 'string', 'minLength': 1}, 'auto_promote': _bool, 'onnx_tolerance': _num,
-                    'latency_rows': {'type': 'integer', 'minimum': 1}, 'gates': {'type': 'object', 'additionalProperties': _rule},
+                    'latency_rows': {'type': 'integer', 'minimum': 1}, 'gates': _or_auto({'type': 'object', 'additionalProperties': _rule}),
                     'release_branch': {'type': 'string', 'minLength': 1},
                     'model_name': {'type': 'string', 'pattern': r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'},
                     'evidence': _obj({'n_boot': {'type': 'integer', 'minimum': 100}, 'confidence': {'type': 'number', 'exclusiveMinimum': 0, 'exclusiveMaximum': 1},
                                       'min_rows': {'type': 'integer', 'minimum': 1}, 'min_class_rows': {'type': 'integer', 'minimum': 1}, 'seed': _int})}),
     'monitor': _obj({
-        'current': _obj({'source': {'enum': ['simulator', 'file', 'captures']}, 'start_day': _int, 'days': _int, 'path': _str}),
+        'current': _obj({'source': {'enum': ['auto', 'simulator', 'newest', 'file', 'captures']}, 'start_day': _int, 'days': _int, 'path': _str,
+                         'rows': {'type': 'integer', 'minimum': 0}}),
         'drift': _obj({'num_method': {'enum': ['auto', 'ks', 'wasserstein', 'psi']}, 'cat_method': {'enum': ['auto', 'chi2', 'jensenshannon']},
                        'small_sample': _int, 'p_value': _frac, 'wasserstein': _num, 'jensenshannon': _num, 'psi': _num,
                        'psi_bins': _int, 'max_discrete': _int, 'drift_share': _frac}),
         'quality': _obj({'max_null_rate_increase': _frac, 'range_margin': _num, 'max_out_of_range_rate': _frac,
                          'max_new_category_rate': _frac, 'max_wrong_dtype_rate': _frac}),
         'performance': _obj({'freq': _str, 'metric': _str, 'confidence': _frac}),
-        'alerts': _obj({'dataset_drift': _bool, 'features': _strs, 'max_metric_drop': _num, 'quality': _bool,
+        'alerts': _obj({'dataset_drift': _bool, 'features': _or_auto(_strs), 'max_metric_drop': _num, 'quality': _bool,
                         'min_rows': _int, 'webhook': _str, 'webhook_timeout': _pos})}),
     'serve': _obj({'model': {'anyOf': [_str, _strs]}, 'host': _str, 'port': {'type': 'integer', 'minimum': 0, 'maximum': 65535},
                    'workers': {'type': 'integer', 'minimum': 1}, 'capture_dir': _str, 'capture_flush_rows': _int,
@@ -124,6 +129,10 @@ def _describe(err, schema:dict) -> list[str]:
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
             out.append(f"{_path([*err.absolute_path, k])}: unknown key{hint}")
         return out
+    if err.validator == 'anyOf' and {'const': 'auto'} in err.validator_value:   # `auto` or a value: say what is wrong with the value
+        i = err.validator_value.index({'const': 'auto'})
+        subs = [e for e in err.context if e.schema_path and e.schema_path[0] != i]
+        if subs: return [m + " (or 'auto')" if not m.endswith("(or 'auto')") else m for e in subs for m in _describe(e, schema)]
     if err.validator == 'minItems' and err.validator_value == 1: return [f"{where}: must not be empty"]
     if err.validator == 'oneOf' and err.validator_value == [{'required': ['table']}, {'required': ['query']}]:
         return [f"{where}: give exactly one of 'table' or 'query'"]
@@ -142,14 +151,14 @@ def params_problems(params:dict) -> list[str]:
     if task not in TASK_METRICS: return out
     other = 'regression' if task == 'classification' else 'classification'
     train = d(params.get('train'))
-    if isinstance(train.get('estimator'), str):
+    if isinstance(train.get('estimator'), str) and train['estimator'] != 'auto':
         from mlops_nb.train import ESTIMATORS
         est = train['estimator']
         fits = [k for k, (t, _) in ESTIMATORS.items() if t == task]
         if est not in ESTIMATORS: out.append(f"train.estimator: unknown estimator {est!r}; {task} estimators: {', '.join(fits)}")
         elif ESTIMATORS[est][0] != task: out.append(f"train.estimator: {est!r} is a {ESTIMATORS[est][0]} estimator but task.type is {task!r}; use one of {', '.join(fits)}")
     scoring = d(train.get('search')).get('scoring')
-    if isinstance(scoring, str) and scoring:
+    if isinstance(scoring, str) and scoring and scoring != 'auto':
         st = scorer_task(scoring)
         if st is None: out.append(f"train.search.scoring: {scoring!r} is not a scikit-learn scorer name")
         elif st != task: out.append(f"train.search.scoring: {scoring!r} is a {st} scorer but task.type is {task!r}")
@@ -158,7 +167,7 @@ def params_problems(params:dict) -> list[str]:
             fit = ' (a ' + other + ' metric)' if m in TASK_METRICS[other] else ''
             out.append(f"deploy.gates.{m}: not a {task} metric{fit}; {task} metrics: {', '.join(TASK_METRICS[task])}")
     pm = d(d(params.get('monitor')).get('performance')).get('metric')
-    if isinstance(pm, str) and pm not in TASK_METRICS[task]:
+    if isinstance(pm, str) and pm != 'auto' and pm not in TASK_METRICS[task]:
         out.append(f"monitor.performance.metric: {pm!r} is not a {task} metric; {task} metrics: {', '.join(TASK_METRICS[task])}")
     srcs = d(params.get('collect')).get('sources')
     for i, src in enumerate(srcs if isinstance(srcs, list) else []):
@@ -178,9 +187,108 @@ def check_params_file(path:str|Path='params.yaml') -> dict:
     "Load and check the params file at `path`."
     return check_params(load_params(path), str(path))
 
+# %% ../nbs/15_params.ipynb #a7e1d0c2
+# What `auto` (or an absent key) means, per task: the values the built-in stream has always used for classification,
+# and their counterparts for regression. `mlops-nb params show --resolved` prints what a project resolves to.
+TASK_DEFAULTS = {
+    'classification': dict(estimator='hist_gradient_boosting', scoring='average_precision', metric='roc_auc',
+                           gates={'pr_auc': {'threshold': 0.2, 'min_absolute_change': 0.0}, 'roc_auc': {'threshold': 0.8},
+                                  'ece': {'threshold': 0.05}, 'latency_ms': {'threshold': 250}}),
+    'regression': dict(estimator='hist_gradient_boosting_regressor', scoring='neg_root_mean_squared_error', metric='rmse',
+                       gates={'r2': {'threshold': 0.0}, 'rmse': {'min_absolute_change': 0.0}, 'latency_ms': {'threshold': 250}}),
+}
+# The feature steps and alert columns made for the built-in stream: `auto` keeps those whose columns the data has.
+STREAM_FEATURES = dict(time_parts=['hour', 'dayofweek'], log=['amount'],
+                       ratios={'amount_to_customer_avg': ['amount', 'customer_avg_amount']})
+STREAM_ALERT_FEATURES = ['amount', 'merchant_category']
+
+def _auto(v) -> bool: return v is None or v == 'auto'
+
+def auto_keys(params:dict) -> list[str]:
+    "The key paths of `params` that are `auto` or absent, and so resolved from `task.type` and the data (`resolve`)."
+    keys = ['train.estimator', 'train.search.scoring', 'deploy.gates', 'monitor.performance.metric', 'monitor.alerts.features',
+            'monitor.current.source']
+    out = [k for k in keys if _auto(_get(params, k.split('.')))]
+    f = _get(params, ('prepare', 'features'))
+    return out + [f'prepare.features.{k}' for k in STREAM_FEATURES if f in ('auto', None) or (isinstance(f, dict) and f.get(k) == 'auto')]
+
+def _get(d, keys):
+    for k in keys:
+        if not isinstance(d, dict): return None
+        d = d.get(k)
+    return d
+
+def resolve(params:dict, columns=None) -> dict:
+    """A copy of `params` with every `auto` (or absent) value resolved: the estimator, search scoring, gates and the
+    monitor's performance metric from `task.type` (`TASK_DEFAULTS`); the feature steps and alert columns from the data's
+    `columns` (`STREAM_FEATURES` keeps only steps whose columns are there, time parts only with a `task.time_column`);
+    `monitor.current.source` from the sources (the simulator's days for the simulator, else the newest rows of the data).
+    Without `columns` (None), the built-in stream's columns are assumed when every source is the simulator; otherwise
+    the column-dependent values stay `auto`. Every stage resolves before it works, so what a step uses is this."""
+    import copy
+    p = copy.deepcopy(params)
+    task = p.get('task') if isinstance(p.get('task'), dict) else {}
+    kind = task.get('type', 'classification')
+    if kind not in TASK_DEFAULTS: return p          # the check names a bad task.type
+    dflt = TASK_DEFAULTS[kind]
+    def sec(d, k):
+        if d.get(k) is None: d[k] = {}
+        return d[k]
+    srcs = _get(p, ('collect', 'sources'))
+    stream = isinstance(srcs, list) and bool(srcs) and all(isinstance(s, dict) and s.get('type') == 'simulator' for s in srcs)
+    if columns is None and stream:
+        from mlops_nb.sim import COLUMNS
+        columns = COLUMNS
+    have = None if columns is None else {str(c) for c in columns}
+    top = lambda k: p.get(k) if isinstance(p.get(k), dict) else None   # a section the stage was not given stays absent
+    train = top('train')
+    if isinstance(train, dict):
+        if _auto(train.get('estimator')): train['estimator'] = dflt['estimator']
+        search = sec(train, 'search')
+        if isinstance(search, dict) and _auto(search.get('scoring')): search['scoring'] = dflt['scoring']
+    dep = top('deploy')
+    if isinstance(dep, dict) and _auto(dep.get('gates')): dep['gates'] = copy.deepcopy(dflt['gates'])
+    mon = top('monitor')
+    if isinstance(mon, dict):
+        perf, alerts, cur = sec(mon, 'performance'), sec(mon, 'alerts'), sec(mon, 'current')
+        if isinstance(perf, dict) and _auto(perf.get('metric')): perf['metric'] = dflt['metric']
+        if isinstance(cur, dict) and _auto(cur.get('source')): cur['source'] = 'simulator' if stream else 'newest'
+        if isinstance(alerts, dict) and _auto(alerts.get('features')) and have is not None:
+            alerts['features'] = [c for c in STREAM_ALERT_FEATURES if c in have]
+    prep = top('prepare')
+    if isinstance(prep, dict):
+        if prep.get('features') in ('auto', None): prep['features'] = dict.fromkeys(STREAM_FEATURES, 'auto')   # every step auto
+        f = prep['features']   # a mapping: its absent steps are none, its `auto` steps are resolved
+        if isinstance(f, dict):
+            if f.get('time_parts') == 'auto': f['time_parts'] = list(STREAM_FEATURES['time_parts']) if task.get('time_column') else []
+            if have is not None:
+                if f.get('log') == 'auto': f['log'] = [c for c in STREAM_FEATURES['log'] if c in have]
+                if f.get('ratios') == 'auto': f['ratios'] = {k: v for k, v in STREAM_FEATURES['ratios'].items() if set(v) <= have}
+    return p
+
 # %% ../nbs/15_params.ipynb #41e4dd61
 def cli_check(args) -> int:
     "`mlops-nb params check`: print every problem of the params file; exit 0 when there is none."
     check_params_file(args.params)
     print(f"{args.params}: ok")
+    return 0
+
+def data_columns(raw_dir:str|Path='data/raw') -> list[str]|None:
+    "The columns of the collected batches in `raw_dir` (their Parquet schemas only, no rows read); None when nothing is collected yet."
+    import pyarrow.parquet as pq
+    files = sorted(Path(raw_dir).glob('*.parquet'))
+    return sorted({n for f in files for n in pq.read_schema(f).names}) if files else None
+
+def cli_show(args) -> int:
+    "`mlops-nb params show [--resolved]`: print the params file as YAML, with `--resolved` as every stage resolves it (`resolve`)."
+    import yaml
+    params = check_params_file(args.params)
+    if args.resolved:
+        cols = data_columns(args.raw)
+        params = resolve(params, cols)
+        left = [k for k in auto_keys(params)]
+        note = (f"# resolved for task.type {params['task']['type']!r}" + (f" and the columns of {args.raw}" if cols else '')
+                + (f"; still auto until collect has written {args.raw}: {', '.join(left)}" if left else ''))
+        print(note)
+    print(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), end='')
     return 0

@@ -91,10 +91,11 @@ def _flat(d, prefix=''):
         if isinstance(v, dict) and v: yield from _flat(v, f'{prefix}{k}.')
         else: yield f'{prefix}{k}', v
 
-def params_table(params:dict, sections=None):
-    "The stage's own sections of `params.yaml` (or `sections`) as one `parameter | value` table."
+def params_table(params:dict, sections=None, auto=()):
+    "The stage's own sections of `params.yaml` (or `sections`) as one `parameter | value` table; keys in `auto` (or under one) are marked as resolved."
     keys = sections if sections is not None else list(params)
-    rows = [dict(parameter=k, value=fmt_value(v)) for s in keys
+    mark = lambda k: any(k == a or k.startswith(a + '.') for a in auto)
+    rows = [dict(parameter=k, value=fmt_value(v) + (' (auto)' if mark(k) else '')) for s in keys
             for k, v in (_flat({s: params[s]}) if isinstance(params.get(s), dict) else [(s, params.get(s))])]
     return table(pd.DataFrame(rows), wrap=90)
 
@@ -129,5 +130,6 @@ def summary(stage:str, verdict:str, numbers:dict, next_steps, detail:str='', his
 def time_part_columns(params:dict) -> list[str]:
     "The features made from parts of the time column (e.g. `timestamp_dayofweek`): one day holds one weekday."
     tcol = (params.get('task') or {}).get('time_column')
-    parts = ((params.get('prepare') or {}).get('features') or {}).get('time_parts') or []
-    return [f'{tcol}_{p}' for p in parts] if tcol else []
+    feats = (params.get('prepare') or {}).get('features')
+    parts = (feats.get('time_parts') if isinstance(feats, dict) else None) or []
+    return [f'{tcol}_{p}' for p in parts] if tcol and isinstance(parts, list) else []

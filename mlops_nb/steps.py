@@ -13,17 +13,18 @@ import pandas as pd
 
 from .core import DataError, MlopsError, atomic_dir, atomic_write, read_json, write_json, get_logger
 from .data import Batch, Schema, ValidationReport, apply_null_tokens, collect, schema_changes, quality_table, read_batches, validate, write_batches
-from .params import check_params
+from .params import check_params, resolve, auto_keys, data_columns
 # features, train and evaluate pull in scikit-learn, skops and matplotlib (about 4 s of imports): each step imports
 # them when it runs, so a stage that does not need them (collect) starts fast.
 
 # %% auto #0
-__all__ = ['log', 'KEY_METRICS', 'MEASURED', 'batch_summary', 'recorded_failure', 'rounded', 'key_metrics', 'key_path',
-           'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared', 'champion_contract',
-           'quarantine', 'Checked', 'check_batches', 'reject', 'run_prepare', 'load_split', 'Trained', 'measured_path',
-           'split_measured', 'run_train', 'Evaluated', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate',
-           'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored',
-           'MonitorReference', 'monitor_reference', 'current_window', 'run_monitor']
+__all__ = ['log', 'KEY_METRICS', 'MEASURED', 'resolved_params', 'batch_summary', 'recorded_failure', 'rounded', 'key_metrics',
+           'key_path', 'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared',
+           'champion_contract', 'quarantine', 'Checked', 'check_batches', 'reject', 'run_prepare', 'load_split',
+           'Trained', 'measured_path', 'split_measured', 'run_train', 'Evaluated', 'dvc_curves', 'run_evaluate',
+           'Candidate', 'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line',
+           'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference', 'monitor_reference', 'newest_rows',
+           'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -37,6 +38,15 @@ def _task(params:dict) -> dict:
     t['time_column'] = t.get('time_column') or None
     t['id_columns'] = list(t.get('id_columns') or [])
     return t
+
+def _prepared_columns(prepared_dir:str|Path) -> list[str]|None:
+    "The raw columns of the prepared data (its schema), for `params.resolve`; None before prepare ran."
+    p = Path(prepared_dir)/'schema.json'
+    return list(Schema.load(p).columns) if p.exists() else None
+
+def resolved_params(params:dict, raw_dir:str|Path='data/raw') -> dict:
+    "`params` as the stages resolve them (`params.resolve`): from `task.type` and the columns of the batches in `raw_dir`."
+    return resolve(params, data_columns(raw_dir))
 
 # %% ../nbs/06_steps.ipynb #4cb07fc4
 def batch_summary(batches:list[Batch], target:str|None=None, time_column:str|None=None) -> pd.DataFrame:
@@ -200,7 +210,7 @@ def _check_task_columns(task:dict, prep:dict, batches:list[Batch]) -> None:
                         detail='; '.join(f"{k} names '{c}'" for k, c in missing) + f", not a column of the data (columns: {', '.join(sorted(have))})")
 
 # %% ../nbs/06_steps.ipynb #b3e1c0d3
-def champion_contract(params:dict) -> tuple[Schema, str, list[str]]|None:
+def champion_contract(params:dict, columns=None) -> tuple[Schema, str, list[str]]|None:
     "The registry champion's schema, its version and the columns its prepare step derives (not in raw data); None without a champion."
     from mlops_nb.registry import Registry
     from mlops_nb.feature_step import derived_columns
@@ -210,6 +220,7 @@ def champion_contract(params:dict) -> tuple[Schema, str, list[str]]|None:
     info = reg.info('champion')
     derived = []
     for prm in (info.get('params') or {}, params):
+        prm = resolve(prm, columns)   # `auto` feature steps: as the stages resolved them
         derived += derived_columns((prm.get('prepare') or {}).get('features') or {}, (prm.get('task') or {}).get('time_column'))
     return Schema.load(reg.version_dir('champion')/'schema.json'), info['version'], sorted(set(derived))
 
@@ -232,12 +243,14 @@ class Checked:
     batches: list[Batch]
     schema: Schema
     reports: list[ValidationReport]
+    params: dict = field(default_factory=dict)   # params as resolved for these batches' columns (`params.resolve`)
 
     @property
     def ok(self) -> bool: return all(r.ok for r in self.reports)
 
 def check_batches(params:dict, batches:list[Batch]) -> Checked:
     "Every check a batch must pass, the same in collect (before `data/raw` is replaced) and in prepare: the columns params name,\n    the schema (pinned, or inferred from the reference window, with the absolute rules), and the champion's schema (the production contract)."
+    params = resolve(params, [c for b in batches for c in b.frame.columns])   # auto feature steps follow the data's columns
     task, p = _task(params), params.get('prepare') or {}
     split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
     batches = [Batch(b.name, b.source, apply_null_tokens(b.frame, p.get('null_tokens'))) for b in batches]
@@ -247,13 +260,13 @@ def check_batches(params:dict, batches:list[Batch]) -> Checked:
         ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
         schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'], id_columns=task['id_columns'])
     reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
-    contract = champion_contract(params) if (p.get('schema_evolution') or 'refuse') != 'allow' else None
+    contract = champion_contract(params, [c for b in batches for c in b.frame.columns]) if (p.get('schema_evolution') or 'refuse') != 'allow' else None
     if contract is not None:   # the production contract: a change of columns or kinds is refused
         cschema, cversion, derived = contract
         for b, r in zip(batches, reports):
             r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema",
                                            expected=[task['target'], task['time_column'], *task['id_columns']])
-    return Checked(batches, schema, reports)
+    return Checked(batches, schema, reports, params)
 
 def reject(checked:Checked, raw_dir:str|Path, quality_path:str|Path|None, stage:str, kept:str):
     "Stop `stage` on a checked set with a failed batch: its quality report to `quality_path`, the bad batches to quarantine, the first error raised."
@@ -272,9 +285,10 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
         check_params(params)
         from mlops_nb.features import add_features, clean, feature_columns, time_split
         from mlops_nb.feature_step import source_columns
+        checked = check_batches(params, read_batches(raw_dir))
+        params = checked.params
         task, p = _task(params), params.get('prepare') or {}
         split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
-        checked = check_batches(params, read_batches(raw_dir))
         batches, schema, reports = checked.batches, checked.schema, checked.reports
         result = Prepared(schema, reports)
         if not result.ok: reject(checked, raw_dir, quality_path, 'prepare', f'nothing was written to {out_dir}')
@@ -350,6 +364,7 @@ def run_train(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|
               metrics_path:str|Path='metrics/train.json') -> Trained:
     "Search hyper-parameters with time-ordered CV on the train split, refit the best pipeline and save it with skops."
     from mlops_nb.train import make_estimator, make_pipeline, save_model, search
+    params = resolve(params)   # train.estimator and search scoring follow task.type when auto
     task, t, seed = _task(params), params.get('train') or {}, int(params.get('seed', 0))
     train, spec = load_split(prepared_dir, 'train')
     # the pipeline takes the raw record (`inputs`) and builds the features itself; folders prepared before that take the model columns
@@ -395,6 +410,24 @@ class Evaluated:
     predictions: pd.DataFrame
 
 # %% ../nbs/06_steps.ipynb #c0305f97
+def dvc_curves(task:str, curves:dict, y, scores, n_bins:int=10) -> dict[str, pd.DataFrame]:
+    """The test-split curves that `dvc plots show` draws from `plots/evaluate/curves/`, as columns `x`, `y` (one DVC plot
+    definition serves both tasks, so it cannot name task-specific columns): classification ROC (x false positive rate,
+    y true positive rate), precision-recall (x recall, y precision) and calibration (x mean predicted, y fraction positive);
+    regression REC (x absolute error, y share of rows within it), calibration (x mean predicted, y mean actual, by bin of
+    predictions) and residual (x mean predicted, y mean residual, by bin)."""
+    if task == 'classification':
+        spec = {'roc': ('fpr', 'tpr'), 'pr': ('recall', 'precision'), 'calibration': ('mean_predicted', 'fraction_positive')}
+        return {k: curves[k][[a, b]].set_axis(['x', 'y'], axis=1) for k, (a, b) in spec.items() if k in curves}
+    y, s = np.asarray(y, dtype='float64'), np.asarray(scores, dtype='float64')
+    err, n = np.sort(np.abs(y - s)), len(y)
+    idx = np.unique(np.linspace(0, n - 1, min(n, 200)).round().astype(int))
+    bins = pd.qcut(pd.Series(s).rank(method='first'), q=max(1, min(n_bins, n)), labels=False)
+    g = pd.DataFrame(dict(p=s, a=y, r=y - s)).groupby(bins)
+    return dict(rec=pd.DataFrame(dict(x=err[idx], y=(idx + 1) / n)),
+                calibration=pd.DataFrame(dict(x=g.p.mean().to_numpy(), y=g.a.mean().to_numpy())),
+                residual=pd.DataFrame(dict(x=g.p.mean().to_numpy(), y=g.r.mean().to_numpy())))
+
 def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
                  metrics_path:str|Path='metrics/evaluate.json', plots_dir:str|Path='plots/evaluate',
                  predictions_path:str|Path='data/predictions/test.parquet') -> Evaluated:
@@ -433,6 +466,8 @@ def run_evaluate(params:dict, prepared_dir:str|Path='data/prepared', model_dir:s
     with atomic_dir(plots_dir) as tmp:
         for name, df in curves.items(): df.to_csv(tmp/f'{name}.csv', index=False, float_format='%.6g')
         imp.to_csv(tmp/'importance.csv', index=False, float_format='%.6g')
+        (tmp/'curves').mkdir()    # what `dvc plots show` draws (dvc.yaml: plots/evaluate/curves), the task's own curves
+        for name, df in dvc_curves(task['type'], curves, y, scores, n_bins).items(): df.to_csv(tmp/'curves'/f'{name}.csv', index=False, float_format='%.6g')
         (tmp/'figures').mkdir()
         for name, fig in figures.items(): fig.savefig(tmp/'figures'/f'{name}.png', dpi=80, bbox_inches='tight', metadata={'Software': None})
     with atomic_write(predictions_path, 'wb') as f: predictions.to_parquet(f, index=False)
@@ -476,7 +511,8 @@ def latency_ms(model, X:pd.DataFrame, n:int=50) -> float:
 
 # %% ../nbs/06_steps.ipynb #c8d494d0
 def _deploy_params(params:dict) -> dict:
-    "The `deploy` section with its defaults."
+    "The `deploy` section with its defaults (`auto` gates: the task's, `params.resolve`)."
+    params = resolve(params)
     d = dict(registry='registry', model_name=None, auto_promote=True, release_branch='main', onnx_tolerance=1e-4, latency_rows=50, gates={},
              evidence={}) | (params.get('deploy') or {})
     if not isinstance(d['evidence'], dict): raise MlopsError(f"params deploy.evidence must be a mapping (n_boot, confidence, min_rows, seed), got {d['evidence']!r}")
@@ -498,6 +534,7 @@ def gate_candidate(params:dict, prepared_dir:str|Path='data/prepared', model_dir
     from mlops_nb import evaluate as ev
     from mlops_nb.registry import Registry
     from mlops_nb.train import load_model
+    params = resolve(params, _prepared_columns(prepared_dir))   # the gates follow task.type when auto
     task, d, e = _task(params), _deploy_params(params), params.get('evaluate') or {}
     reg = Registry(registry or d['registry'], d['model_name'])
     model, spec = load_model(Path(model_dir)/'model.skops'), read_json(Path(model_dir)/'model.json')
@@ -588,6 +625,7 @@ def run_deploy(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str
     "Gate the candidate, register it (accepted or rejected) with its lineage and card, promote it if it passed."
     from mlops_nb.registry import Registry, data_hash, git_state
     import datetime as dt
+    params = resolve(params, _prepared_columns(prepared_dir))   # registered as resolved: what this version was made with
     task, d = _task(params), _deploy_params(params)
     reg = Registry(registry or d['registry'], d['model_name'])
     c = gate_candidate(params, prepared_dir, model_dir, evaluate_path, reg.root)
@@ -734,9 +772,25 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
                             f"no champion in {reg.where} yet: the reference is the candidate ({Path(prepared_dir)/'train.parquet'}, "
                             f"{model_dir}, {evaluation_path})", model_path=Path(model_dir)/'model.skops', inputs=spec.get('inputs'))
 
-def current_window(params:dict, current:dict|None=None) -> pd.DataFrame:
-    "The raw rows of the monitored window described by `monitor.current` (simulator days, a file/folder, or captures)."
+def newest_rows(raw_dir:str|Path, time_column:str|None, rows:int=0, fraction:float=0.2) -> pd.DataFrame:
+    "The newest `rows` raw rows of the collected batches in `raw_dir` (by `time_column`, else in order); `rows` 0: that `fraction` of them."
+    frames = [b.frame for b in read_batches(raw_dir) if len(b.frame)]
+    if not frames: raise MlopsError(f"{raw_dir}: no collected rows to monitor (monitor.current.source 'newest'); run the collect stage first")
+    df = pd.concat(frames, ignore_index=True)
+    if time_column and time_column in df.columns:
+        t = pd.to_datetime(df[time_column], errors='coerce', format='ISO8601') if not pd.api.types.is_numeric_dtype(df[time_column]) else df[time_column]
+        df = df.iloc[np.argsort(t.to_numpy(), kind='stable')]
+    n = int(rows) if rows else max(1, round(len(df) * float(fraction)))
+    return df.iloc[-n:].reset_index(drop=True)
+
+def current_window(params:dict, current:dict|None=None, raw_dir:str|Path='data/raw') -> pd.DataFrame:
+    """The raw rows of the monitored window described by `monitor.current`: simulator days, the newest rows of the
+    collected data (`newest`: `rows`, or the test split's share, `prepare.split.test_fraction`), a file/folder, or captures."""
     task, c = _task(params), dict(source='simulator', start_day=0, days=7, path='') | (current or {})
+    if c['source'] in ('auto', None): c['source'] = resolve(params)['monitor']['current']['source']
+    if c['source'] == 'newest':
+        split = ((params.get('prepare') or {}).get('split') or {})
+        return newest_rows(raw_dir, task['time_column'], int(c.get('rows') or 0), float(split.get('test_fraction', 0.2)))
     if c['source'] == 'simulator':
         batches = collect([{'type': 'simulator'}], start_day=int(c['start_day']), days=int(c['days']), seed=int(params.get('seed', 0)),
                           sim_params=params.get('sim') or {}, time_column=task['time_column'])
@@ -750,18 +804,20 @@ def current_window(params:dict, current:dict|None=None) -> pd.DataFrame:
         if 'label' in df.columns and task['target'] not in df.columns: df = df.rename(columns={'label': task['target']})
         if 'ts' in df.columns and task['time_column'] and task['time_column'] not in df.columns: df = df.rename(columns={'ts': task['time_column']})
         return df
-    else: raise MlopsError(f"params monitor.current.source: expected simulator, file or captures, got {c['source']!r}")
+    else: raise MlopsError(f"params monitor.current.source: expected auto, simulator, newest, file or captures, got {c['source']!r}")
     frames = [b.frame for b in batches if len(b.frame)]
     return pd.concat(frames, ignore_index=True) if frames else batches[0].frame.iloc[:0]
 
 def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
                 predictions_path:str|Path='data/predictions/test.parquet', evaluation_path:str|Path='metrics/evaluate.json',
                 metrics_path:str|Path='metrics/monitor.json', status_path:str|Path='monitor/status.json',
-                plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None) -> Monitored:
+                plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None,
+                raw_dir:str|Path='data/raw') -> Monitored:
     "Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality, predictions, performance, alerts."
     from mlops_nb import monitor as mon
     from mlops_nb.features import add_features
     from mlops_nb.feature_step import derived_columns
+    params = resolve(params, _prepared_columns(prepared_dir))   # metric, alert columns, window and feature steps: as the data says
     task, m = _task(params), dict(params.get('monitor') or {})
     cfg = mon.settings(m)
     ref = monitor_reference(params, prepared_dir, model_dir, predictions_path, evaluation_path, registry)
@@ -772,7 +828,7 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
     if lost:   # an alert on a column that is not there would never fire: say so instead
         raise MlopsError(f"params monitor.alerts.features: {', '.join(map(repr, lost))} {'is' if len(lost) == 1 else 'are'} not "
                          f"a feature of the model monitored ({'champion ' + ref.version if ref.version else 'the candidate'}); its features: {', '.join(cols)}")
-    cur = current_window(params, m.get('current')) if current is None else current
+    cur = current_window(params, m.get('current'), raw_dir) if current is None else current
     if len(cur):
         try: cur = add_features(Schema.load(Path(prepared_dir)/'schema.json').apply_dtypes(cur), (params.get('prepare') or {}).get('features') or {}, task['time_column'])
         except MlopsError as e: log.warning(f"monitor: features not added to the current window ({e}); missing columns are reported")

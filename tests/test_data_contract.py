@@ -84,8 +84,11 @@ def test_every_problem_in_one_message_with_its_key_path():
         assert want in msg, msg
     assert msg.startswith('params.yaml: 6 problems')
 
-def test_regression_task_with_classification_defaults_is_refused():
-    with pytest.raises(MlopsError) as e: check_params(merge(BASE, {'task': {'type': 'regression', 'target': 'price'}}))
+CLASSIFICATION_VALUES = {'train': {'estimator': 'hist_gradient_boosting', 'search': {'scoring': 'average_precision'}},
+                         'deploy': {'gates': {'pr_auc': {'threshold': 0.2}}}, 'monitor': {'performance': {'metric': 'roc_auc'}}}
+
+def test_regression_task_with_classification_values_is_refused():
+    with pytest.raises(MlopsError) as e: check_params(merge(merge(BASE, CLASSIFICATION_VALUES), {'task': {'type': 'regression', 'target': 'price'}}))
     msg = str(e.value)
     assert "train.estimator: 'hist_gradient_boosting' is a classification estimator but task.type is 'regression'" in msg
     assert "train.search.scoring: 'average_precision' is a classification scorer" in msg

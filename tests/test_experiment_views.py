@@ -64,7 +64,7 @@ def test_dvc_plots_show_draws_every_plot_offline(experimented, browser, tmp_path
     kinds = json.loads(p.run('dvc plots show --json').stdout)['data']
     vega = [k for k, v in kinds.items() if v and v[0]['type'] == 'vega']
     images = [k for k, v in kinds.items() if v and v[0]['type'] == 'image']
-    assert {'ROC', 'Precision-recall', 'Calibration', 'plots/evaluate/importance.csv', 'plots/monitor/drift.csv'} <= set(vega), vega
+    assert {'plots/evaluate/curves/roc.csv', 'plots/evaluate/curves/pr.csv', 'plots/evaluate/curves/calibration.csv', 'plots/evaluate/importance.csv', 'plots/monitor/drift.csv'} <= set(vega), vega
     assert len(images) >= 5, images
     # no network at all: the browser's only route out is a proxy on a closed port
     browser.execute_cdp_cmd('Network.enable', {})

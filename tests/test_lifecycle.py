@@ -1,10 +1,11 @@
 """The real lifecycle: `dvc repro` runs every stage's notebook through papermill in a copy of the project."""
-import json
+import json, shutil, subprocess
 from pathlib import Path
 
 import nbformat, numpy as np, pandas as pd, pytest, yaml
 
 from mlops_nb.train import load_model
+from conftest import ROOT, Project, run
 
 pytestmark = pytest.mark.e2e
 STAGES = ['01_collect', '02_prepare', '03_train', '04_evaluate']
@@ -14,8 +15,27 @@ def errors_in(report:Path) -> list[str]:
     nb = nbformat.read(report, as_version=4)
     return [o.get('ename', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.output_type == 'error']
 
-def test_repro_runs_the_lifecycle_and_caches_it(project):
-    out = project.run('dvc repro').stdout
+STALE = ("the committed dvc.lock/metrics are stale: run `bash scripts/lifecycle.sh` in a fresh clone and commit dvc.lock "
+         "and metrics/ (and monitor/status.json)")
+
+def clone_of_worktree(dst:Path) -> Project:
+    """What a fresh clone of this commit holds, with the worktree's uncommitted changes too (a `git clone` of HEAD would
+    miss them): every tracked file (`git ls-files`) copied and committed on `main`, the release branch."""
+    tracked = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split('\0')
+    for name in filter(None, tracked):
+        if not (ROOT/name).is_file(): continue          # deleted in the worktree, not yet committed
+        (dst/name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT/name, dst/name)
+    run('git init -q -b main && git add -A && git commit -qm clone', dst)
+    return Project(dst)
+
+def test_repro_runs_the_lifecycle_and_caches_it(tmp_path):
+    # The main job of a fresh clone (README's `bash scripts/lifecycle.sh` is set-up + `dvc repro`), on the committed
+    # params.yaml: it must leave `git status` clean, i.e. the committed dvc.lock and metrics are what a clean run writes.
+    project = clone_of_worktree(tmp_path/'clone')
+    out = project.run('dvc repro', timeout=1800).stdout
+    changed = project.run('git status --porcelain').stdout
+    assert changed == '', f"{STALE}.\ngit status --porcelain:\n{changed}\n{project.run('git diff --stat').stdout}"
     for stage in ['collect', 'prepare', 'train', 'evaluate']: assert f"Running stage '{stage}'" in out
     p = project.path
     for s in STAGES:
@@ -23,7 +43,7 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     m = json.loads((p/'metrics/evaluate.json').read_text())
     assert m['roc_auc'] > 0.7 and 0 < m['pr_auc'] <= 1 and 0 <= m['brier'] < 0.1 and 0 < m['threshold'] < 1
     q = json.loads((p/'metrics/data_quality.json').read_text())
-    assert q['ok'] and q['failed_batches'] == 0 and q['batches'] == 12
+    assert q['ok'] and q['failed_batches'] == 0 and q['batches'] == project.params['collect']['days']
     schema = json.loads((p/'data/prepared/schema.json').read_text())
     assert {'amount', 'merchant_category', 'timestamp', 'is_fraud'} <= {c['name'] for c in schema['columns']}
     splits = {k: pd.read_parquet(p/f'data/prepared/{k}.parquet') for k in ['train', 'valid', 'test']}
@@ -33,10 +53,10 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     preds = pd.read_parquet(p/'data/predictions/test.parquet')
     scores = model.predict_proba(splits['test'][spec['inputs']])[:, 1]
     assert len(preds) == len(splits['test']) and abs(preds.score.to_numpy() - scores).max() < 1e-12
-    for f in ['roc.csv', 'pr.csv', 'calibration.csv', 'importance.csv', 'figures/roc.png', 'figures/confusion.png']:
+    for f in ['roc.csv', 'pr.csv', 'calibration.csv', 'importance.csv', 'curves/roc.csv', 'figures/roc.png', 'figures/confusion.png']:
         assert (p/'plots/evaluate'/f).stat().st_size > 0
     plots = json.loads(project.run('dvc plots show --json').stdout)
-    assert not plots.get('errors') and {'ROC', 'Precision-recall', 'Calibration'} <= set(plots['data'])
+    assert not plots.get('errors') and {f'plots/evaluate/curves/{c}.csv' for c in ('roc', 'pr', 'calibration')} <= set(plots['data'])
     assert any(k.endswith('figures/confusion.png') for k in plots['data'])
     shown = json.loads(project.run('dvc metrics show --json').stdout)
     assert any('metrics/key/evaluate.json' in str(v) for v in shown.values())
@@ -45,14 +65,15 @@ def test_repro_runs_the_lifecycle_and_caches_it(project):
     # Nothing changed: nothing runs but the look at the sources (always_changed), which finds them unchanged.
     again = project.run('dvc repro').stdout
     assert "Running stage 'sources'" in again and 'Running stage' not in again.replace("Running stage 'sources'", ''), again
-    project.commit('first run')
+    assert project.run('git status --porcelain').stdout == '', STALE
 
     # A training param changed: train and evaluate run again, collect and prepare do not.
-    out = project.run('dvc exp run -S train.search.n_iter=1').stdout
+    n_iter = project.params['train']['search']['n_iter']
+    out = project.run('dvc exp run -S train.search.n_iter=1 evaluate', timeout=1200).stdout
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert "Running stage 'collect'" not in out and "Running stage 'prepare'" not in out
     diff = json.loads(project.run('dvc params diff --json').stdout)
-    assert (diff['params.yaml']['train.search.n_iter']['old'], diff['params.yaml']['train.search.n_iter']['new']) == (2, 1)
+    assert (diff['params.yaml']['train.search.n_iter']['old'], diff['params.yaml']['train.search.n_iter']['new']) == (n_iter, 1)
     mdiff = json.loads(project.run('dvc metrics diff --json').stdout)
     assert all(f.startswith('metrics/key/') for f in mdiff), mdiff   # only the key metrics, none of the full results
     assert json.loads((project.path/'metrics/train.json').read_text())['candidates'] == 1
