@@ -679,7 +679,8 @@ def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared'
         # row groups that overlap it (about one per spill file), sorts them and writes one part of its split
         spill, start, schemas, index = tmp/'.spill', 0, [], []
         spill.mkdir()
-        rg = max(256, batch_rows // 16)
+        bucket_rows = 2 * batch_rows
+        rg = max(64, bucket_rows // -(-total // batch_rows))   # the rows a bucket takes from a run when the times are shuffled
         for f in files:
             for df in chunks(f):
                 r = rank[start:start + len(df)]; start += len(df)
@@ -697,27 +698,28 @@ def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared'
                 t = pa.Table.from_pandas(df, preserve_index=False); schemas.append(t.schema.remove_metadata())
                 path = spill/f'{len(schemas):06d}.parquet'
                 pq.write_table(t, path, row_group_size=rg)
-                index += [(path, i, r[i * rg], r[min(len(r), (i + 1) * rg) - 1]) for i in range((len(r) + rg - 1) // rg)]
+                index += [(len(schemas), path, i, r[i * rg], r[min(len(r), (i + 1) * rg) - 1]) for i in range((len(r) + rg - 1) // rg)]
                 del df, t
         raw_cols = list(dict.fromkeys(c for f in files for c in _names(f)))
         inputs = [c for c in raw_cols if c != target and (c not in exclude or c in used)]
         unified = pa.unify_schemas(schemas)
         unified = unified.remove(unified.get_field_index('_rank'))
-        bucket_rows = 2 * batch_rows
-        out_parts = {name: [] for name in names}
+        out_parts, last = {name: [] for name in names}, {}
         for si, name in enumerate(names):
             dest = tmp/f'{name}.parquet'; dest.mkdir()
             for b, lo in enumerate(range(starts[si], starts[si + 1], bucket_rows)):
                 hi = min(lo + bucket_rows, starts[si + 1])
                 pieces = []
-                for path, i, a, z in index:
+                for run, path, i, a, z in index:
                     if z < lo or a >= hi: continue
-                    g = pq.ParquetFile(path).read_row_group(i).to_pandas()
+                    if last.get(run, (None,))[0] != i:     # the next bucket mostly continues in the same row group
+                        last[run] = (i, pq.ParquetFile(path).read_row_group(i).to_pandas())
+                    g = last[run][1]
                     pieces.append(g[(g['_rank'] >= lo) & (g['_rank'] < hi)])
                 g = pd.concat(pieces, ignore_index=True).sort_values('_rank').drop(columns='_rank'); del pieces
                 pq.write_table(pa.Table.from_pandas(g, schema=unified, preserve_index=False), dest/f'part-{b:05d}.parquet')
                 out_parts[name].append(dest/f'part-{b:05d}.parquet'); del g
-        shutil.rmtree(spill)
+        del last; shutil.rmtree(spill)
         result.summary = S.split_summary({name: (pd.read_parquet(x) for x in out_parts[name]) for name in names}, target, tcol)
         head = pd.read_parquet(out_parts['train'][0])
         result.numeric, result.categorical = feature_columns(head, target, exclude)
