@@ -17,7 +17,7 @@ from .core import MlopsError, get_logger
 # %% auto #0
 __all__ = ['log', 'ENV_VARS', 'scheduler_address', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore', 'search',
            'parquet_tasks', 'parquet_drift', 'parquet_validate', 'client_for', 'prepare_out_of_core',
-           'score_partitions']
+           'score_partitions', 'predict_on_cluster']
 
 # %% ../nbs/16_dask.ipynb #2a8e4e08
 log = get_logger('mlops_nb.distributed')
@@ -763,6 +763,17 @@ def _score_task(task, vdir:str, cfg:dict, chunk_rows:int) -> dict:
         if cap is not None: cap.close()
     return dict(res, pid=os.getpid(), loads=loads, captured=cap.written if cap is not None else 0)
 
+def _inputs(pattern) -> tuple[list[Path], Path]:
+    "The Parquet files of a file, a folder (any depth) or a glob (`data/day=*/*.parquet`), and the folder output paths are relative to."
+    import glob
+    s = str(pattern)
+    if not any(ch in s for ch in '*?['): p = Path(s); return _parquet_files(p), (p if p.is_dir() else p.parent)
+    parts = Path(s).parts
+    i = next(i for i, x in enumerate(parts) if any(ch in x for ch in '*?['))
+    files = sorted({f for m in glob.glob(s, recursive=True) for f in _parquet_files(m)})
+    if not files: raise MlopsError(f"{s}: no Parquet files match")
+    return files, (Path(*parts[:i]) if i else Path('.'))
+
 def score_partitions(input, output, registry='registry', model:str='champion', client=None, capture_dir:str|None=None,
                      chunk_rows:int=100_000, serve:dict|None=None) -> dict:
     """Score every Parquet file under `input` with the registry version `model` points at (resolved once, here) into
@@ -771,8 +782,8 @@ def score_partitions(input, output, registry='registry', model:str='champion', c
     import dataclasses
     from mlops_nb.serve import ModelSource, ServeConfig
     from mlops_nb.core import write_json
-    input, output = Path(input), Path(output)
-    files = _parquet_files(input)
+    files, base = _inputs(input)
+    output = Path(output)
     cfg = ServeConfig.resolve({k: v for k, v in (serve or {}).items() if k not in ('capture_dir',)}, env={},
                               registry=str(registry), model=str(model))
     src = ModelSource(cfg.registry, cfg.model)
@@ -781,7 +792,6 @@ def score_partitions(input, output, registry='registry', model:str='champion', c
     vdir = str(src.version_dir(version).resolve())            # the manifest is checked once, for the whole job
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ('unseen_categories', 'unknown_columns', 'max_rows', 'intra_op_threads')}
     settings['capture_dir'] = str(Path(capture_dir).resolve()) if capture_dir else ''
-    base = input if input.is_dir() else input.parent
     tasks = [(str(f), str(output/f.relative_to(base))) for f in files]
     if output.resolve() == base.resolve() or base.resolve() in output.resolve().parents:
         raise MlopsError(f"{output}: the output folder must not be the input folder {base} or inside it")
@@ -797,3 +807,22 @@ def score_partitions(input, output, registry='registry', model:str='champion', c
     write_json(output/'_scoring.json', dict(res, files=[dict(input=p['input'], output=p['output'], rows=p['rows']) for p in parts]))
     log.info(f"score_partitions: {res['rows']} rows in {res['partitions']} partitions with {version} in {seconds:.1f} s")
     return res
+
+def predict_on_cluster(args) -> int|None:
+    """`mlops-nb predict` when a Dask scheduler is configured (`dask.scheduler` of `--params`, else `MLOPS_NB_DASK_SCHEDULER`
+    or `DASK_SCHEDULER_ADDRESS`): the Parquet partitions of `--input` (a folder or a glob) are scored on the cluster into
+    the folder `--output` by `score_partitions`, with the registry, model, validation and capture settings single-process
+    predict uses. Returns None without a scheduler (the caller scores here, as before)."""
+    from mlops_nb.core import load_params
+    params = load_params(args.params) if getattr(args, 'params', None) and Path(args.params).exists() else {}
+    if not scheduler_address(params.get('dask')): return None
+    from mlops_nb.serve import ServeConfig, _serve_params
+    sec = _serve_params(args)
+    cfg = ServeConfig.resolve(sec, registry=args.registry, model=args.model, capture_dir=('' if args.no_capture else args.capture_dir))
+    with client_for(params.get('dask')) as client:
+        res = score_partitions(args.input, args.output, registry=cfg.registry, model=cfg.model, client=client,
+                               capture_dir=cfg.capture_dir or None, chunk_rows=args.chunk_rows, serve=sec)
+        res['workers'] = len(client.scheduler_info()['workers'])
+    print(json.dumps(res))
+    return 0
+
