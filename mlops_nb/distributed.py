@@ -584,6 +584,30 @@ def _copy_rejected(batches:list[dict], reports:list, folder:Path) -> None:
         with atomic_write(folder/f"{b['name']}.parquet", 'wb', encoding=None) as out, open(b['path'], 'rb') as src: shutil.copyfileobj(src, out)
         write_json(folder/f"{b['name']}.json", dict(source=b['source'], rows=r.rows, violations=r.violations))
 
+def _quality_row(s:pd.Series, schema) -> dict:
+    """`data.quality_table`'s row of the one column `s`, with one change that keeps its memory to a hash table of values:
+    the most frequent value is counted on the values (floats by bit pattern), not on their text: the same result."""
+    from mlops_nb.data import _kind, quality_table
+    r = quality_table(s.iloc[:0].to_frame(), schema).to_dict('records')[0]     # kind, dtype
+    s = schema.apply_dtypes(s.to_frame())[s.name]
+    r.update(rows=len(s), null_rate=float(s.isna().mean()) if len(s) else None, n_unique=int(s.nunique()))
+    v = s.dropna()
+    if len(v):
+        if r['kind'] in ('numeric', 'integer') and pd.api.types.is_numeric_dtype(v):
+            from mlops_nb.core import to_jsonable
+            r.update(min=to_jsonable(v.min()), max=to_jsonable(v.max()), mean=float(v.mean()))
+        elif r['kind'] == 'datetime' and pd.api.types.is_datetime64_any_dtype(v): r.update(min=v.min().isoformat(), max=v.max().isoformat())
+        if pd.api.types.is_float_dtype(v) and isinstance(v.dtype, np.dtype):   # by bit pattern: 0.0 and -0.0 print apart
+            a = v.to_numpy(); vc = pd.Series(a.view(f'int{8 * a.itemsize}')).value_counts()
+            like = pd.Index(np.asarray(vc.index[:1]).view(a.dtype))
+        else: vc = v.value_counts(); like = vc.index[:1]
+        if pd.api.types.is_datetime64_any_dtype(v):   # a column's datetimes print at the finest resolution any of them needs
+            ns = v.to_numpy().astype('datetime64[ns]').astype('int64')
+            pick = [np.flatnonzero(m)[:1] for m in (ns % 86_400_000_000_000 != 0, ns % 1_000_000_000 != 0, ns % 1_000_000 != 0, ns % 1000 != 0)]
+            like = like.append(pd.Index(v.iloc[np.concatenate(pick)]))
+        r.update(top=pd.Series(like).astype(str).iloc[0], top_share=float(vc.iloc[0] / len(s)))
+    return r
+
 def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared', quality_path='metrics/data_quality.json',
                         client=None, batch_rows:int|None=None):
     """`steps.run_prepare` for raw data larger than memory: the same checks, verdicts, quality report and splits, computed
@@ -700,6 +724,7 @@ def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared'
                 pq.write_table(t, path, row_group_size=rg)
                 index += [(len(schemas), path, i, r[i * rg], r[min(len(r), (i + 1) * rg) - 1]) for i in range((len(r) + rg - 1) // rg)]
                 del df, t
+        del rank
         raw_cols = list(dict.fromkeys(c for f in files for c in _names(f)))
         inputs = [c for c in raw_cols if c != target and (c not in exclude or c in used)]
         unified = pa.unify_schemas(schemas)
@@ -725,7 +750,7 @@ def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared'
         result.numeric, result.categorical = feature_columns(head, target, exclude)
         every = [x for name in names for x in out_parts[name]]
         result.quality = S._quality_report(schema, reports, None)
-        result.quality['columns'] = pd.concat([quality_table(_column(every, c).to_frame(), schema) for c in head.columns], ignore_index=True).to_dict('records')
+        result.quality['columns'] = [_quality_row(_column(every, c), schema) for c in head.columns]
         schema.save(tmp/'schema.json')
         write_json(tmp/'features.json', dict(task=task['type'], target=target, time_column=task['time_column'], id_columns=task['id_columns'],
                                              numeric=result.numeric, categorical=result.categorical, inputs=inputs, features=fspec, rows=sizes))
