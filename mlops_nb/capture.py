@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from .core import MlopsError, get_logger
 
 # %% auto #0
-__all__ = ['ARROW_TYPES', 'arrow_type', 'write_part', 'CaptureWriter', 'read_feedback', 'read_captures']
+__all__ = ['ARROW_TYPES', 'arrow_type', 'write_part', 'CaptureWriter', 'read_feedback', 'read_captures', 'compact_day',
+           'compact_captures', 'compact_cmd']
 
 # %% ../nbs/08_capture.ipynb #e05d64ed
 _log = get_logger('mlops_nb.capture')
@@ -242,7 +243,12 @@ def _read_parts(folder:Path, days:set[str]|None=None) -> pa.Table|None:
     tables = []
     for d in sorted(folder.glob('date=*')):
         if days is not None and d.name[5:] not in days: continue
-        for f in sorted(d.glob('part-*.parquet')): tables.append(pq.read_table(f))
+        for attempt in range(3):   # a day compacted between listing and reading: list it again (see compact_day)
+            try: day = [pq.read_table(f) for f in sorted(d.glob('part-*.parquet'))]
+            except FileNotFoundError:
+                if attempt == 2: raise
+                continue
+            tables += day; break
     if not tables: return None
     return pa.concat_tables(tables, promote_options='default')
 
@@ -285,3 +291,90 @@ def read_captures(root:str|Path, start=None, end=None, with_labels:bool=True, ro
     df = df.sort_values('ts', kind='stable').drop_duplicates(['request_id', 'role'], keep='last').reset_index(drop=True)   # a retry replaces
     if with_labels: df = df.merge(read_feedback(root), on='request_id', how='left')
     return df
+
+# %% ../nbs/08_capture.ipynb #cmpct1
+import json, re, shutil
+
+def _exchange(a:Path, b:Path) -> None:
+    "Swap the paths `a` and `b` in one step (Linux `renameat2(RENAME_EXCHANGE)`): a reader of either sees one or the other, never neither."
+    import ctypes, ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+    if not hasattr(libc, 'renameat2'): raise MlopsError('captures compact needs renameat2 (Linux 3.15+, glibc 2.28+)')
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:      # AT_FDCWD, RENAME_EXCHANGE
+        e = ctypes.get_errno(); raise OSError(e, f'renameat2 exchange: {os.strerror(e)}', str(a))
+
+def _seconds(text) -> float:
+    "'1d', '12h', '30m', '45s' or a number of seconds."
+    m = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*', str(text))
+    if not m: raise MlopsError(f"--older-than: expected a duration like 1d, 12h, 30m or 0, got {text!r}")
+    return float(m.group(1)) * dict(d=86400, h=3600, m=60, s=1, **{'': 1})[m.group(2)]
+
+_FROM = b'mlops_nb.compacted_from'   # the compacted file's metadata: the names of the parts it holds
+
+def _compacted(day:Path) -> set[str]:
+    "The names of the parts the compacted files of `day` hold."
+    have = set()
+    for f in day.glob('part-*.parquet'):
+        md = pq.read_schema(f).metadata or {}
+        if _FROM in md: have |= set(json.loads(md[_FROM]))
+    return have
+
+def _finish(hidden:Path, day:Path) -> None:
+    "After the exchange `hidden` holds the old parts: move any a writer added after they were listed into `day`, then drop the rest."
+    have = _compacted(day)
+    if have:
+        for f in hidden.glob('part-*.parquet'):
+            if f.name not in have: os.replace(f, day/f.name)
+    shutil.rmtree(hidden)
+
+def compact_day(day:str|Path) -> dict|None:
+    """Rewrite the parts of one closed day folder (`predictions/date=YYYY-MM-DD`) as one file, without losing a row:
+    the new file is written and checked in a hidden sibling folder, which is then exchanged with the day's folder in one
+    step, so a reader sees the old parts or the new file, never both or neither. A part a late writer put into the old
+    folder meanwhile is moved into the new one. None when there is nothing to do (one part or none)."""
+    day = Path(day)
+    parts = sorted(day.glob('part-*.parquet'))
+    if len(parts) < 2: return None
+    t = pa.concat_tables([pq.read_table(f) for f in parts], promote_options='default')   # the order _read_parts reads them in
+    t = t.replace_schema_metadata({_FROM: json.dumps([f.name for f in parts]).encode()})
+    new = day.with_name(f'.{day.name}.compact-{uuid.uuid4().hex[:12]}')                   # hidden: readers glob 'date=*'
+    new.mkdir()
+    try:
+        f = write_part(new, t)
+        got = pq.ParquetFile(f).metadata.num_rows
+        if got != t.num_rows: raise MlopsError(f"{f}: wrote {got} rows, expected {t.num_rows}; {day} left as it was")
+        os.utime(new)
+        _exchange(new, day)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True); raise
+    _finish(new, day)
+    return dict(day=str(day), parts=len(parts), rows=t.num_rows)
+
+def compact_captures(root:str|Path, older_than='1d', now:float|None=None) -> list[dict]:
+    """Compact every day of the capture store `root` (predictions and labels) that ended more than `older_than` ago
+    (a server writes the day it is serving, flushing within seconds). A compaction interrupted midway is completed first."""
+    root, limit = Path(root), (time.time() if now is None else now) - _seconds(older_than)
+    if not root.is_dir(): raise MlopsError(f"{root}: capture store not found")
+    done = []
+    for kind in ('predictions', 'feedback'):
+        for h in sorted((root/kind).glob('.date=*.compact-*')):          # left by a crash: finish or drop it
+            day = root/kind/h.name[1:].split('.compact-')[0]
+            if day.exists() and {f.name for f in h.glob('part-*.parquet')} & _compacted(day): _finish(h, day)   # exchanged
+            else: shutil.rmtree(h)                                         # not exchanged yet: the day is untouched
+        for day in sorted((root/kind).glob('date=*')):
+            try: end = dt.datetime.strptime(day.name[5:], '%Y-%m-%d').replace(tzinfo=dt.timezone.utc).timestamp() + 86400
+            except ValueError: continue
+            if end <= limit and (r := compact_day(day)) is not None: done.append(dict(r, kind=kind))
+    return done
+
+def compact_cmd(args) -> int:
+    "`mlops-nb captures compact`: one file per closed day of the capture store, for DVC remotes and fast reads."
+    from mlops_nb.core import load_params
+    root = args.capture_dir
+    if not root:
+        p = load_params(args.params) if Path(args.params).exists() else {}
+        root = (p.get('serve') or {}).get('capture_dir') or 'captures'
+    done = compact_captures(root, args.older_than)
+    print(json.dumps(dict(store=str(root), days=len(done), parts=sum(d['parts'] for d in done), rows=sum(d['rows'] for d in done))))
+    return 0
+

@@ -231,8 +231,8 @@ def _serve_commands(sub):
     p.add_argument('--params', default='params.yaml', help='params file with a serve: section (default params.yaml, if present)')
     p.set_defaults(func=handler('mlops_nb.serve:serve_cmd'))
     p = sub.add_parser('predict', help='batch-score a CSV/Parquet file with a registry version, in chunks')
-    p.add_argument('--input', required=True, help='CSV (.csv, .csv.gz) or Parquet file to score')
-    p.add_argument('--output', required=True, help='file to write (.csv or .parquet): the input columns + prediction')
+    p.add_argument('--input', required=True, help='CSV (.csv, .csv.gz) or Parquet file to score; with a Dask scheduler (dask.scheduler, MLOPS_NB_DASK_SCHEDULER): a folder or glob of Parquet partitions')
+    p.add_argument('--output', required=True, help='file to write (.csv or .parquet): the input columns + prediction; with a Dask scheduler: a folder of partitions')
     p.add_argument('--model', help='alias or version (default: champion)')
     p.add_argument('--registry', help='registry folder (default from params, else registry)')
     p.add_argument('--chunk-rows', type=int, default=100_000, help='rows per chunk (bounds memory)')
@@ -240,6 +240,13 @@ def _serve_commands(sub):
     p.add_argument('--no-capture', action='store_true', help='do not capture predictions')
     p.add_argument('--params', default='params.yaml', help='params file with a serve: section (default params.yaml, if present)')
     p.set_defaults(func=handler('mlops_nb.serve:predict_cmd'))
+    p = sub.add_parser('captures', help='the capture store: compact closed days into one file each (for DVC remotes)')
+    csub = p.add_subparsers(dest='captures_cmd', required=True)
+    q = csub.add_parser('compact', help="rewrite each closed day's capture parts as one file, atomically, losing no row")
+    q.add_argument('--older-than', default='1d', help='compact days that ended this long ago (1d, 12h, 30m, 0; default 1d)')
+    q.add_argument('--capture-dir', help='capture store folder (default: serve.capture_dir of --params, else captures)')
+    q.add_argument('--params', default='params.yaml', help='params file (default params.yaml, if present)')
+    q.set_defaults(func=handler('mlops_nb.capture:compact_cmd'))
 
 # %% ../nbs/12_cli.ipynb #1d4eebb0
 @command_group

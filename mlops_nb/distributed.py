@@ -16,7 +16,8 @@ from .core import MlopsError, get_logger
 
 # %% auto #0
 __all__ = ['log', 'ENV_VARS', 'scheduler_address', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore', 'search',
-           'parquet_tasks', 'parquet_drift', 'parquet_validate', 'score_partitions']
+           'parquet_tasks', 'parquet_drift', 'parquet_validate', 'client_for', 'prepare_out_of_core',
+           'score_partitions', 'predict_on_cluster']
 
 # %% ../nbs/16_dask.ipynb #2a8e4e08
 log = get_logger('mlops_nb.distributed')
@@ -521,6 +522,243 @@ def parquet_validate(path, schema, source:str|None=None, rules:dict|None=None, c
         if c not in schema.columns: add('unexpected_column', c, detail='not in the schema; ignored', severity='warning')
     return Dt.ValidationReport(source, n, violations)
 
+# %% ../nbs/16_dask.ipynb #ooc1prep
+from .core import DataError
+
+@contextmanager
+def client_for(section:dict|None=None):
+    "A `distributed.Client` of the scheduler `section` (params.yaml's `dask`) or the environment names, for the block; None without one."
+    address = scheduler_address(section)
+    if not address:
+        yield None; return
+    try: from distributed import Client
+    except ImportError: raise MlopsError(f"dask.scheduler is {address!r} but Dask is not installed; pip install 'mlops-nb[dask]'") from None
+    try: client = Client(address, timeout='10s')
+    except (OSError, TimeoutError) as e: raise MlopsError(f"dask.scheduler: cannot connect to {address!r} ({e})") from None
+    try: yield client
+    finally: client.close()
+
+def _names(f) -> list[str]: return [c for c in pq.read_schema(f).names if not c.startswith('__index_level_')]
+
+def _column(files:list, c:str, masks:list|None=None) -> pd.Series:
+    "Column `c` of every file, concatenated (the rows where `masks[i]` for file i); all missing where a file lacks it."
+    parts = []
+    for i, f in enumerate(files):
+        pf = pq.ParquetFile(f)
+        s = pf.read(columns=[c]).to_pandas()[c] if c in pf.schema_arrow.names else pd.Series(np.nan, index=range(pf.metadata.num_rows), name=c)
+        parts.append(s[masks[i]] if masks is not None else s)
+    return pd.concat(parts, ignore_index=True)
+
+def _infer_out_of_core(files:list, task:dict, train_fraction:float):
+    "`Schema.infer` of the training window of `files` (`steps.reference_rows`), one column in memory at a time."
+    from mlops_nb.data import ColumnSchema, Schema
+    tcol, rows = task['time_column'] or None, [pq.ParquetFile(f).metadata.num_rows for f in files]
+    if tcol:
+        times = [pd.to_datetime(_column([f], tcol), errors='coerce').to_numpy() if tcol in _names(f) else None for f in files]
+        have = np.concatenate([t[~np.isnat(t)] for t in times if t is not None] or [np.array([], 'datetime64[ns]')])
+        if len(have) == 0: raise DataError('data/raw', 'missing_time_column', column=tcol, detail='no batch has parseable times')
+        k = min(len(have) - 1, int(len(have) * train_fraction))
+        cut = np.partition(have, k)[k]; del have     # the k-th time, as reference_rows's sort finds it, without the sort
+        masks = [t < cut if t is not None else None for t in times]
+    else:
+        left, masks = int(sum(rows) * train_fraction), []
+        for n in rows:
+            m = np.zeros(n, bool); m[:max(0, left)] = True; masks.append(m if left > 0 else None); left -= n
+    use = [i for i, m in enumerate(masks) if m is not None and m.any()]
+    if not use: raise DataError('data/raw', 'empty_reference', detail='no rows fall in the training window')
+    fs, ms = [files[i] for i in use], [masks[i] for i in use]
+    cols = list(dict.fromkeys(c for f in fs for c in _names(f)))
+    for role, c in (('target', task['target']), ('time_column', tcol)):
+        if c and c not in cols: raise MlopsError(f"{role} '{c}' is not a column of the data (columns: {', '.join(map(str, cols))})")
+    ids = set(task['id_columns'])
+    return Schema({c: ColumnSchema.infer(_column(fs, c, ms), is_time=(c == tcol), max_categories=0 if c in ids else 1000) for c in cols},
+                  task['target'] or None, tcol)
+
+def _copy_rejected(batches:list[dict], reports:list, folder:Path) -> None:
+    "`steps.quarantine` for batches on disk: the rejected file is copied (never loaded) beside its violations."
+    import shutil
+    from mlops_nb.core import atomic_write, write_json
+    for b, r in zip(batches, reports):
+        if r.ok: continue
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(folder/f"{b['name']}.parquet", 'wb', encoding=None) as out, open(b['path'], 'rb') as src: shutil.copyfileobj(src, out)
+        write_json(folder/f"{b['name']}.json", dict(source=b['source'], rows=r.rows, violations=r.violations))
+
+def _quality_row(s:pd.Series, schema) -> dict:
+    """`data.quality_table`'s row of the one column `s`, with one change that keeps its memory to a hash table of values:
+    the most frequent value is counted on the values (floats by bit pattern), not on their text: the same result."""
+    from mlops_nb.data import _kind, quality_table
+    r = quality_table(s.iloc[:0].to_frame(), schema).to_dict('records')[0]     # kind, dtype
+    s = schema.apply_dtypes(s.to_frame())[s.name]
+    r.update(rows=len(s), null_rate=float(s.isna().mean()) if len(s) else None, n_unique=int(s.nunique()))
+    v = s.dropna()
+    if len(v):
+        if r['kind'] in ('numeric', 'integer') and pd.api.types.is_numeric_dtype(v):
+            from mlops_nb.core import to_jsonable
+            r.update(min=to_jsonable(v.min()), max=to_jsonable(v.max()), mean=float(v.mean()))
+        elif r['kind'] == 'datetime' and pd.api.types.is_datetime64_any_dtype(v): r.update(min=v.min().isoformat(), max=v.max().isoformat())
+        if pd.api.types.is_float_dtype(v) and isinstance(v.dtype, np.dtype):   # by bit pattern: 0.0 and -0.0 print apart
+            a = v.to_numpy(); vc = pd.Series(a.view(f'int{8 * a.itemsize}')).value_counts()
+            like = pd.Index(np.asarray(vc.index[:1]).view(a.dtype))
+        else: vc = v.value_counts(); like = vc.index[:1]
+        if pd.api.types.is_datetime64_any_dtype(v):   # a column's datetimes print at the finest resolution any of them needs
+            ns = v.to_numpy().astype('datetime64[ns]').astype('int64')
+            pick = [np.flatnonzero(m)[:1] for m in (ns % 86_400_000_000_000 != 0, ns % 1_000_000_000 != 0, ns % 1_000_000 != 0, ns % 1000 != 0)]
+            like = like.append(pd.Index(v.iloc[np.concatenate(pick)]))
+        r.update(top=pd.Series(like).astype(str).iloc[0], top_share=float(vc.iloc[0] / len(s)))
+    return r
+
+def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared', quality_path='metrics/data_quality.json',
+                        client=None, batch_rows:int|None=None):
+    """`steps.run_prepare` for raw data larger than memory: the same checks, verdicts, quality report and splits, computed
+    from the Parquet batches of `raw_dir` without loading them. Validation is `parquet_validate` (row groups x columns, on
+    the Dask cluster of `client` when given); the schema and the quality table are computed one column at a time; the clean
+    step's keys (time, first id column, target) are held in memory; the rows are cleaned, get their features and are written
+    `batch_rows` at a time, then sorted into `out_dir/<split>.parquet/part-NNNNN.parquet` (a folder pandas reads as one frame,
+    rows in time order). Memory: one column of the data, the key columns and `batch_rows` rows."""
+    import shutil
+    from mlops_nb import steps as S
+    from mlops_nb.core import atomic_dir, read_json, write_json
+    from mlops_nb.data import ValidationReport, quality_table, schema_changes
+    from mlops_nb.features import _as_time, add_features, feature_columns, source_columns, time_split
+    from mlops_nb.data import Schema
+    task, p = S._task(params), params.get('prepare') or {}
+    split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
+    if p.get('null_tokens'): raise MlopsError("prepare.null_tokens: not supported by the out-of-core prepare (prepare.out_of_core); "
+                                              "write the tokens as missing values in the source, or set prepare.out_of_core: false")
+    raw_dir = Path(raw_dir)
+    batches = []
+    for m in read_json(raw_dir/'manifest.json'):
+        f = raw_dir/m['file']
+        if not (f.is_file() and f.suffix == '.parquet'):
+            raise MlopsError(f"{f}: the out-of-core prepare reads Parquet batches (as collect writes them); set prepare.out_of_core: false for this data")
+        n = pq.ParquetFile(f).metadata.num_rows
+        if n != m['rows']: raise DataError(str(f), 'manifest_mismatch', count=n, detail=f"manifest says {m['rows']} rows")
+        batches.append(dict(m, path=f, rows=n))
+    files = [b['path'] for b in batches]
+    # the checks of steps.check_batches: named columns, the schema, every batch against it, the champion's contract
+    S._check_task_columns(task, p, [S.Batch(b['name'], b['source'], pd.DataFrame(columns=_names(b['path']))) for b in batches])
+    schema = Schema.load(p['schema']) if p.get('schema') else _infer_out_of_core(files, task, 1 - split['valid_fraction'] - split['test_fraction'])
+    budget = float(p.get('memory_budget_mb') or 2048) * 2**20
+    rg_rows = max([pq.ParquetFile(f).metadata.row_group(i).num_rows for f in files for i in range(pq.ParquetFile(f).num_row_groups)] or [1])
+    chunk = max(1, min(16, int(budget / 16 / (8 * rg_rows))))   # columns a validation task reads from a row group
+    reports = [parquet_validate(b['path'], schema, b['source'], p.get('validation'), client=client, column_chunk=chunk) for b in batches]
+    contract = S.champion_contract(params) if (p.get('schema_evolution') or 'refuse') != 'allow' else None
+    if contract is not None:
+        cschema, cversion, derived = contract
+        for b, r in zip(batches, reports):
+            pf = pq.ParquetFile(b['path'])
+            head = pf.read_row_group(0).to_pandas() if pf.num_row_groups else pd.DataFrame(columns=_names(b['path']))
+            r.violations += [dict(v, total=b['rows']) for v in schema_changes(cschema, head, b['source'], ignore=derived, name=f"champion {cversion}'s schema",
+                                                                            expected=[task['target'], task['time_column'], *task['id_columns']])]
+    result = S.Prepared(schema, reports)
+    if not result.ok:
+        write_json(quality_path, S._quality_report(schema, reports, None, 'prepare'))
+        _copy_rejected(batches, reports, raw_dir.parent/'quarantine')
+        log.error('prepare: %d of %d batches break the schema; nothing was written to %s', sum(not r.ok for r in reports), len(reports), out_dir)
+        next(r for r in reports if not r.ok).raise_for_errors()
+    # the clean step's keys: first occurrence of each id (of each row, without ids), a target, the time order
+    tcol, target, ids = task['time_column'] or None, task['target'], [c for c in task['id_columns'] if c]
+    total = sum(b['rows'] for b in batches)
+    sample = next(pq.ParquetFile(files[0]).iter_batches(batch_size=1000)).to_pandas()    # a row's size as a frame
+    row_bytes = max(1, int(sample.memory_usage(deep=True).sum()) // max(1, len(sample)))
+    batch_rows = batch_rows or max(500, int(budget / 16 / row_bytes))   # a batch is copied a few times as it is cleaned
+    # a numeric column becomes float64 if any batch has a missing value in it (as apply_dtypes then concat would do)
+    nulls = {c: sum(pq.read_table(f, columns=[c]).column(c).null_count for f in files if c in _names(f))
+             for c, col in schema.columns.items() if col.kind in ('numeric', 'integer')}
+    def typed(df):
+        df = schema.apply_dtypes(df)
+        for c, n in nulls.items():
+            if n and c in df.columns and df[c].dtype != 'float64': df[c] = df[c].astype('float64')
+        return df
+    def chunks(f, columns=None):
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns, use_pandas_metadata=True):
+            yield typed(rb.to_pandas())
+    keys, ykeep, times = [], [], []
+    for f in files:
+        for df in chunks(f, None if not ids else [c for c in dict.fromkeys([ids[0], target] + ([tcol] if tcol else [])) if c in _names(f)]):
+            keys.append(df[ids[0]] if ids else pd.util.hash_pandas_object(df, index=False))   # without ids: a 64-bit row hash
+            ykeep.append(df[target].notna().to_numpy())
+            if tcol: times.append(_as_time(df[tcol]).to_numpy())
+    keys = pd.concat(keys, ignore_index=True)
+    rows = np.flatnonzero(~keys.duplicated().to_numpy() & np.concatenate(ykeep))   # the rows clean keeps
+    del keys, ykeep
+    if tcol:
+        t = np.concatenate(times); del times
+        t = t[rows]
+        order = np.argsort(t, kind='stable')      # clean's stable sort by time
+        t, rows = pd.DataFrame({tcol: t[order]}), rows[order]; del order
+    else: t = pd.DataFrame(index=range(len(rows)))
+    sizes = {name: len(v) for name, v in time_split(t, tcol, split['valid_fraction'], split['test_fraction']).items()}
+    del t
+    names, starts = list(sizes), np.cumsum([0] + list(sizes.values()))
+    rank = np.full(total, -1, dtype='int64')      # each raw row's position in the time order; -1: dropped by clean
+    rank[rows] = np.arange(len(rows)); del rows
+    fspec = p.get('features') or {}
+    exclude = ids + ([tcol] if tcol else [])
+    used = set(source_columns(fspec, tcol))
+    with atomic_dir(out_dir) as tmp:
+        # pass 1: each batch of rows, cleaned and with its features, sorted by its rank in the time order into one spill
+        # file whose row groups' rank ranges are kept; pass 2: each bucket of bucket_rows ranks gathers its rows from the
+        # row groups that overlap it (about one per spill file), sorts them and writes one part of its split
+        spill, start, schemas, index = tmp/'.spill', 0, [], []
+        spill.mkdir()
+        bucket_rows = 2 * batch_rows
+        rg = max(64, bucket_rows // -(-total // batch_rows))   # the rows a bucket takes from a run when the times are shuffled
+        for f in files:
+            for df in chunks(f):
+                r = rank[start:start + len(df)]; start += len(df)
+                df, r = df[r >= 0], r[r >= 0]
+                if not len(df): continue
+                for c in df.columns:                      # clean: infinities become missing
+                    if pd.api.types.is_float_dtype(df[c]):
+                        inf = np.isinf(df[c].to_numpy(dtype='float64', na_value=np.nan))
+                        if inf.any(): df[c] = df[c].mask(inf)
+                if tcol: df[tcol] = _as_time(df[tcol])
+                df = add_features(df, fspec, tcol)
+                o = np.argsort(r, kind='stable')
+                df, r = df.iloc[o].reset_index(drop=True), r[o]
+                df['_rank'] = r
+                t = pa.Table.from_pandas(df, preserve_index=False); schemas.append(t.schema.remove_metadata())
+                path = spill/f'{len(schemas):06d}.parquet'
+                pq.write_table(t, path, row_group_size=rg)
+                index += [(len(schemas), path, i, r[i * rg], r[min(len(r), (i + 1) * rg) - 1]) for i in range((len(r) + rg - 1) // rg)]
+                del df, t
+        del rank
+        raw_cols = list(dict.fromkeys(c for f in files for c in _names(f)))
+        inputs = [c for c in raw_cols if c != target and (c not in exclude or c in used)]
+        unified = pa.unify_schemas(schemas)
+        unified = unified.remove(unified.get_field_index('_rank'))
+        out_parts, last = {name: [] for name in names}, {}
+        for si, name in enumerate(names):
+            dest = tmp/f'{name}.parquet'; dest.mkdir()
+            for b, lo in enumerate(range(starts[si], starts[si + 1], bucket_rows)):
+                hi = min(lo + bucket_rows, starts[si + 1])
+                pieces = []
+                for run, path, i, a, z in index:
+                    if z < lo or a >= hi: continue
+                    if last.get(run, (None,))[0] != i:     # the next bucket mostly continues in the same row group
+                        last[run] = (i, pq.ParquetFile(path).read_row_group(i).to_pandas())
+                    g = last[run][1]
+                    pieces.append(g[(g['_rank'] >= lo) & (g['_rank'] < hi)])
+                g = pd.concat(pieces, ignore_index=True).sort_values('_rank').drop(columns='_rank'); del pieces
+                pq.write_table(pa.Table.from_pandas(g, schema=unified, preserve_index=False), dest/f'part-{b:05d}.parquet')
+                out_parts[name].append(dest/f'part-{b:05d}.parquet'); del g
+        del last; shutil.rmtree(spill)
+        result.summary = S.split_summary({name: (pd.read_parquet(x) for x in out_parts[name]) for name in names}, target, tcol)
+        head = pd.read_parquet(out_parts['train'][0])
+        result.numeric, result.categorical = feature_columns(head, target, exclude)
+        every = [x for name in names for x in out_parts[name]]
+        result.quality = S._quality_report(schema, reports, None)
+        result.quality['columns'] = [_quality_row(_column(every, c), schema) for c in head.columns]
+        schema.save(tmp/'schema.json')
+        write_json(tmp/'features.json', dict(task=task['type'], target=target, time_column=task['time_column'], id_columns=task['id_columns'],
+                                             numeric=result.numeric, categorical=result.categorical, inputs=inputs, features=fspec, rows=sizes))
+    write_json(quality_path, result.quality)
+    write_json(S.key_path(quality_path, 'prepare'), S.key_metrics('prepare', result.quality))
+    return result
+
+
 # %% ../nbs/16_dask.ipynb #4472cb1f
 import time
 _MODELS: dict = {}   # in each (worker) process: (version folder, settings) -> LoadedModel
@@ -550,6 +788,17 @@ def _score_task(task, vdir:str, cfg:dict, chunk_rows:int) -> dict:
         if cap is not None: cap.close()
     return dict(res, pid=os.getpid(), loads=loads, captured=cap.written if cap is not None else 0)
 
+def _inputs(pattern) -> tuple[list[Path], Path]:
+    "The Parquet files of a file, a folder (any depth) or a glob (`data/day=*/*.parquet`), and the folder output paths are relative to."
+    import glob
+    s = str(pattern)
+    if not any(ch in s for ch in '*?['): p = Path(s); return _parquet_files(p), (p if p.is_dir() else p.parent)
+    parts = Path(s).parts
+    i = next(i for i, x in enumerate(parts) if any(ch in x for ch in '*?['))
+    files = sorted({f for m in glob.glob(s, recursive=True) for f in _parquet_files(m)})
+    if not files: raise MlopsError(f"{s}: no Parquet files match")
+    return files, (Path(*parts[:i]) if i else Path('.'))
+
 def score_partitions(input, output, registry='registry', model:str='champion', client=None, capture_dir:str|None=None,
                      chunk_rows:int=100_000, serve:dict|None=None) -> dict:
     """Score every Parquet file under `input` with the registry version `model` points at (resolved once, here) into
@@ -558,8 +807,8 @@ def score_partitions(input, output, registry='registry', model:str='champion', c
     import dataclasses
     from mlops_nb.serve import ModelSource, ServeConfig
     from mlops_nb.core import write_json
-    input, output = Path(input), Path(output)
-    files = _parquet_files(input)
+    files, base = _inputs(input)
+    output = Path(output)
     cfg = ServeConfig.resolve({k: v for k, v in (serve or {}).items() if k not in ('capture_dir',)}, env={},
                               registry=str(registry), model=str(model))
     src = ModelSource(cfg.registry, cfg.model)
@@ -568,7 +817,6 @@ def score_partitions(input, output, registry='registry', model:str='champion', c
     vdir = str(src.version_dir(version).resolve())            # the manifest is checked once, for the whole job
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ('unseen_categories', 'unknown_columns', 'max_rows', 'intra_op_threads')}
     settings['capture_dir'] = str(Path(capture_dir).resolve()) if capture_dir else ''
-    base = input if input.is_dir() else input.parent
     tasks = [(str(f), str(output/f.relative_to(base))) for f in files]
     if output.resolve() == base.resolve() or base.resolve() in output.resolve().parents:
         raise MlopsError(f"{output}: the output folder must not be the input folder {base} or inside it")
@@ -584,3 +832,22 @@ def score_partitions(input, output, registry='registry', model:str='champion', c
     write_json(output/'_scoring.json', dict(res, files=[dict(input=p['input'], output=p['output'], rows=p['rows']) for p in parts]))
     log.info(f"score_partitions: {res['rows']} rows in {res['partitions']} partitions with {version} in {seconds:.1f} s")
     return res
+
+def predict_on_cluster(args) -> int|None:
+    """`mlops-nb predict` when a Dask scheduler is configured (`dask.scheduler` of `--params`, else `MLOPS_NB_DASK_SCHEDULER`
+    or `DASK_SCHEDULER_ADDRESS`): the Parquet partitions of `--input` (a folder or a glob) are scored on the cluster into
+    the folder `--output` by `score_partitions`, with the registry, model, validation and capture settings single-process
+    predict uses. Returns None without a scheduler (the caller scores here, as before)."""
+    from mlops_nb.core import load_params
+    params = load_params(args.params) if getattr(args, 'params', None) and Path(args.params).exists() else {}
+    if not scheduler_address(params.get('dask')): return None
+    from mlops_nb.serve import ServeConfig, _serve_params
+    sec = _serve_params(args)
+    cfg = ServeConfig.resolve(sec, registry=args.registry, model=args.model, capture_dir=('' if args.no_capture else args.capture_dir))
+    with client_for(params.get('dask')) as client:
+        res = score_partitions(args.input, args.output, registry=cfg.registry, model=cfg.model, client=client,
+                               capture_dir=cfg.capture_dir or None, chunk_rows=args.chunk_rows, serve=sec)
+        res['workers'] = len(client.scheduler_info()['workers'])
+    print(json.dumps(res))
+    return 0
+

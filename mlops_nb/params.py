@@ -46,6 +46,7 @@ PARAMS_SCHEMA = _obj({
     'collect': _obj({'start_day': {'type': 'integer', 'minimum': 0}, 'days': {'type': 'integer', 'minimum': 0},
                      'sources': {'type': 'array', 'minItems': 1, 'items': _source}}),
     'prepare': _obj({'schema': {'type': ['string', 'null']},
+                     'out_of_core': {'enum': ['auto', True, False]}, 'memory_budget_mb': {'type': 'number', 'exclusiveMinimum': 0},
                      'null_tokens': _strs, 'schema_evolution': {'enum': ['refuse', 'allow']},
                      'validation': _obj({'max_null_rate_increase': _frac, 'range_margin': {'type': 'number', 'minimum': 0},
                                          'max_out_of_range_rate': _frac, 'max_unseen_category_rate': _frac, 'max_null_rate': _frac}),

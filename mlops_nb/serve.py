@@ -1025,7 +1025,9 @@ def __getattr__(name:str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def predict_cmd(args) -> int:
-    "`mlops-nb predict`: score a CSV/Parquet file with a registry version, in chunks."
+    "`mlops-nb predict`: score a CSV/Parquet file with a registry version, in chunks (on the Dask cluster when one is configured)."
+    from mlops_nb.distributed import predict_on_cluster    # imports no Dask unless a scheduler is configured
+    if (rc := predict_on_cluster(args)) is not None: return rc
     sec = _serve_params(args)
     cfg = ServeConfig.resolve(sec, registry=args.registry, model=args.model, capture_dir=('' if args.no_capture else args.capture_dir))
     src = ModelSource(cfg.registry, cfg.model)

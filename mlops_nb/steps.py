@@ -19,12 +19,12 @@ from .params import check_params, resolve, auto_keys, data_columns
 
 # %% auto #0
 __all__ = ['log', 'KEY_METRICS', 'MEASURED', 'resolved_params', 'batch_summary', 'recorded_failure', 'rounded', 'key_metrics',
-           'key_path', 'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared',
-           'champion_contract', 'quarantine', 'Checked', 'check_batches', 'reject', 'run_prepare', 'load_split',
-           'Trained', 'measured_path', 'split_measured', 'run_train', 'Evaluated', 'dvc_curves', 'run_evaluate',
-           'Candidate', 'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line',
-           'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference', 'monitor_reference', 'newest_rows',
-           'current_window', 'run_monitor']
+           'key_path', 'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared', 'split_summary',
+           'champion_contract', 'quarantine', 'Checked', 'check_batches', 'reject', 'raw_bytes', 'use_out_of_core',
+           'run_prepare', 'load_split', 'Trained', 'measured_path', 'split_measured', 'run_train', 'Evaluated',
+           'dvc_curves', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed',
+           'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference',
+           'monitor_reference', 'newest_rows', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -176,6 +176,7 @@ class Prepared:
     numeric: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
     quality: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)   # per split: rows, target rate, first/last time, class counts (`split_summary`)
 
     @property
     def ok(self) -> bool: return all(r.ok for r in self.reports)
@@ -184,6 +185,26 @@ class Prepared:
         "Every rule broken, by any batch, as one table."
         frames = [r.to_frame() for r in self.reports if r.violations]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=['source', 'column', 'rule', 'count', 'total', 'detail', 'severity'])
+
+def split_summary(splits:dict, target:str, time_column:str|None=None) -> dict:
+    """Per split: rows, the target's mean (its rate for a 0/1 target), the first and last time and the count of each class
+    (None above 10 classes). A split is a frame or an iterable of frames (the parts of an out-of-core split, read one by one)."""
+    out = {}
+    for name, parts in splits.items():
+        rows, total, numeric, first, last, classes = 0, 0.0, True, None, None, {}
+        for df in ([parts] if isinstance(parts, pd.DataFrame) else parts):
+            y = df[target]; rows += len(df)
+            if pd.api.types.is_bool_dtype(y) or pd.api.types.is_numeric_dtype(y): total += float(y.sum())
+            else: numeric = False
+            if classes is not None:
+                for k, n in y.value_counts(sort=False).items(): classes[str(k)] = classes.get(str(k), 0) + int(n)
+                if len(classes) > 10: classes = None
+            if time_column and len(df):
+                t0, t1 = df[time_column].min(), df[time_column].max()
+                first, last = t0 if first is None else min(first, t0), t1 if last is None else max(last, t1)
+        out[name] = dict(rows=rows, target_rate=total / rows if numeric and rows else None) | (dict(first=first, last=last) if time_column else {}) | dict(classes=classes)
+    return out
+
 
 # %% ../nbs/06_steps.ipynb #48c85d91
 def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.DataFrame|None, stage:str='prepare') -> dict:
@@ -278,11 +299,35 @@ def reject(checked:Checked, raw_dir:str|Path, quality_path:str|Path|None, stage:
 
 
 # %% ../nbs/06_steps.ipynb #10d437f1
+def raw_bytes(raw_dir:str|Path) -> int:
+    "What the raw batches of `raw_dir` take uncompressed, from their Parquet metadata (about their size as frames)."
+    import pyarrow.parquet as pq
+    raw_dir, n = Path(raw_dir), 0
+    for m in read_json(raw_dir/'manifest.json'):
+        f = raw_dir/m['file']
+        if f.is_file() and f.suffix == '.parquet':
+            md = pq.ParquetFile(f).metadata
+            n += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+        else: n += f.stat().st_size if f.is_file() else 0
+    return n
+
+def use_out_of_core(prepare:dict, raw_dir:str|Path) -> bool:
+    """Whether prepare runs out of core: `prepare.out_of_core` true or false, or `auto` (the default): when the raw data
+    takes more than `prepare.memory_budget_mb` (default 2048) uncompressed."""
+    mode = prepare.get('out_of_core', 'auto')
+    if mode in (True, False): return mode
+    if mode != 'auto': raise MlopsError(f"prepare.out_of_core: expected true, false or auto, got {mode!r}")
+    return raw_bytes(raw_dir) > float(prepare.get('memory_budget_mb') or 2048) * 2**20
+
 def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data/prepared',
                 quality_path:str|Path='metrics/data_quality.json') -> Prepared:
     "Validate every raw batch against the schema, then clean, add features and split by time into `out_dir`.\n    Rejected batches are copied, each with its violations, to `quarantine/` beside `raw_dir`."
     with recorded_failure('prepare', quality_path):
         check_params(params)
+        if use_out_of_core(params.get('prepare') or {}, raw_dir):   # larger than prepare.memory_budget_mb: partition by partition
+            params = resolve(params, data_columns(raw_dir))   # auto values from the batches' Parquet schemas, no rows read
+            from mlops_nb.distributed import client_for, prepare_out_of_core
+            with client_for(params.get('dask')) as client: return prepare_out_of_core(params, raw_dir, out_dir, quality_path, client=client)
         from mlops_nb.features import add_features, clean, feature_columns, time_split
         from mlops_nb.feature_step import source_columns
         checked = check_batches(params, read_batches(raw_dir))
@@ -302,6 +347,7 @@ def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data
         result.splits = time_split(frame, task['time_column'], split['valid_fraction'], split['test_fraction'])
         result.numeric, result.categorical = feature_columns(result.splits['train'], task['target'], exclude)
         result.quality = _quality_report(schema, reports, frame)
+        result.summary = split_summary(result.splits, task['target'], task['time_column'])
         with atomic_dir(out_dir) as tmp:
             for name, df in result.splits.items(): df.to_parquet(tmp/f'{name}.parquet', index=False)
             schema.save(tmp/'schema.json')

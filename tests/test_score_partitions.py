@@ -79,3 +79,24 @@ def test_serving_a_skops_model_imports_no_dask(world, tmp_path):
     """)
     p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
+
+def test_predict_cli_scores_partitions_on_the_configured_cluster(world, tmp_path):
+    "`mlops-nb predict` with a scheduler in the environment: partitions scored on a real 2-worker cluster, as single-process predict scores them."
+    distributed = pytest.importorskip('distributed')
+    root, cli = world['root'], str(Path(sys.executable).with_name('mlops-nb'))
+    base = dict(os.environ); [base.pop(k, None) for k in D.ENV_VARS]
+    run = lambda env, *a: subprocess.run([cli, 'predict', '--registry', str(root/'registry'), '--chunk-rows', '1000', '--params', str(tmp_path/'none.yaml'), *a],
+                                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    one = run(base, '--input', str(root/'all.parquet'), '--output', str(tmp_path/'single.parquet'), '--capture-dir', str(tmp_path/'cap1'))
+    assert one.returncode == 0, one.stderr[-3000:]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=':0') as c:
+        p = run(dict(base, MLOPS_NB_DASK_SCHEDULER=c.scheduler_address), '--input', str(root/'in'/'day=*'), '--output', str(tmp_path/'out'),
+                '--capture-dir', str(tmp_path/'cap2'))
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res['workers'] == 2 and res['processes'] == 2 and res['model_loads'] == 2 and res['partitions'] == 6, res
+    got = pd.concat([pd.read_parquet(f) for f in sorted((tmp_path/'out').rglob('*.parquet'))], ignore_index=True)
+    pd.testing.assert_frame_equal(got, pd.read_parquet(tmp_path/'single.parquet'), check_exact=True)
+    a, b = read_captures(tmp_path/'cap1', with_labels=False), read_captures(tmp_path/'cap2', with_labels=False)
+    assert len(a) == len(b) == world['rows'] and set(a['model_version']) == set(b['model_version']) == {res['model_version']}
+    np.testing.assert_array_equal(np.sort(a['prediction'].to_numpy()), np.sort(b['prediction'].to_numpy()))
