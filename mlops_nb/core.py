@@ -188,10 +188,28 @@ def _trusted(trusted=None) -> set[str]:
     extra = [t.strip() for t in os.environ.get('MLOPS_NB_TRUSTED_TYPES', '').split(',') if t.strip()]
     return set(TRUSTED_TYPES) | set(extra) | set(trusted or ())
 
+def _thread_free(model):
+    """`model` with fitted state that records how many threads its fit used (HistGradientBoosting's bin mapper keeps
+    `n_threads`) reset to the default, so a model's bytes do not depend on the machine or the thread limit it was fitted
+    under. Changed in place; only fitting reads it."""
+    seen = set()
+    def walk(o):
+        if id(o) in seen: return
+        seen.add(id(o))
+        bm = getattr(o, '_bin_mapper', None)
+        if bm is not None and hasattr(bm, 'n_threads'): bm.n_threads = None
+        if isinstance(o, (list, tuple)): items = o
+        elif isinstance(o, dict): items = o.values()
+        elif type(o).__module__.split('.')[0] in ('sklearn', 'mlops_nb') and hasattr(o, '__dict__'): items = vars(o).values()
+        else: return
+        for x in items: walk(x)
+    walk(model)
+    return model
+
 def skops_bytes(model, trusted:list[str]|None=None, check:bool=True) -> bytes:
     "`model` in the skops format; with `check`, refuse a model that could not be loaded back with the trusted types."
     sio = _skops_io()
-    data = _canonical_skops(sio.dumps(model))
+    data = _canonical_skops(sio.dumps(_thread_free(model)))
     if check:
         bad = [t for t in sio.get_untrusted_types(data=data) if t not in _trusted(trusted)]
         if bad: raise MlopsError(f"refusing to save a model holding type(s) {bad}, which are not trusted for loading back; "

@@ -27,7 +27,7 @@ def sampled(request_id:str, share:float, salt:str='shadow') -> bool:
 # %% ../nbs/09c_slots.ipynb #b6c099cf
 class Shadow:
     "The version under the `shadow` alias: scores copies of a slot's requests on a background thread; answers captured, never returned."
-    def __init__(self, slot:ModelSlot, share:float=1.0, max_queue:int=1000, max_batch:int=256):
+    def __init__(self, slot, share:float=1.0, max_queue:int=1000, max_batch:int=256):   # slot: the ModelSlot it mirrors (defined below)
         self.slot, self.share, self.max_batch = slot, float(share), int(max_batch)
         self.model = None                                   # the LoadedModel under the alias, None while it is not set
         self.scored = self.dropped = self.errors = 0        # requests

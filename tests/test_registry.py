@@ -6,7 +6,7 @@ and on the candidate model it produced: crash tests kill real subprocesses with 
 (`MLOPS_NB_KILL_AT`, see `mlops_nb.registry._kill_point`), two real processes promote at once, files are
 tampered with on disk, and the `mlops-nb` console script is run for its exit codes.
 """
-import json, os, shutil, signal, subprocess, sys, textwrap, time
+import copy, json, os, shutil, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import nbformat, numpy as np, pandas as pd, pytest
@@ -23,7 +23,10 @@ def deployed(tmp_path_factory):
     "A project after `dvc repro` (v0001 accepted, champion) and a `dvc exp run` whose stricter gate rejected v0002."
     p = copy_project(tmp_path_factory.mktemp('deploy')/'proj')
     # latency is checked, but a test must not depend on how loaded the machine is: a bound no machine misses
-    p.set_params({'deploy': {'gates': {'latency_ms': {'threshold': 60000}}}})
+    # the task's gates written out (a mapping replaces `auto`), so that `dvc exp run -S` can change one rule below
+    from mlops_nb.params import TASK_DEFAULTS
+    gates = copy.deepcopy(TASK_DEFAULTS['classification']['gates']) | {'latency_ms': {'threshold': 60000}}
+    p.set_params({'deploy': {'gates': gates}})
     p.commit('test params')
     p.head = p.run('git rev-parse HEAD').stdout.strip()
     first = p.run('dvc repro').stdout
