@@ -134,7 +134,7 @@ def _metric(y, s, name:str) -> float|None:
 
 def check_guardrails(g:dict, counts:dict, canary:dict, champion:dict|None) -> tuple[dict, list[str]]:
     """Evidence and breaches of one window: `counts` the candidate's summed counters, `canary`/`champion` their rows
-    (`CaptureTail.rows`); `champion` None when there is nothing to compare with."""
+    (the capture tail's rows); `champion` None when there is nothing to compare with."""
     g, breaches = guardrail_settings(g), []
     req, err = counts['requests'], counts['errors']
     ev = dict(canary=dict(requests=req, errors=err, error_rate=err / req if req else 0.0, processes=counts.get('processes'), rows=len(canary['score']),
