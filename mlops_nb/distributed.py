@@ -15,8 +15,8 @@ from filelock import FileLock
 from .core import MlopsError, get_logger
 
 # %% auto #0
-__all__ = ['log', 'ENV_VARS', 'scheduler_address', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore', 'search',
-           'parquet_tasks', 'parquet_drift', 'parquet_validate', 'client_for', 'prepare_out_of_core',
+__all__ = ['log', 'ENV_VARS', 'scheduler_address', 'dask_client', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore',
+           'search', 'parquet_tasks', 'parquet_drift', 'parquet_validate', 'client_for', 'prepare_out_of_core',
            'score_partitions', 'predict_on_cluster']
 
 # %% ../nbs/16_dask.ipynb #2a8e4e08
@@ -34,18 +34,25 @@ def scheduler_address(section:dict|None=None) -> str|None:
     return addr or None
 
 @contextmanager
-def joblib_backend(address:str|None):
-    "Within the block joblib (and so scikit-learn's searches) runs on the Dask cluster at `address`; a no-op for None."
+def dask_client(address:str|None):
+    "A `distributed.Client` of the scheduler at `address` for the block, closed after it; None (nothing imported) without one."
     if not address:
         yield None; return
     try: from distributed import Client
     except ImportError: raise MlopsError(f"dask.scheduler is {address!r} but Dask is not installed; pip install 'mlops-nb[dask]'") from None
-    import joblib
     try: client = Client(address, timeout='10s')
     except (OSError, TimeoutError) as e: raise MlopsError(f"dask.scheduler: cannot connect to {address!r} ({e})") from None
-    try:
-        with joblib.parallel_config(backend='dask'): yield client
+    try: yield client
     finally: client.close()
+
+@contextmanager
+def joblib_backend(address:str|None):
+    "Within the block joblib (and so scikit-learn's searches) runs on the Dask cluster at `address`; a no-op for None."
+    with dask_client(address) as client:
+        if client is None:
+            yield None; return
+        import joblib
+        with joblib.parallel_config(backend='dask'): yield client
 
 # %% ../nbs/16_dask.ipynb #a035884d
 def _jsonable(v):
@@ -528,15 +535,7 @@ from .core import DataError
 @contextmanager
 def client_for(section:dict|None=None):
     "A `distributed.Client` of the scheduler `section` (params.yaml's `dask`) or the environment names, for the block; None without one."
-    address = scheduler_address(section)
-    if not address:
-        yield None; return
-    try: from distributed import Client
-    except ImportError: raise MlopsError(f"dask.scheduler is {address!r} but Dask is not installed; pip install 'mlops-nb[dask]'") from None
-    try: client = Client(address, timeout='10s')
-    except (OSError, TimeoutError) as e: raise MlopsError(f"dask.scheduler: cannot connect to {address!r} ({e})") from None
-    try: yield client
-    finally: client.close()
+    with dask_client(scheduler_address(section)) as client: yield client
 
 def _names(f) -> list[str]: return [c for c in pq.read_schema(f).names if not c.startswith('__index_level_')]
 
