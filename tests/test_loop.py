@@ -127,7 +127,10 @@ def test_kill_and_resume_gives_the_uninterrupted_run(drift_run, tmp_path):
                                  '--root', str(tmp_path)], stdout=subprocess.DEVNULL, stderr=open(tmp_path/f'kill{kills}.log', 'w'))
         end = time.monotonic() + 600
         while proc.poll() is None and _days_done(tmp_path) < target and time.monotonic() < end: time.sleep(0.05)
-        time.sleep(rng.uniform(0.5, 4))                  # somewhere inside the next day's work (or the retrain)
+        # somewhere inside the next day's work (or the retrain), but before that day commits: days take about a second
+        # on a quick machine, so a plain sleep could outlast every day left and kill a run that had nothing left to do
+        until = time.monotonic() + rng.uniform(0.5, 4)
+        while time.monotonic() < until and _days_done(tmp_path) <= target and proc.poll() is None: time.sleep(0.01)
         assert proc.poll() is None, f"loop simulate ended before kill {kills} (day {_days_done(tmp_path)}, exit {proc.returncode}): " \
                                     + (tmp_path/f'kill{kills}.log').read_text()[-3000:]
         proc.send_signal(signal.SIGKILL); proc.wait(); kills += 1
