@@ -25,7 +25,8 @@ LOOP_DEFAULTS = dict(
     start_day=40,               # first day served; the first champion is trained on the window before it
     label_delay_days=3,         # labels of day d are posted on day d + delay
     monitor_days=3,             # the recent window the monitor judges
-    window=dict(kind='sliding', days=28),    # the retraining window of labelled days: sliding | expanding
+    window=dict(kind='sliding', days=28, since_drift=True),   # the retraining window of labelled days: sliding | expanding;
+                                # since_drift: after a data-drift alert it starts where the drift began
     triggers=dict(data_drift=True, prediction_drift=False, realised_drop=0.05, estimated_drop=0.05, schedule_days=0),
     min_days_between_retrains=7,
     min_labelled_rows=2000,
@@ -56,6 +57,7 @@ def settings(section:dict|None) -> dict:
     s.update(section)
     for k in ('start_day', 'label_delay_days', 'min_days_between_retrains', 'min_labelled_rows'):
         if not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < 0: raise MlopsError(f"params loop.{k}: must be an integer >= 0, got {s[k]!r}")
+    if not isinstance(s['window']['since_drift'], bool): raise MlopsError(f"params loop.window.since_drift: must be true or false, got {s['window']['since_drift']!r}")
     if not isinstance(s['champion_over_threshold'], bool): raise MlopsError(f"params loop.champion_over_threshold: must be true or false, got {s['champion_over_threshold']!r}")
     if not isinstance(s['monitor_days'], int) or s['monitor_days'] < 1: raise MlopsError(f"params loop.monitor_days: must be an integer >= 1, got {s['monitor_days']!r}")
     if s['window']['kind'] not in ('sliding', 'expanding'): raise MlopsError(f"params loop.window.kind: expected sliding or expanding, got {s['window']['kind']!r}")
@@ -71,8 +73,9 @@ def settings(section:dict|None) -> dict:
     return s
 
 # %% ../nbs/11_loop.ipynb #952df254
-def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows:int) -> dict:
-    "Whether to retrain on `day` given the monitor's `signals`; the fired triggers and the reason either way."
+def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows:int, drift_onset:int|None=None) -> dict:
+    """Whether to retrain on `day` given the monitor's `signals`; the fired triggers and the reason either way. With
+    `drift_onset`, the window starts where the drift began and `labelled_rows` are those since then."""
     t, fired = cfg['triggers'], []
     if t['data_drift'] and signals.get('data_drift'): fired.append(f"data drift ({', '.join(signals.get('drifted') or []) or 'dataset'})")
     if t['prediction_drift'] and signals.get('prediction_drift'): fired.append('prediction drift')
@@ -81,13 +84,14 @@ def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows
         if t[key] and drop is not None and np.isfinite(drop) and drop > t[key]:
             fired.append(f"{name} {signals.get('metric', 'metric')} {drop:.3f} below the champion's evaluation (limit {t[key]})")
     if t['schedule_days'] and (last_retrain is None or day - last_retrain >= t['schedule_days']): fired.append(f"schedule (every {t['schedule_days']} days)")
-    d = dict(day=day, retrain=False, triggers=fired, blocked=None)
+    d = dict(day=day, retrain=False, triggers=fired, blocked=None) | ({} if drift_onset is None else dict(drift_onset=drift_onset))
     if not fired: return d | dict(reason='no trigger fired')
     since = None if last_retrain is None else day - last_retrain
     if since is not None and since < cfg['min_days_between_retrains']:
         return d | dict(blocked='min_days_between_retrains', reason=f"last retrain {since} day(s) ago, fewer than {cfg['min_days_between_retrains']}")
     if labelled_rows < cfg['min_labelled_rows']:
-        return d | dict(blocked='min_labelled_rows', reason=f"{labelled_rows} labelled rows, fewer than {cfg['min_labelled_rows']}")
+        since_onset = '' if drift_onset is None else f" since the drift began on day {drift_onset}"
+        return d | dict(blocked='min_labelled_rows', reason=f"{labelled_rows} labelled rows{since_onset}, fewer than {cfg['min_labelled_rows']}")
     return d | dict(retrain=True, reason='; '.join(fired))
 
 # %% ../nbs/11_loop.ipynb #f253eae1
@@ -173,12 +177,13 @@ class Loop:
         from mlops_nb.registry import Registry
         return Registry(self.reg_dir)
 
-    def window(self, day:int) -> tuple[int, int]:
-        "The labelled days `(first, count)` a retrain on `day` trains on."
+    def window(self, day:int, drift_onset:int|None=None) -> tuple[int, int]:
+        "The labelled days `(first, count)` a retrain on `day` trains on; from `drift_onset` on at the earliest, when given."
         end = day - self.cfg['label_delay_days'] if day > self.cfg['start_day'] else day - 1
         w = self.cfg['window']
         first = max(0, end - w['days'] + 1) if w['kind'] == 'sliding' else self.cfg['start_day'] - w['days']
-        return first, end - first + 1
+        if drift_onset is not None: first = max(first, drift_onset)
+        return first, max(0, end - first + 1)
 
     def _run_of_day(self, day:int) -> str|None:
         reg = self._reg()
@@ -190,7 +195,7 @@ class Loop:
         "Run collect, prepare, train, evaluate and deploy (the gate) on the window of `day`; the new version and its fate."
         from mlops_nb import steps
         run = self.dir/'runs'/f'd{day:04d}'
-        first, n = self.window(day)
+        first, n = self.window(day, decision.get('drift_onset'))
         before = self._reg().aliases().get('champion') if self.reg_dir.exists() else None
         version = self._run_of_day(day) if self.reg_dir.exists() else None
         t0 = time.perf_counter()
@@ -269,6 +274,26 @@ class Loop:
                  if (self.days_dir/f'd{d:04d}.parquet').exists()]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
+    def _drift(self, prof, frame:pd.DataFrame, mcfg:dict) -> dict:
+        "The data drift of `frame` from the reference `prof`; `alert`: the dataset drifts, or a watched feature does."
+        from mlops_nb import monitor as mon
+        dr = mon.data_drift(prof, frame, mcfg['drift'], columns=[c for c in prof.columns if c in frame.columns]).summary()
+        return dr | dict(alert=bool(dr['dataset_drift'] or set(mcfg['alerts'].get('features') or []) & set(dr['drifted'])))
+
+    def drift_onset(self, day:int) -> int|None:
+        """The day the drift of the current alert began (`window.since_drift`): kept while the alerts go on, else the first
+        day of today's monitor window that drifts on its own from the champion's reference. None without an alert."""
+        hist, m = self.state['history'], self.cfg['monitor_days']
+        if not self.cfg['window']['since_drift']: return None
+        if self.state.get('drift_onset') is not None and any(h['signals'].get('data_drift') for h in hist[-m:]):
+            return self.state['drift_onset']      # the same episode: alerts within the last monitor window
+        from mlops_nb import monitor as mon
+        prof, _ = mon.registry_reference(self._reg(), 'champion')
+        mcfg = mon.settings(self.params.get('monitor') or {})
+        for d in range(max(self.cfg['start_day'], day - m + 1), day + 1):
+            if self._drift(prof, self._served(d, d), mcfg)['alert']: return d
+        return day
+
     def signals(self, day:int) -> dict:
         "The monitor's view of the recent window on `day`, for the champion."
         from mlops_nb import monitor as mon
@@ -279,10 +304,8 @@ class Loop:
         m, delay, target = self.cfg['monitor_days'], self.cfg['label_delay_days'], self.task['target']
         recent = self._served(day - m + 1, day)
         cols = [c for c in prof.columns if c in recent.columns]
-        dr = mon.data_drift(prof, recent, mcfg['drift'], columns=cols).summary()
-        watch = set(mcfg['alerts'].get('features') or [])
-        s = dict(metric=metric, champion=champ, rows=len(recent), data_drift=bool(dr['dataset_drift'] or watch & set(dr['drifted'])),
-                 drifted=dr['drifted'], drift_share=dr['drift_share'])
+        dr = self._drift(prof, recent, mcfg)
+        s = dict(metric=metric, champion=champ, rows=len(recent), data_drift=dr['alert'], drifted=dr['drifted'], drift_share=dr['drift_share'])
         mine = recent[recent['version'] == champ]
         if 'prediction' in prof.outputs and len(mine):
             s['prediction_drift'] = bool(mon.prediction_drift(prof.outputs['prediction'], mine['score'], cfg=mcfg['drift']).summary()['dataset_drift'])
@@ -321,18 +344,24 @@ class Loop:
             rec['labels_posted'] = self.svc.feedback([f'd{due:04d}:{i}' for i in range(len(lab))], lab[self.task['target']].tolist())
         pending = self.state.get('pending') or {}
         if pending.get('day') == day:     # killed during this day's retrain: the decision was taken already
-            sig, dec = pending['signals'], pending['decision']
+            sig, dec, onset = pending['signals'], pending['decision'], pending.get('drift_onset')
         else:
             sig = self.signals(day)
-            dec = decide(day, sig, self.cfg, self.state['last_retrain'], sig.get('labelled_rows', 0) if day > self.cfg['start_day'] else 0)
-        rec |= dict(signals=sig, decision=dec)
+            onset = self.drift_onset(day) if sig['data_drift'] else self.state.get('drift_onset')
+            labelled = sig.get('labelled_rows', 0) if day > self.cfg['start_day'] else 0
+            first, n = self.window(day, onset)
+            narrowed = onset is not None and (first, n) != self.window(day)
+            if narrowed:      # the labelled rows of the new world only
+                labelled = min(labelled, sum(h['rows'] for h in self.state['history'] if first <= h['day'] < first + n))
+            dec = decide(day, sig, self.cfg, self.state['last_retrain'], labelled, onset if narrowed else None)
+        rec |= dict(signals=sig, decision=dec, drift_onset=onset)
         if dec['retrain']:
-            self.state['pending'] = dict(day=day, signals=sig, decision=dec); write_json(self.state_path, self.state)
+            self.state['pending'] = dict(day=day, signals=sig, decision=dec, drift_onset=onset); write_json(self.state_path, self.state)
             rec['retrain'] = self.retrain(day, dec)
             self.state['last_retrain'] = day
             self.svc.wait_version(rec['retrain']['champion_after'])
         rec['champion_after'] = self._reg().aliases()['champion']
-        self.state['history'].append(rec); self.state['next_day'] = day + 1; self.state['pending'] = None
+        self.state['history'].append(rec); self.state['next_day'] = day + 1; self.state['pending'] = None; self.state['drift_onset'] = onset
         write_json(self.state_path, self.state)          # the day's commit
         return rec
 

@@ -94,7 +94,7 @@ def fraud_risk(log_ratio:np.ndarray, night:np.ndarray, foreign:np.ndarray, onlin
     "Linear risk score (before the intercept) of each transaction under a fraud `pattern`."
     tx = np.minimum(tx_24h, 10)
     if pattern == 'card_testing':
-        return (2.0*np.maximum(-log_ratio, 0) + 2.2*new_cat + 1.4*online + 1.3*night + 0.45*tx + 0.3*foreign)
+        return (2.8*np.maximum(-log_ratio, 0) + 3.1*new_cat + 2.0*online + 1.8*night + 0.63*tx + 0.42*foreign)
     return (1.8*np.maximum(log_ratio, 0) + 1.1*night + 1.2*foreign + 0.8*online + 0.9*risky + 0.3*tx
             + 0.4*np.log1p(distance_km/50))
 
@@ -150,8 +150,8 @@ class TransactionSimulator:
         w = drift_weight(self.drift, d)
         return (w if self.drift['covariate'] else 0.0), (w if self.drift['concept'] else 0.0)
 
-    def day(self, d:int) -> pd.DataFrame:
-        "The transactions of day `d` (0-based), sorted by timestamp."
+    def day(self, d:int, truth:bool=False) -> pd.DataFrame:
+        "The transactions of day `d` (0-based), sorted by timestamp; `truth` adds `fraud_probability`, the true probability of fraud."
         _check_day(d)
         d, n, dr = int(d), self.transactions_per_day, self.drift
         rng, (w_cov, w_con) = np.random.default_rng([self.seed, d, 0xDA7]), self.weights(d)
@@ -190,9 +190,10 @@ class TransactionSimulator:
                 np.append(_CAT_RISKY, 1)[cat].astype(float), new_cat.astype(float), tx_24h, dist)
         risk = fraud_risk(*args, 'none')   # concept drift: the fraud pattern blends in with the weight w_con
         if w_con > 0 and dr['fraud_pattern'] != 'none': risk = (1 - w_con)*risk + w_con*fraud_risk(*args, dr['fraud_pattern'])
-        is_fraud = (rng.random(n) < expit(calibrated_intercept(risk, self.fraud_rate) + risk)).astype(np.int64)
+        prob = expit(calibrated_intercept(risk, self.fraud_rate) + risk)
+        is_fraud = (rng.random(n) < prob).astype(np.int64)
         o = np.argsort(ms, kind='stable')
-        return pd.DataFrame({
+        out = pd.DataFrame({
             'transaction_id': np.char.add(f't{d:04d}', self._tx_suffix),
             'timestamp': (self._start + np.timedelta64(d, 'D') + ms[o].astype('timedelta64[ms]')).astype('datetime64[ns]'),
             'customer_id': self.customer_ids[cust[o]],
@@ -207,6 +208,7 @@ class TransactionSimulator:
             'distance_from_home_km': np.round(dist[o], 1),
             'is_fraud': is_fraud[o],
         })
+        return out.assign(fraud_probability=prob[o]) if truth else out
 
     def days(self, start:int, n:int) -> Iterator[pd.DataFrame]:
         "Yield the frames of days `start, ..., start+n-1` one by one, as a stream."

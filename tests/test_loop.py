@@ -25,6 +25,11 @@ def small_params(**loop) -> dict:
     return p
 
 
+def drift_params() -> dict:
+    "The drift run's params: a retrain after the drift needs two labelled days of the new world (window.since_drift)."
+    return small_params(min_labelled_rows=800)
+
+
 def write_params(folder: Path, params: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder/'params.yaml').write_text(yaml.safe_dump(params, sort_keys=False))
@@ -50,10 +55,10 @@ def summary(folder: Path) -> list[tuple]:
 @pytest.fixture(scope='module')
 def drift_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp('loop')
-    write_params(folder, small_params())
-    # days 10..21, abrupt drift from day 13: with labels 2 days late and 3 days between retrains, the retrains of days 13
-    # and 16 train on windows with no or 2 drifted days and lack evidence of being better (the gate rightly keeps the
-    # champion); the one of day 19 learns the drift, passes, and days 20..21 are served by it
+    write_params(folder, drift_params())
+    # days 10..21, abrupt drift from day 13, detected that day: the window then starts on day 13 (window.since_drift),
+    # and with labels 2 days late the retrain waits for two labelled days of the new world (day 16); the new champion
+    # serves the days after its promotion
     got = simulate(folder, DAYS)
     assert got.returncode == 0, got.stderr[-3000:]
     return folder
@@ -66,8 +71,11 @@ def test_abrupt_drift_alert_retrain_promotion_new_version_served(drift_run):
     assert not any(r['signals']['data_drift'] for r in h if r['day'] < 13)           # no alert before the drift
     first_alert = min(r['day'] for r in h if r['signals']['data_drift'])
     assert first_alert == 13                                                           # detected on the onset day
+    assert all(r['drift_onset'] == 13 for r in h if r['day'] >= 13) and all(r['drift_onset'] is None for r in h if r['day'] < 13)
+    waiting = [r['decision'] for r in h if r['day'] in (13, 14, 15)]      # 0, 0 and 1 labelled day since the onset
+    assert all(d['blocked'] == 'min_labelled_rows' and 'since the drift began on day 13' in d['reason'] for d in waiting), waiting
     retrains = [r for r in h if r['decision']['retrain']]
-    assert retrains and retrains[0]['day'] == 13
+    assert retrains and retrains[0]['day'] == 16 and retrains[0]['retrain']['window'] == [13, 2]
     promoted = [r for r in retrains if r['retrain']['promoted']]
     assert promoted, [r['retrain'] for r in retrains]
     p = promoted[0]
@@ -80,7 +88,7 @@ def test_abrupt_drift_alert_retrain_promotion_new_version_served(drift_run):
     reg = Registry(drift_run/'loop'/'registry')
     info = reg.info(new)
     loop = info['loop']
-    assert loop['day'] == p['day'] and loop['decision']['retrain'] and loop['window']['days'] == 8
+    assert loop['day'] == p['day'] and loop['decision']['retrain'] and loop['window']['first_day'] == 13
     assert info['git'] is not None and info['params']['train']['search']['n_iter'] == 1
     assert any(h_['version'] == new for h_ in reg.history('champion'))
     # the estimate is recorded beside the realised metric; after the drift the realised one falls below it
@@ -116,7 +124,7 @@ def _days_done(folder: Path) -> int:
 
 
 def test_kill_and_resume_gives_the_uninterrupted_run(drift_run, tmp_path):
-    write_params(tmp_path, small_params())
+    write_params(tmp_path, drift_params())
     # kill points by progress, not by the clock (a loaded machine must not turn a kill into none): during the initial
     # retrain, then at random moments of random later days, each a SIGKILL of the whole `loop simulate` process
     rng = random.Random(15)
@@ -213,7 +221,7 @@ def test_reproduce_a_loop_version_from_its_registry_entry(drift_run):
     from mlops_nb.registry import Registry
     reg = Registry(drift_run/'loop'/'registry')
     promoted = [r['retrain']['version'] for r in history(drift_run) if r['decision']['retrain'] and r['retrain']['promoted']][0]
-    assert reg.info(promoted)['loop']['sim'] == small_params()['sim']       # the stream is recorded with the window
+    assert reg.info(promoted)['loop']['sim'] == drift_params()['sim']       # the stream is recorded with the window
     for v in ('v0001', promoted):
         got = reproduce(drift_run, v, '--registry', 'loop/registry', '--params', 'nowhere.yaml', '--json')   # the entry alone suffices
         assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-2000:]
