@@ -226,3 +226,42 @@ def test_serve_settings_for_several_models_and_the_shadow(tmp_path):
     assert cfg.model_refs() == ['fraud@champion', 'churn@v0001']              # a bare model name is its champion
     assert ServeConfig(registry=str(root), model='all').model_refs() == ['fraud@champion', 'churn@champion']
     assert ServeConfig(registry=str(root), model='challenger').model_refs() == ['challenger']   # else an alias of the root model
+
+
+# ---- a canary of one named model, in a server of two models with two workers ----------------------------------------------
+def test_canary_of_one_named_model_with_two_workers(tmp_path):
+    "Every worker applies the model's rollout.json alike: a key keeps one version on any connection; the other model is untouched."
+    root = tmp_path/'registry'
+    fraud, churn = Registry(root, 'fraud'), Registry(root, 'churn')
+    _register(fraud, 1); _register(fraud, 2); _register(churn, 3)
+    fraud.promote('v0001'); churn.promote('v0001')
+    srv = Server(tmp_path, root, '--model', 'fraud', '--model', 'churn', '--workers', '2', '--capture-dir', str(tmp_path/'caps'), '--no-access-log')
+    keys = [f'customer-{i}' for i in range(60)]
+    def versions(path):
+        "Each key's versions over 3 rounds, each request on a new connection (the kernel spreads them over the workers)."
+        seen = {}
+        for _ in range(3):
+            for k in keys:
+                st, out, hdr = srv.post(path, {'dataframe_records': ROWS[:1]}, headers={'X-Rollout-Key': k})
+                assert st == 200, out
+                seen.setdefault(k, set()).add(hdr['x-model-version'])
+        return seen
+    try:
+        fraud.start_rollout('v0002', [50, 100], 60, {'header': 'x-rollout-key'}, actor='test')
+        # both workers see the split: wait until the canary answers, then until the split is stable over every connection
+        wait_for(lambda: any(v == {'v0002'} for v in versions('/models/fraud/invocations').values()), 'the canary to answer', 30)
+        time.sleep(1.0)                                            # every worker polled rollout.json (every 0.2 s)
+        seen = versions('/models/fraud/invocations')
+        assert all(len(v) == 1 for v in seen.values()), {k: v for k, v in seen.items() if len(v) > 1}   # sticky across workers
+        on_canary = sum(v == {'v0002'} for v in seen.values())
+        assert 15 <= on_canary <= 45, on_canary                  # about half of the keys
+        assert {frozenset(v) for v in versions('/models/churn/invocations').values()} == {frozenset({'v0001'})}   # churn is not rolled out
+        assert versions('/invocations') == seen                                    # /invocations is fraud's, with the same split
+        # a rollback: every key of every worker back on the champion
+        fraud.rollback_rollout('test: rolled back by hand', actor='test')
+        time.sleep(1.0)
+        assert {frozenset(v) for v in versions('/models/fraud/invocations').values()} == {frozenset({'v0001'})}
+        # /ready reports both workers' models as served (each process answers for itself)
+        assert srv.get('/ready')[1]['models'] == {'fraud': 'v0001', 'churn': 'v0001'}
+    finally:
+        assert srv.stop() == 0
