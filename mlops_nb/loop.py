@@ -27,14 +27,15 @@ LOOP_DEFAULTS = dict(
     monitor_days=3,             # the recent window the monitor judges
     window=dict(kind='sliding', days=28, since_drift=True),   # the retraining window of labelled days: sliding | expanding;
                                 # since_drift: after a data-drift alert it starts where the drift began
-    triggers=dict(data_drift=True, prediction_drift=False, realised_drop=0.05, estimated_drop=0.05, schedule_days=0),
+    triggers=dict(data_drift=True, prediction_drift=False, realised_drop=0.05, estimated_drop=0.05, schedule_days=0,
+                  window_growth=2.0),   # a champion fitted on a short window since a drift is refitted once that window grew this much
     min_days_between_retrains=7,
     min_labelled_rows=2000,
     redeploy='direct',          # a retrain that passes the gate: direct (promoted at once) | canary (a rollout with guardrails)
     canary=dict(steps=[10, 50, 100], bake_seconds=60.0, guardrails={}, timeout_seconds=900.0),
     champion_over_threshold=True,   # a challenger is judged against the champion where a gate rule compares them (see challenger_gates)
 )
-TRIGGERS = ('data_drift', 'prediction_drift', 'realised_drop', 'estimated_drop', 'schedule_days')
+TRIGGERS = ('data_drift', 'prediction_drift', 'realised_drop', 'estimated_drop', 'schedule_days', 'window_growth')
 
 def challenger_gates(gates:dict) -> dict:
     """deploy.gates for a challenger of the loop: a metric with a rule comparing it to the champion (min_absolute_change or
@@ -57,6 +58,8 @@ def settings(section:dict|None) -> dict:
     s.update(section)
     for k in ('start_day', 'label_delay_days', 'min_days_between_retrains', 'min_labelled_rows'):
         if not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < 0: raise MlopsError(f"params loop.{k}: must be an integer >= 0, got {s[k]!r}")
+    g = s['triggers']['window_growth']
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not (g == 0 or g > 1): raise MlopsError(f"params loop.triggers.window_growth: expected 0 (off) or a factor > 1, got {g!r}")
     if not isinstance(s['window']['since_drift'], bool): raise MlopsError(f"params loop.window.since_drift: must be true or false, got {s['window']['since_drift']!r}")
     if not isinstance(s['champion_over_threshold'], bool): raise MlopsError(f"params loop.champion_over_threshold: must be true or false, got {s['champion_over_threshold']!r}")
     if not isinstance(s['monitor_days'], int) or s['monitor_days'] < 1: raise MlopsError(f"params loop.monitor_days: must be an integer >= 1, got {s['monitor_days']!r}")
@@ -83,6 +86,9 @@ def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows
         drop = signals.get(f'{name}_drop')
         if t[key] and drop is not None and np.isfinite(drop) and drop > t[key]:
             fired.append(f"{name} {signals.get('metric', 'metric')} {drop:.3f} below the champion's evaluation (limit {t[key]})")
+    g = signals.get('window_growth')
+    if t['window_growth'] and g and g['champion_days'] < g['full_days'] and g['available_days'] >= min(g['full_days'], t['window_growth']*g['champion_days']):
+        fired.append(f"the window since the drift grew from the champion's {g['champion_days']} to {g['available_days']} days")
     if t['schedule_days'] and (last_retrain is None or day - last_retrain >= t['schedule_days']): fired.append(f"schedule (every {t['schedule_days']} days)")
     d = dict(day=day, retrain=False, triggers=fired, blocked=None) | ({} if drift_onset is None else dict(drift_onset=drift_onset))
     if not fired: return d | dict(reason='no trigger fired')
@@ -353,6 +359,9 @@ class Loop:
             narrowed = onset is not None and (first, n) != self.window(day)
             if narrowed:      # the labelled rows of the new world only
                 labelled = min(labelled, sum(h['rows'] for h in self.state['history'] if first <= h['day'] < first + n))
+            cw = ((self._reg().info(sig['champion'], verify=False).get('loop') or {}).get('window') or {}).get('days')
+            if onset is not None and cw is not None and n:      # how much of the new world the champion has seen
+                sig['window_growth'] = dict(champion_days=cw, available_days=n, full_days=self.cfg['window']['days'])
             dec = decide(day, sig, self.cfg, self.state['last_retrain'], labelled, onset if narrowed else None)
         rec |= dict(signals=sig, decision=dec, drift_onset=onset)
         if dec['retrain']:

@@ -90,7 +90,7 @@ PARAMS_SCHEMA = _obj({
                   'label_delay_days': {'type': 'integer', 'minimum': 0}, 'monitor_days': {'type': 'integer', 'minimum': 1},
                   'window': _obj({'kind': {'enum': ['sliding', 'expanding']}, 'days': {'type': 'integer', 'minimum': 2}, 'since_drift': _bool}),
                   'triggers': _obj({'data_drift': _bool, 'prediction_drift': _bool, 'realised_drop': _num, 'estimated_drop': _num,
-                                    'schedule_days': {'type': 'integer', 'minimum': 0}}),
+                                    'schedule_days': {'type': 'integer', 'minimum': 0}, 'window_growth': _num}),
                   'min_days_between_retrains': {'type': 'integer', 'minimum': 0},
                   'min_labelled_rows': {'type': 'integer', 'minimum': 0}, 'champion_over_threshold': _bool, 'redeploy': {'enum': ['direct', 'canary']},
                   'canary': _obj({'steps': {'type': ['array', 'string']}, 'bake_seconds': {'type': ['number', 'string']},
