@@ -25,10 +25,11 @@ LOOP_DEFAULTS = dict(
     start_day=40,               # first day served; the first champion is trained on the window before it
     label_delay_days=3,         # labels of day d are posted on day d + delay
     monitor_days=3,             # the recent window the monitor judges
-    window=dict(kind='sliding', days=28, since_drift=True),   # the retraining window of labelled days: sliding | expanding;
-                                # since_drift: after a data-drift alert it starts where the drift began
+    window=dict(kind='sliding', days=28, since_drift=True, min_days_since_drift=5),   # the retraining window of labelled days:
+                                # sliding | expanding; since_drift: after a data-drift alert it starts where the drift began,
+                                # once it holds min_days_since_drift labelled days
     triggers=dict(data_drift=True, prediction_drift=False, realised_drop=0.05, estimated_drop=0.05, schedule_days=0,
-                  window_growth=2.0),   # a champion fitted on a short window since a drift is refitted once that window grew this much
+                  window_growth=1.5),   # a champion fitted on a short window since a drift is refitted once that window grew this much
     min_days_between_retrains=7,
     min_labelled_rows=2000,
     redeploy='direct',          # a retrain that passes the gate: direct (promoted at once) | canary (a rollout with guardrails)
@@ -60,6 +61,8 @@ def settings(section:dict|None) -> dict:
         if not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < 0: raise MlopsError(f"params loop.{k}: must be an integer >= 0, got {s[k]!r}")
     g = s['triggers']['window_growth']
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not (g == 0 or g > 1): raise MlopsError(f"params loop.triggers.window_growth: expected 0 (off) or a factor > 1, got {g!r}")
+    md = s['window']['min_days_since_drift']
+    if not isinstance(md, int) or isinstance(md, bool) or md < 1: raise MlopsError(f"params loop.window.min_days_since_drift: must be an integer >= 1, got {md!r}")
     if not isinstance(s['window']['since_drift'], bool): raise MlopsError(f"params loop.window.since_drift: must be true or false, got {s['window']['since_drift']!r}")
     if not isinstance(s['champion_over_threshold'], bool): raise MlopsError(f"params loop.champion_over_threshold: must be true or false, got {s['champion_over_threshold']!r}")
     if not isinstance(s['monitor_days'], int) or s['monitor_days'] < 1: raise MlopsError(f"params loop.monitor_days: must be an integer >= 1, got {s['monitor_days']!r}")
@@ -76,9 +79,10 @@ def settings(section:dict|None) -> dict:
     return s
 
 # %% ../nbs/11_loop.ipynb #952df254
-def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows:int, drift_onset:int|None=None) -> dict:
+def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows:int, drift_onset:int|None=None,
+           window_days:int|None=None) -> dict:
     """Whether to retrain on `day` given the monitor's `signals`; the fired triggers and the reason either way. With
-    `drift_onset`, the window starts where the drift began and `labelled_rows` are those since then."""
+    `drift_onset`, the window starts where the drift began: `labelled_rows` and `window_days` are those since then."""
     t, fired = cfg['triggers'], []
     if t['data_drift'] and signals.get('data_drift'): fired.append(f"data drift ({', '.join(signals.get('drifted') or []) or 'dataset'})")
     if t['prediction_drift'] and signals.get('prediction_drift'): fired.append('prediction drift')
@@ -95,6 +99,9 @@ def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows
     since = None if last_retrain is None else day - last_retrain
     if since is not None and since < cfg['min_days_between_retrains']:
         return d | dict(blocked='min_days_between_retrains', reason=f"last retrain {since} day(s) ago, fewer than {cfg['min_days_between_retrains']}")
+    need = cfg['window']['min_days_since_drift']
+    if drift_onset is not None and window_days is not None and window_days < need:
+        return d | dict(blocked='min_days_since_drift', reason=f"{window_days} labelled day(s) since the drift began on day {drift_onset}, fewer than {need}")
     if labelled_rows < cfg['min_labelled_rows']:
         since_onset = '' if drift_onset is None else f" since the drift began on day {drift_onset}"
         return d | dict(blocked='min_labelled_rows', reason=f"{labelled_rows} labelled rows{since_onset}, fewer than {cfg['min_labelled_rows']}")
@@ -362,7 +369,7 @@ class Loop:
             cw = ((self._reg().info(sig['champion'], verify=False).get('loop') or {}).get('window') or {}).get('days')
             if onset is not None and cw is not None and n:      # how much of the new world the champion has seen
                 sig['window_growth'] = dict(champion_days=cw, available_days=n, full_days=self.cfg['window']['days'])
-            dec = decide(day, sig, self.cfg, self.state['last_retrain'], labelled, onset if narrowed else None)
+            dec = decide(day, sig, self.cfg, self.state['last_retrain'], labelled, onset if narrowed else None, n if narrowed else None)
         rec |= dict(signals=sig, decision=dec, drift_onset=onset)
         if dec['retrain']:
             self.state['pending'] = dict(day=day, signals=sig, decision=dec, drift_onset=onset); write_json(self.state_path, self.state)

@@ -88,7 +88,7 @@ PARAMS_SCHEMA = _obj({
     'dask': _obj({'scheduler': _str, 'trial_store': _str}),   # where the work runs (mlops_nb.distributed)
     'loop': _obj({'dir': {'type': 'string', 'minLength': 1}, 'start_day': {'type': 'integer', 'minimum': 0},
                   'label_delay_days': {'type': 'integer', 'minimum': 0}, 'monitor_days': {'type': 'integer', 'minimum': 1},
-                  'window': _obj({'kind': {'enum': ['sliding', 'expanding']}, 'days': {'type': 'integer', 'minimum': 2}, 'since_drift': _bool}),
+                  'window': _obj({'kind': {'enum': ['sliding', 'expanding']}, 'days': {'type': 'integer', 'minimum': 2}, 'since_drift': _bool, 'min_days_since_drift': {'type': 'integer', 'minimum': 1}}),
                   'triggers': _obj({'data_drift': _bool, 'prediction_drift': _bool, 'realised_drop': _num, 'estimated_drop': _num,
                                     'schedule_days': {'type': 'integer', 'minimum': 0}, 'window_growth': _num}),
                   'min_days_between_retrains': {'type': 'integer', 'minimum': 0},

@@ -27,7 +27,7 @@ def small_params(**loop) -> dict:
 
 def drift_params() -> dict:
     "The drift run's params: a retrain after the drift needs two labelled days of the new world (window.since_drift)."
-    return small_params(min_labelled_rows=800)
+    return small_params(min_labelled_rows=800, window=dict(kind='sliding', days=8, min_days_since_drift=2))
 
 
 def write_params(folder: Path, params: dict) -> Path:
