@@ -34,16 +34,20 @@ LOOP_DEFAULTS = dict(
     min_labelled_rows=2000,
     redeploy='direct',          # a retrain that passes the gate: direct (promoted at once) | canary (a rollout with guardrails)
     canary=dict(steps=[10, 50, 100], bake_seconds=60.0, guardrails={}, timeout_seconds=900.0),
+    refit_margin=0.02,          # a refit on a grown window (window_growth alone) passes if not worse than the champion by more than this
     champion_over_threshold=True,   # a challenger is judged against the champion where a gate rule compares them (see challenger_gates)
 )
 TRIGGERS = ('data_drift', 'prediction_drift', 'realised_drop', 'estimated_drop', 'schedule_days', 'window_growth')
 
-def challenger_gates(gates:dict) -> dict:
+def challenger_gates(gates:dict, refit_margin:float|None=None) -> dict:
     """deploy.gates for a challenger of the loop: a metric with a rule comparing it to the champion (min_absolute_change or
-    min_relative_change) drops its absolute threshold, so the comparison decides; other rules stay as they are."""
+    min_relative_change) drops its absolute threshold, so the comparison decides; other rules stay as they are. With
+    `refit_margin` (a refit on more days of the same world) `min_absolute_change` becomes `-refit_margin`: the refit
+    passes unless it is worse than the champion by more than that, beyond chance (a non-inferiority test)."""
     out = copy.deepcopy(gates or {})
     for rule in out.values():
         if isinstance(rule, dict) and any(rule.get(k) is not None for k in ('min_absolute_change', 'min_relative_change')): rule.pop('threshold', None)
+        if isinstance(rule, dict) and refit_margin is not None and rule.get('min_absolute_change') is not None: rule['min_absolute_change'] = -float(refit_margin)
     return out
 
 def settings(section:dict|None) -> dict:
@@ -64,6 +68,8 @@ def settings(section:dict|None) -> dict:
     md = s['window']['min_days_since_drift']
     if not isinstance(md, int) or isinstance(md, bool) or md < 1: raise MlopsError(f"params loop.window.min_days_since_drift: must be an integer >= 1, got {md!r}")
     if not isinstance(s['window']['since_drift'], bool): raise MlopsError(f"params loop.window.since_drift: must be true or false, got {s['window']['since_drift']!r}")
+    rm = s['refit_margin']
+    if isinstance(rm, bool) or not isinstance(rm, (int, float)) or rm < 0: raise MlopsError(f"params loop.refit_margin: must be a number >= 0, got {rm!r}")
     if not isinstance(s['champion_over_threshold'], bool): raise MlopsError(f"params loop.champion_over_threshold: must be true or false, got {s['champion_over_threshold']!r}")
     if not isinstance(s['monitor_days'], int) or s['monitor_days'] < 1: raise MlopsError(f"params loop.monitor_days: must be an integer >= 1, got {s['monitor_days']!r}")
     if s['window']['kind'] not in ('sliding', 'expanding'): raise MlopsError(f"params loop.window.kind: expected sliding or expanding, got {s['window']['kind']!r}")
@@ -90,9 +96,9 @@ def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows
         drop = signals.get(f'{name}_drop')
         if t[key] and drop is not None and np.isfinite(drop) and drop > t[key]:
             fired.append(f"{name} {signals.get('metric', 'metric')} {drop:.3f} below the champion's evaluation (limit {t[key]})")
-    g = signals.get('window_growth')
+    g, grown = signals.get('window_growth'), False
     if t['window_growth'] and g and g['champion_days'] < g['full_days'] and g['available_days'] >= min(g['full_days'], t['window_growth']*g['champion_days']):
-        fired.append(f"the window since the drift grew from the champion's {g['champion_days']} to {g['available_days']} days")
+        fired.append(f"the window since the drift grew from the champion's {g['champion_days']} to {g['available_days']} days"); grown = True
     if t['schedule_days'] and (last_retrain is None or day - last_retrain >= t['schedule_days']): fired.append(f"schedule (every {t['schedule_days']} days)")
     d = dict(day=day, retrain=False, triggers=fired, blocked=None) | ({} if drift_onset is None else dict(drift_onset=drift_onset))
     if not fired: return d | dict(reason='no trigger fired')
@@ -105,7 +111,7 @@ def decide(day:int, signals:dict, cfg:dict, last_retrain:int|None, labelled_rows
     if labelled_rows < cfg['min_labelled_rows']:
         since_onset = '' if drift_onset is None else f" since the drift began on day {drift_onset}"
         return d | dict(blocked='min_labelled_rows', reason=f"{labelled_rows} labelled rows{since_onset}, fewer than {cfg['min_labelled_rows']}")
-    return d | dict(retrain=True, reason='; '.join(fired))
+    return d | dict(retrain=True, reason='; '.join(fired), refit=grown and len(fired) == 1)   # refit: a grown window alone
 
 # %% ../nbs/11_loop.ipynb #f253eae1
 def _free_port() -> int:
@@ -218,7 +224,7 @@ class Loop:
             canary = self.cfg['redeploy'] == 'canary' and before is not None and self.svc is not None
             p['deploy'] = dict(p.get('deploy') or {}, registry=str(self.reg_dir), auto_promote=not canary)   # canary: the gate makes a challenger
             if before is not None and self.cfg['champion_over_threshold']:   # after a drift yesterday's floor may be out of any model's reach
-                p['deploy']['gates'] = challenger_gates(p['deploy'].get('gates'))
+                p['deploy']['gates'] = challenger_gates(p['deploy'].get('gates'), self.cfg['refit_margin'] if decision.get('refit') else None)
             # the window may hold the drift the retrain adapts to: its new categories and ranges are data, not errors
             pp = dict(p.get('prepare') or {}); pp['validation'] = dict(pp.get('validation') or {}, max_unseen_category_rate=1.0, max_out_of_range_rate=1.0)
             p['prepare'] = pp

@@ -92,7 +92,7 @@ PARAMS_SCHEMA = _obj({
                   'triggers': _obj({'data_drift': _bool, 'prediction_drift': _bool, 'realised_drop': _num, 'estimated_drop': _num,
                                     'schedule_days': {'type': 'integer', 'minimum': 0}, 'window_growth': _num}),
                   'min_days_between_retrains': {'type': 'integer', 'minimum': 0},
-                  'min_labelled_rows': {'type': 'integer', 'minimum': 0}, 'champion_over_threshold': _bool, 'redeploy': {'enum': ['direct', 'canary']},
+                  'min_labelled_rows': {'type': 'integer', 'minimum': 0}, 'champion_over_threshold': _bool, 'refit_margin': {'type': 'number', 'minimum': 0}, 'redeploy': {'enum': ['direct', 'canary']},
                   'canary': _obj({'steps': {'type': ['array', 'string']}, 'bake_seconds': {'type': ['number', 'string']},
                                   'timeout_seconds': {'type': ['number', 'string']}, 'guardrails': {'type': 'object'}})}),   # the retraining loop (mlops_nb.loop)
 })
