@@ -102,9 +102,10 @@ def report(res:dict) -> str:
     days = res['days']
     lines = [f"Measured by `.venv/bin/python benchmarks/loop.py --days {days} --write-readme`, one run per scenario, on this 2-core machine "
              f"shared with other work (load average {res['load'][0]} before, {res['load'][1]} after: the times are those of a busy machine"
-             + ("; the scenarios ran side by side, one process each, merged with `--from-results --merge`" if ' / ' in str(res['load'][0]) else '') + "). "
+             + ("; the scenarios ran as separate runs, merged with `--from-results --merge`" if ' / ' in str(res['load'][0]) else '') + "). "
              f"Default `params.yaml` ({res['transactions_per_day']:,} transactions a day, loop from day {res['start_day']}, labels "
-             f"{res['label_delay_days']} days late, sliding window of {res['window_days']} days, at least {res['min_days_between']} days between retrains); "
+             f"{res['label_delay_days']} days late, sliding window of {res['window_days']} days that after a drift alert starts where the drift began and is refitted as it grows, "
+             f"at least {res['min_days_between']} days between retrains); "
              f"`abrupt`: the default abrupt drift from day {res['drift_day']}; `none`: the same stream without drift. The loop serves every "
              "day through `mlops-nb serve` on 127.0.0.1 (real HTTP); its retrains run the project's stages with the full hyper-parameter "
              "search and deploy's gate. The baselines are batch-scored in-process on the same days and traffic and retrained with the first "
