@@ -76,12 +76,13 @@ def build_model(work:Path, second:bool=False):
     it; return (registry, version, raw input frame, model.skops path)."""
     sys.path.insert(0, str(ROOT))
     from mlops_nb.core import load_params
+    from mlops_nb.params import resolve
     from mlops_nb.sim import simulate
     from mlops_nb.features import add_features, clean, feature_columns
     from mlops_nb.feature_step import derived_columns, source_columns
     from mlops_nb.train import make_estimator, make_pipeline
     from mlops_nb.registry import Registry
-    P = load_params(ROOT/'params.yaml')
+    P = resolve(load_params(ROOT/'params.yaml'))          # `auto` values as the stages resolve them
     df = simulate(0, 30, P['seed'], transactions_per_day=P['sim']['transactions_per_day'], n_customers=P['sim']['n_customers'])
     t, fspec = P['task'], P['prepare']['features']
     df = clean(df, t['target'], t['time_column'], t['id_columns'])

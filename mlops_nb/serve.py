@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_serve.ipynb #bb58e2f6
 from __future__ import annotations
-import asyncio, bisect, contextlib, copy, csv, hmac, io, itertools, json, math, operator, os, re, struct, sys, threading, time, uuid
+import asyncio, bisect, contextlib, copy, csv, gc, hmac, io, itertools, json, math, operator, os, re, struct, sys, threading, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,8 @@ from .protocols import (parse_json_payload, parse_csv_payload, loads_json, _v2_c
                                 _V2_NUMBERS)
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'ServeConfig', 'LoadedModel', 'ModelSource', 'Stats', 'Service', 'openapi_spec',
-           'build_app', 'app_from_env', 'predict_file', 'serve_cmd', 'predict_cmd']
+__all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'CANARY_LOOP_BUDGET_S', 'ServeConfig', 'LoadedModel', 'ModelSource', 'Stats',
+           'Service', 'openapi_spec', 'build_app', 'app_from_env', 'predict_file', 'serve_cmd', 'predict_cmd']
 
 # %% ../nbs/09_serve.ipynb #2f8e36fa
 _log = get_logger('mlops_nb.serve')
@@ -343,6 +343,13 @@ class _Merged:
         yield from out.values()
 
 # %% ../nbs/09_serve.ipynb #b1531a79
+# A canary shares the event loop's micro-batches while its model calls stay under this; a slower one is moved off the loop
+CANARY_LOOP_BUDGET_S = 0.02
+
+def _finite(m, score:np.ndarray):
+    "Refuse a candidate's non-finite scores (the champion then answers the request)."
+    if not np.isfinite(score).all(): raise MlopsError(f"{m.version} returned a non-finite score")
+
 class Service:
     "The state of one server process: a `ModelSlot` per model served (the first is the default), HTTP stats, the micro-batcher, logs."
     def __init__(self, cfg:ServeConfig):
@@ -418,10 +425,13 @@ class Service:
 
     # -- predicting -------------------------------------------------------------------------------
     async def _predict(self, slot, m:LoadedModel, role:str, X:dict, n:int, rid:str, t0:float):
-        "Predict `X`, sharing one model call with the other requests validated in the same event-loop turn."
+        """Predict `X`, sharing one model call with the other requests validated in the same event-loop turn. A canary's
+        requests (`role` 'canary') are captured as primary rows (their answers are the ones returned), and a non-finite
+        score of theirs is an error, so that the champion answers instead (see `predict_canary`)."""
         if not self.cfg.micro_batch:
             score, label = m.predict(X)
-            slot.record(m, role, [(slot, m, role, X, n, rid, t0)], X, score, label)
+            if role == 'canary': _finite(m, score)
+            slot.record(m, 'primary' if role == 'canary' else role, [(slot, m, role, X, n, rid, t0)], X, score, label)
             return score, label
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -439,6 +449,7 @@ class Service:
         for it in batch: groups.setdefault((id(it[1]), it[2]), []).append(it)   # each model (and role) predicts its own
         for items in groups.values():
             slot, m, role = items[0][:3]
+            t = time.perf_counter()
             try:
                 if len(items) == 1:
                     X = items[0][3]; score, label = m.predict(X)
@@ -449,22 +460,34 @@ class Service:
                     ends = list(itertools.accumulate(it[4] for it in items))
                     results = [(score[a:b], None if label is None else label[a:b]) for a, b in zip([0] + ends[:-1], ends)]
                     self.batched += len(items)
+                if role == 'canary': _finite(m, score)
             except Exception as e:
                 for it in items:
                     if not it[-1].done(): it[-1].set_exception(e)
                 continue
-            slot.record(m, role, items, X, score, label)
+            finally:
+                c = slot.canary
+                if role == 'canary' and c is not None and c.model is m and not c.off_loop and time.perf_counter() - t > CANARY_LOOP_BUDGET_S:
+                    c.off_loop = True     # a slow candidate: its next requests are predicted off the event loop
+                    self.log(event='canary_off_loop', model=slot.name, version=m.version, ms=round((time.perf_counter() - t) * 1e3, 1))
+            slot.record(m, 'primary' if role == 'canary' else role, items, X, score, label)
             for it, r in zip(items, results):
                 if not it[-1].done(): it[-1].set_result(r)
 
     async def predict_canary(self, slot, model:LoadedModel, cols:dict, n:int, rid:str, t0:float, text:bool):
         """Predict a request `slot.route` sent to the canary `model`: `(model that answered, X, score, label)`. The canary
-        predicts off the event loop (a slow candidate delays its own requests, not the champion's); if it fails, the
-        champion answers and the error is counted for the candidate, so no client request fails because of it."""
+        shares the event loop's micro-batches like the champion, so a rollout costs no thread hand-off per request; once
+        one of its model calls takes longer than `CANARY_LOOP_BUDGET_S`, its requests are predicted off the event loop
+        (a slow candidate delays its own requests, not the champion's). If it fails, the champion answers and the error
+        is counted for the candidate, so no client request fails because of it."""
         try:
             X = model.validator.columns(cols, n, text)
-            score, label = await asyncio.to_thread(model.predict, X)
-            if not np.isfinite(score).all(): raise MlopsError(f"{model.version} returned a non-finite score")
+            c = slot.canary
+            if c is not None and c.model is model and not c.off_loop: score, label = await self._predict(slot, model, 'canary', X, n, rid, t0)
+            else:
+                score, label = await asyncio.to_thread(model.predict, X)
+                _finite(model, score)
+                slot.record(model, 'primary', [(slot, model, 'primary', X, n, rid, t0)], X, score, label)   # returned: a primary answer
         except Exception as e:
             cnt, m = slot.rollout_counts[model.version], slot.model
             try:
@@ -476,7 +499,6 @@ class Service:
             cnt[1] += 1
             self.log(event='canary_error', model=slot.name, version=model.version, request_id=rid, error=f"{type(e).__name__}: {str(e)[:200]}")
             return m, X, score, label
-        slot.record(model, 'primary', [(slot, model, 'primary', X, n, rid, t0)], X, score, label)   # returned: a primary answer
         return model, X, score, label
 
     def feedback(self, obj:Any, slot=None) -> int:
@@ -726,6 +748,9 @@ def build_app(cfg:ServeConfig, preload:bool=False):
             if s.rollout_applies():   # a rollout in progress is resumed before the first request
                 s._rollout_changed(); await s.apply_rollout()
                 tasks.append(asyncio.create_task(s.watch_rollout()))
+        # what start-up built (libraries, models) lives as long as the process: out of the collector's sight, a full
+        # collection walks only what requests create, so it pauses a request for far less (CPython's gc.freeze advice)
+        gc.collect(); gc.freeze()
         svc.log(event='started', pid=os.getpid(), url=f"http://{cfg.host}:{cfg.port}/", registry=cfg.registry, model=cfg.model,
                 version=svc.model.version if svc.model else None,
                 **({'models': {n: s.model.version if s.model else None for n, s in svc.slots.items()}} if multi else {}))

@@ -27,8 +27,8 @@ def sampled(request_id:str, share:float, salt:str='shadow') -> bool:
 # %% ../nbs/09c_slots.ipynb #b6c099cf
 class Shadow:
     "The version under the `shadow` alias: scores copies of a slot's requests on a background thread; answers captured, never returned."
-    def __init__(self, slot, share:float=1.0, max_queue:int=1000, max_batch:int=256):   # slot: the ModelSlot it mirrors (defined below)
-        self.slot, self.share, self.max_batch = slot, float(share), int(max_batch)
+    def __init__(self, slot, share:float=1.0, max_queue:int=1000, max_batch:int=256, linger:float=0.01):   # slot: the ModelSlot it mirrors (defined below)
+        self.slot, self.share, self.max_batch, self.linger = slot, float(share), int(max_batch), float(linger)
         self.model = None                                   # the LoadedModel under the alias, None while it is not set
         self.scored = self.dropped = self.errors = 0        # requests
         self._q: queue.Queue = queue.Queue(max(1, int(max_queue)))
@@ -45,6 +45,9 @@ class Shadow:
         while True:
             items = [self._q.get()]
             if items[0] is None: self._q.task_done(); return
+            # copies gather for `linger` seconds: one model call per batch, not one wake-up and one call per request,
+            # whose hand-offs of the GIL would cost the event loop's requests their latency
+            if self.linger > 0: time.sleep(self.linger)
             while len(items) < self.max_batch:
                 try: it = self._q.get_nowait()
                 except queue.Empty: break
@@ -291,6 +294,7 @@ class Canary:
         cols = sticky.get('columns', sticky.get('column')) or list(id_columns)
         self.columns = [cols] if isinstance(cols, str) else list(cols)
         self.header = str(sticky.get('header') or 'x-rollout-key').lower()
+        self.off_loop = False    # set once one of its model calls took longer than CANARY_LOOP_BUDGET_S (see Service._run_batch)
 
     def key(self, cols:dict|None, headers:dict, rid:str) -> str:
         "The sticky key: the first row's value of a key column the record has (`task.id_columns`), else the header, else the request id."
