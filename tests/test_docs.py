@@ -57,7 +57,8 @@ def server(site):
 def browser(tmp_path_factory):
     "Headless Debian Chromium driven by its chromedriver (no driver or browser download)."
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.fail('chromium and chromedriver are needed (bash scripts/setup.sh installs them as root: apt-get install chromium chromium-driver)')
+        pytest.fail('chromium and chromedriver are needed: `bash scripts/test.sh` installs them (scripts/system_packages.sh, as root; '
+                    'or apt-get install chromium chromium-driver)')
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
@@ -170,6 +171,29 @@ def test_report_page_shows_its_figures(browser, server, proj, site):
     assert imgs and all(ok and w > 100 for ok, w in imgs), imgs
     assert errors(log) == []
 
+OVERFLOWING_PRE = """return [...document.querySelectorAll('#furo-main-content pre')].filter(p => p.clientWidth > 0).map(p => {
+    const wrapped = [p.scrollWidth, p.clientWidth];
+    const before = p.style.whiteSpace; p.style.whiteSpace = 'pre';      // the same block unwrapped: is a line too long for it?
+    const unwrapped = p.scrollWidth; p.style.whiteSpace = before;
+    return {text: p.textContent.slice(0, 60), scroll: wrapped[0], client: wrapped[1], unwrapped: unwrapped};
+})"""
+
+@pytest.mark.parametrize('width', [420, 800])
+def test_code_blocks_wrap_at_narrow_widths(browser, server, width):
+    "At a phone's and a small window's width no code block or output is cut off: long lines wrap inside the block."
+    try:
+        browser.set_window_size(width, 1400)
+        for page in ['index.html', 'core.html', 'monitor.html']:   # README's commands, signatures, examples' outputs
+            open_page(browser, server + page)
+            blocks = browser.execute_script(OVERFLOWING_PRE)
+            assert blocks, page
+            assert any(b['unwrapped'] > b['client'] + 1 for b in blocks), (page, 'no line long enough to need wrapping here')
+            cut = [b for b in blocks if b['scroll'] > b['client'] + 1]
+            assert cut == [], (page, width, cut)
+        browser.save_screenshot(str(ARTIFACTS/f'narrow-{width}.png'))          # the last page, as a reader at that width sees it
+    finally:
+        browser.set_window_size(1280, 1400)
+
 def test_navigation_links(browser, server):
     from selenium.webdriver.common.by import By
     open_page(browser, server)
@@ -276,6 +300,120 @@ def test_reports_read_as_reports(proj, tmp_path):
     run(f'jupyter nbconvert --to html --no-input --output-dir {tmp_path} {proj}/reports/04_evaluate.ipynb', proj)
     page = (tmp_path/'04_evaluate.html').read_text()
     assert 'report.placeholder' not in page and 'stage_params' not in page and 'Since the last run' in page and '<img' in page
+
+def code_cell(nb:dict, snippet:str) -> dict:
+    "The report's one code cell whose source holds `snippet`."
+    cells = [c for c in nb['cells'] if c['cell_type'] == 'code' and snippet in ''.join(c['source'])]
+    assert len(cells) == 1, (snippet, len(cells))
+    return cells[0]
+
+def figures(cell:dict) -> list[str]:
+    "The figures a cell shows, as their text form (`<Figure size 550x300 with 1 Axes>`)."
+    return [''.join(o['data']['text/plain']) for o in cell['outputs'] if 'image/png' in o.get('data', {})]
+
+TIME_PARTS = ['timestamp_hour', 'timestamp_dayofweek']   # prepare.features.time_parts: auto, of task.time_column
+
+def test_collect_draws_rows_per_batch_only_when_they_vary(proj):
+    "No flat chart: the simulator's batches all have the same rows, so collect's figure is the target rate per batch alone."
+    collect = json.loads((proj/'reports/01_collect.ipynb').read_text())
+    rows = [b['rows'] for b in json.loads((proj/'data/raw/manifest.json').read_text())]
+    assert len(rows) > 1 and len(set(rows)) == 1, rows                       # the simulator: the same rows every day
+    assert figures(code_cell(collect, 'rows per batch only when')) == ['<Figure size 550x300 with 1 Axes>']   # the target rate only
+
+def test_prepare_draws_no_null_rate_chart_without_nulls(proj):
+    "No empty chart: without a missing value anywhere, prepare says so in a sentence and draws the class balance alone."
+    prepare = json.loads((proj/'reports/02_prepare.ipynb').read_text())
+    assert all(c['null_rate'] == 0 for c in json.loads((proj/'metrics/data_quality.json').read_text())['columns'])
+    cell = code_cell(prepare, 'null_rates')
+    said = [''.join(o['data']['text/markdown']) for o in cell['outputs'] if 'text/markdown' in o.get('data', {})]
+    assert said == ['No missing values in any column of any split.'], said
+    assert figures(cell) == ['<Figure size 550x300 with 1 Axes>']            # class balance only, no empty null-rate chart
+
+def test_drift_over_time_leaves_the_time_parts_out(proj):
+    "A one-day window holds one weekday: the time parts are left out of the per-day drift (its table and the figure drawn from the same rows), and it says so."
+    import pandas as pd
+    from mlops_nb.report import time_part_columns
+    from mlops_nb.steps import resolved_params
+    params = resolved_params(yaml.safe_load((proj/'params.yaml').read_text()), str(proj/'data/raw'))
+    assert sorted(time_part_columns(params)) == sorted(TIME_PARTS)
+    dot = pd.read_csv(proj/'plots/monitor/drift_over_time.csv')              # all features, every day: what was left out
+    assert set(TIME_PARTS) <= set(dot.column) and dot[dot.column == 'timestamp_dayofweek'].drift.all()   # "drifted" every day
+    nb = json.loads((proj/'reports/06_monitor.ipynb').read_text())
+    heading = next(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith('## Drift over time'))
+    assert 'are left out' in heading and 'weekday' in heading, heading
+    per_feature = ''.join(shown_output(o) for o in code_cell(nb, 'features drifted**')['outputs'])
+    assert all(f'>{c}</td>' in per_feature for c in TIME_PARTS)              # judged over the whole window, as every feature
+    cell = code_cell(nb, 'dot = out.drift_over_time')
+    assert len(figures(cell)) == 1
+    per_day = ''.join(shown_output(o) for o in cell['outputs'])
+    assert '>amount</th>' in per_day and not any(c in per_day for c in TIME_PARTS), per_day[:2000]
+
+def test_drift_over_time_figure_for_dvc_plots_leaves_the_time_parts_out(proj, tmp_path):
+    "run_monitor's figure (plots/monitor/figures/drift_over_time.png, for `dvc plots show`) is drawn without the time parts."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.image, numpy as np, pandas as pd
+    from mlops_nb import monitor as mon
+    dot = pd.read_csv(proj/'plots/monitor/drift_over_time.csv')
+    assert set(TIME_PARTS) <= set(dot.column)
+    def drawn(d:pd.DataFrame, path:Path) -> np.ndarray:
+        mon.plot_drift_over_time(d).savefig(path, dpi=80, bbox_inches='tight', metadata={'Software': None})
+        return matplotlib.image.imread(path)
+    def differs(a, b) -> float: return float('inf') if a.shape != b.shape else float(np.abs(a - b).mean())
+    saved = matplotlib.image.imread(proj/'plots/monitor/figures/drift_over_time.png')
+    without, full = drawn(dot[~dot.column.isin(TIME_PARTS)], tmp_path/'without.png'), drawn(dot, tmp_path/'full.png')
+    assert differs(saved, without) < 0.002 and differs(saved, full) > 10 * max(differs(saved, without), 1e-4), (differs(saved, without), differs(saved, full))
+
+def uneven_csv_folder(folder:Path) -> Path:
+    "Four CSV batches of a classification task with different row counts; one in 12 values of `x` missing, in every batch."
+    import numpy as np, pandas as pd
+    rng, start = np.random.default_rng(0), pd.Timestamp('2026-03-01')
+    folder.mkdir(parents=True)
+    for i, per_day in enumerate([60, 90, 120, 150]):          # three days a file
+        n = 3 * per_day
+        ts = start + pd.Timedelta(days=3 * i) + pd.to_timedelta(np.sort(rng.uniform(0, 3 * 86400, n)), unit='s')
+        x = rng.normal(0, 1, n)
+        y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(x * 2 - 1.5)))).astype(int)
+        x[::12] = np.nan
+        pd.DataFrame({'id': [f'r{i}_{j}' for j in range(n)], 'ts': ts.strftime('%Y-%m-%d %H:%M:%S'), 'x': x.round(4),
+                      'kind': rng.choice(['a', 'b', 'c'], n), 'y': y}).to_csv(folder/f'part{i}.csv', index=False)
+    return folder
+
+INSPECT = {   # appended to the stage notebooks of the copy: what the figure of the cell before holds
+    '01_collect': "import json\nprint('FIGURE', json.dumps([a.get_title() for a in fig.axes]))",
+    '02_prepare': "import json\nprint('FIGURE', json.dumps([dict(title=a.get_title(), ticks=[t.get_text() for t in a.get_xticklabels()],\n"
+                  "    percent=[type(f).__name__ == 'PercentFormatter' for f in (a.xaxis.get_major_formatter(), a.yaxis.get_major_formatter())],\n"
+                  "    heights=[float(b.get_height()) for b in a.patches], widths=[float(b.get_width()) for b in a.patches]) for a in fig.axes]))\n"
+                  "print('RATES', json.dumps({k: v['target_rate'] for k, v in summary.items()}))"}
+
+def test_figures_of_uneven_batches_with_nulls(project):
+    "Batches of different sizes with missing values: collect draws rows per batch; prepare the null rates, and class balance as rates."
+    import nbformat
+    p = project.path
+    uneven_csv_folder(p/'data/external/parts')
+    project.set_params({'task': {'type': 'classification', 'target': 'y', 'time_column': 'ts', 'id_columns': ['id']},
+                        'collect': {'sources': [{'type': 'file', 'path': 'data/external/parts'}], 'days': 40}})
+    for stage, code in INSPECT.items():
+        nb_ = nbformat.read(p/f'pipelines/{stage}.ipynb', as_version=4)
+        nb_.cells.append(nbformat.v4.new_code_cell(code))
+        nbformat.write(nb_, p/f'pipelines/{stage}.ipynb')
+    project.run('dvc repro prepare', timeout=600)
+    def printed(stage, key):
+        nb_ = json.loads((p/f'reports/{stage}.ipynb').read_text())
+        return [json.loads(line.split(' ', 1)[1]) for c in nb_['cells'] if c['cell_type'] == 'code' for o in c['outputs']
+                if o['output_type'] == 'stream' for line in ''.join(o['text']).splitlines() if line.startswith(key + ' ')][0]
+    collect = json.loads((p/'reports/01_collect.ipynb').read_text())
+    assert figures(code_cell(collect, 'rows per batch only when')) == ['<Figure size 1100x300 with 2 Axes>']
+    assert printed('01_collect', 'FIGURE') == ['rows per batch', 'y rate per batch']
+    prepare = json.loads((p/'reports/02_prepare.ipynb').read_text())
+    cell = code_cell(prepare, 'null_rates')
+    assert figures(cell) == ['<Figure size 1100x300 with 2 Axes>']
+    assert not any('No missing values' in shown_output(o) for o in cell['outputs'])
+    nulls, balance = printed('02_prepare', 'FIGURE')
+    assert nulls['title'].startswith('null rate by column') and nulls['percent'][0] and len(nulls['widths']) == 1   # x only
+    assert nulls['widths'][0] == pytest.approx(1 / 12, abs=0.01)
+    rates = printed('02_prepare', 'RATES')
+    assert balance['title'] == 'y = 1: rate by split' and balance['percent'][1] and balance['ticks'] == list(rates)
+    assert balance['heights'] == pytest.approx(list(rates.values()), abs=1e-9) and all(0 < h < 1 for h in balance['heights'])
 
 def test_report_pages_hide_code_and_parameters(site):
     for page in sorted((site/'reports').glob('*.html')):

@@ -165,3 +165,73 @@ def test_serve_takes_a_named_model_and_follows_its_own_alias(tmp_path):
         assert meta['version'] == 'v0002' and Path(meta['path']) == churn.versions_dir/'v0002', meta
     finally:
         assert srv.stop() == 0
+
+
+def _history_rows(card:str) -> list[tuple]:
+    "The (action, alias, version, previous, why) of every row of a card's 'Deployment history' table."
+    table = card.split('## Deployment history', 1)[1].strip().splitlines()[2:]
+    return [(c[1], c[2], c[3], c[4], c[6]) for c in ([x.strip() for x in l.strip('|').split('|')] for l in table if l.startswith('|'))]
+
+def test_the_model_card_of_a_named_model_shows_its_own_name_versions_and_aliases(tmp_path):
+    "Two models with the same version numbers: each card names its model and shows that model's version, metrics and alias changes only."
+    from mlops_nb.registry import card_markdown
+    root = tmp_path/'registry'
+    fraud, churn = Registry(root, 'fraud'), Registry(root, 'churn')
+    for seed in (1, 2, 3): _register(fraud, seed)                 # roc_auc 0.51, 0.52, 0.53
+    _register(churn, 4); _register(churn, 5)                       # roc_auc 0.54, 0.55
+    fraud.promote('v0002', reason='fraud first'); fraud.promote('v0001', alias='challenger', reason='fraud trial')
+    fraud.promote('v0003', reason='fraud second')                  # fraud's champion leaves v0002
+    churn.promote('v0002', reason='churn release'); churn.promote('v0001', alias='challenger', reason='churn trial')
+    card = churn.card('champion')
+    assert card.splitlines()[0] == '# Model card: churn v0002', card.splitlines()[0]
+    assert '| roc_auc | 0.55 |' in card and '0.52' not in card     # churn v0002's metrics, not fraud v0002's
+    assert _history_rows(card) == [('promote', 'champion', 'v0002', '—', 'churn release')], card
+    assert 'fraud' not in card
+    assert _history_rows(churn.card('v0001')) == [('promote', 'challenger', 'v0001', '—', 'churn trial')]
+    # the same version number of the other model (the registry's root model): its own title, metrics and alias changes
+    for reg in (fraud, Registry(root)):
+        other = reg.card('v0002')
+        assert other.splitlines()[0] == '# Model card: fraud v0002' and '| roc_auc | 0.52 |' in other and 'churn' not in other, other
+        assert _history_rows(other) == [('promote', 'champion', 'v0002', '—', 'fraud first'),
+                                        ('promote', 'champion', 'v0003', 'v0002', 'fraud second')], other
+    # the registered card.md (card_markdown of model.json) and the HTML card carry the name too
+    assert card_markdown(churn.info('v0001')).splitlines()[0] == '# Model card: churn v0001'
+    assert (churn.versions_dir/'v0002'/'card.md').read_text().splitlines()[0] == '# Model card: churn v0002'
+    assert '<title>Model card: churn v0002</title>' in churn.card('champion', html=True)
+    # and the CLI prints the named model's card
+    out = cli(['models', 'card', 'champion', '--model', 'churn', '--registry', 'registry'], tmp_path).stdout
+    assert out.splitlines()[0] == '# Model card: churn v0002' and _history_rows(out) == _history_rows(card), out
+
+
+def test_cli_monitor_compares_with_the_named_models_champion(tmp_path):
+    """`mlops-nb monitor --reference NAME@champion` (or --model NAME) compares the current window with that model's champion's
+    saved profile, not the root model's nor another version's; a model name the registry does not hold is an error naming it."""
+    from mlops_nb import monitor as mon
+    def frame(shift, seed, n=2000):
+        rng = np.random.default_rng(seed)
+        return pd.DataFrame({'a': rng.normal(shift, 1, n), 'b': rng.normal(-shift, 1, n)})
+    mon.reference_profile(frame(0, 1), ['a', 'b'], []).save(tmp_path/'profile_old')
+    mon.reference_profile(frame(3, 2), ['a', 'b'], []).save(tmp_path/'profile_new')
+    root = tmp_path/'registry'
+    fraud, churn = Registry(root, 'fraud'), Registry(root, 'churn')
+    _register(fraud, 1, artifacts={'profile': tmp_path/'profile_old'}); fraud.promote('v0001')
+    _register(churn, 2, artifacts={'profile': tmp_path/'profile_old'}); _register(churn, 3, artifacts={'profile': tmp_path/'profile_new'})
+    churn.promote('v0002')                                         # churn's champion was profiled on the shifted data
+    frame(3, 9, 800).to_csv(tmp_path/'current.csv', index=False)    # the current window: like churn's champion's data
+    base = ['monitor', '--registry', 'registry', '--current', 'current.csv']
+    for ref in (['--reference', 'churn@champion'], ['--reference', 'models:/churn@champion'], ['--reference', 'champion', '--model', 'churn']):
+        r = cli(base + ref + ['--status', 'status.json'], tmp_path)      # exit 0: no drift against churn v0002
+        assert 'OK: 0 of 2 features drifted' in r.stdout and '(reference: v0002 of registry)' in r.stdout, r.stdout
+        status = json.loads((tmp_path/'status.json').read_text())
+        assert status['status'] == 'ok' and status['reference'] == dict(source='registry', registry='registry', model='churn', version='v0002',
+                                                                        ref='champion', profile='saved at registration'), status
+    # the root model's champion (fraud v0001) and churn's own v0001: the old data, so both features drifted (exit 1)
+    for ref in (['--reference', 'champion'], ['--reference', 'churn@v0001']):
+        r = cli(base + ref + ['--status', 'status.json'], tmp_path, check=1)
+        assert 'ALERT: 2 of 2 features drifted' in r.stdout and '(reference: v0001 of registry)' in r.stdout, r.stdout
+        assert json.loads((tmp_path/'status.json').read_text())['reference']['model'] == ('churn' if 'churn@v0001' in ref else 'fraud')
+    # a model the registry does not hold: exit 2 and a message naming it and the models there are
+    for ref in (['--reference', 'nope@champion'], ['--reference', 'champion', '--model', 'nope']):
+        r = cli(base + ref, tmp_path, check=2)
+        assert "no model 'nope' in the registry at registry" in r.stderr and 'models: fraud, churn' in r.stderr, r.stderr
+        assert 'Traceback' not in r.stderr and not r.stdout.strip(), r

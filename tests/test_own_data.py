@@ -5,7 +5,7 @@ Two data sets made here (not the simulator): a regression CSV with a time column
 copy of the project, and a classification Parquet without one, through the stages in this process. Each ends with a
 champion in the registry, one raw record answered over HTTP by `mlops-nb serve`, and a monitor run on the newest rows
 of the data that judges the data's own columns (no alert about the simulator's)."""
-import contextlib, copy, json
+import contextlib, copy, json, re
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, yaml
@@ -13,6 +13,8 @@ import numpy as np, pandas as pd, pytest, yaml
 from conftest import ROOT, PROJECT_FILES, Project, run
 from test_serve import Server
 from test_raw_record import records
+from test_docs import browser   # headless Debian Chromium + chromedriver (a module fixture)
+from test_experiment_views import DATA_PIXELS, draw_offline, html_id, plots_page
 
 SHIPPED = yaml.safe_load((ROOT/'params.yaml').read_text())
 SIM_COLUMNS = ('amount', 'merchant_category', 'customer_avg_amount', 'timestamp')
@@ -66,8 +68,36 @@ def check_monitor(status:dict, metrics:dict, columns:list[str], metric:str):
     assert (metrics.get('performance') or {}).get(metric) is not None, metrics.get('performance')
 
 
+def sig4(v) -> float: return float(f'{v:.4g}')
+
+def check_regression_key_metrics(p:Path):
+    """The metrics DVC tracks (metrics/key/STAGE.json) after a regression run: one short line per stage with the regression numbers
+    (R², RMSE, MAE; the search's CV score; the monitor's live RMSE), rounded to 4 significant digits as for classification, nothing volatile."""
+    key = {f.stem: json.loads(f.read_text()) for f in (p/'metrics/key').glob('*.json')}
+    full = {n: json.loads((p/f'metrics/{n}.json').read_text()) for n in ('train', 'evaluate', 'monitor')}
+    assert set(key) == {'prepare', 'train', 'evaluate', 'deploy', 'monitor'}, key
+    assert key['evaluate'] == {m: sig4(full['evaluate'][m]) for m in ('r2', 'rmse', 'mae')}, key['evaluate']   # no classification metric
+    assert key['train'] == {'cv_score': sig4(full['train']['cv_best_score'])} and key['train']['cv_score'] < 0, key['train']   # neg. RMSE
+    assert key['monitor'] == dict(alert=full['monitor']['alert'], drift_share=sig4(full['monitor']['drift_share']),
+                                  drifted=full['monitor']['drifted_features'], live_rmse=sig4(full['monitor']['performance']['rmse'])), key['monitor']
+    assert key['deploy'] == {'passed': True, 'promoted': 'champion'} and set(key['prepare']) == {'rows'}, key
+    for stage, d in key.items():
+        assert not [k for k in d if re.search(r'latency|seconds|_ms$|_at$|time|duration', k)], (stage, d)   # nothing volatile
+        assert all(type(v) in (bool, int, str) or sig4(v) == v for v in d.values()), (stage, d)          # every float at 4 digits
+
+def check_regression_plots_drawn(proj:Project, browser):
+    "The page of `dvc plots show` draws the regression curves (the residual plot among them) in Chromium with the network off."
+    page, kinds = plots_page(proj)
+    assert {f'plots/evaluate/curves/{c}.csv' for c in ('rec', 'calibration', 'residual')} <= set(kinds['vega']), kinds
+    drawn, fetched = draw_offline(browser, page, len(kinds['vega']))
+    assert drawn['colored'].get(html_id('plots/evaluate/curves/residual.csv'), 0) > DATA_PIXELS, drawn   # the residual line is drawn
+    assert len(drawn['charts']) == len(kinds['vega']) and all(v > 500 for v in drawn['charts'].values()), drawn
+    assert all(v > DATA_PIXELS for v in drawn['colored'].values()), drawn['colored']
+    assert not [u for u in fetched if not u.startswith('file:')], fetched
+
+
 @pytest.mark.e2e
-def test_a_regression_csv_runs_dvc_repro_with_only_task_and_sources_changed(tmp_path):
+def test_a_regression_csv_runs_dvc_repro_with_only_task_and_sources_changed(tmp_path, browser):
     proj = Project(tmp_path/'proj')
     for name in PROJECT_FILES:   # the project as shipped: its own params.yaml, not the tests' small one
         src, dst = ROOT/name, tmp_path/'proj'/name
@@ -91,6 +121,8 @@ def test_a_regression_csv_runs_dvc_repro_with_only_task_and_sources_changed(tmp_
     plots = json.loads(proj.run('dvc plots show --json').stdout)
     assert not plots.get('errors'), plots.get('errors')
     assert {f'plots/evaluate/curves/{c}.csv' for c in ('rec', 'calibration', 'residual')} <= set(plots['data'])
+    check_regression_key_metrics(p)
+    check_regression_plots_drawn(proj, browser)
     shown = proj.run('mlops-nb params show --resolved').stdout
     assert 'estimator: hist_gradient_boosting_regressor' in shown and 'metric: rmse' in shown and 'source: newest' in shown, shown
     report = json.loads((p/'reports/03_train.ipynb').read_text())
