@@ -58,8 +58,10 @@ def _params_commands(sub):
     p = sub.add_parser('params', help='check params.yaml against its schema and the task')
     acts = p.add_subparsers(dest='params_command', metavar='ACTION', required=True)
     c = acts.add_parser('check', help='list every problem of the params file with its key path; exit 2 if there is any',
-                        description='Check every section of the params file (unknown keys, types, metrics that do not fit task.type).')
+                        description='Check every section of the params file (unknown keys, types, metrics that do not fit task.type) and, '
+                                    'once collect has written the data, every column it names (task, feature steps, alerts).')
     c.add_argument('--params', default='params.yaml', help='the params file (default: params.yaml)')
+    c.add_argument('--raw', default='data/raw', help='the collected data whose columns are checked, if it exists (default: data/raw)')
     c.set_defaults(func=handler('mlops_nb.params:cli_check'))
     s = acts.add_parser('show', help='print the params file; --resolved: with every auto value as the stages resolve it',
                         description='Print the params file as YAML. With --resolved, every `auto` (or absent) value is shown as the stages '

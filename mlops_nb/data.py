@@ -5,7 +5,7 @@
 # %% ../nbs/02_data.ipynb #0a910dd1
 from __future__ import annotations
 import glob, re
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from .core import MlopsError, DataError, atomic_dir, write_json, read_json, to_j
 __all__ = ['FILE_FORMATS', 'SOURCE_TYPES', 'KINDS', 'DEFAULT_RULES', 'Batch', 'number_mask', 'strict_numbers', 'parse_numbers',
            'apply_null_tokens', 'read_table_file', 'file_batches', 'expand_env', 'sql_batches', 'sql_fingerprint',
            'file_fingerprint', 'source_fingerprint', 'simulator_batches', 'collect', 'write_batches', 'read_batches',
-           'ColumnSchema', 'Schema', 'ValidationReport', 'validate', 'schema_changes', 'quality_table']
+           'ColumnSchema', 'Schema', 'ValidationReport', 'unseen_detail', 'validate', 'mixed_kinds', 'schema_changes',
+           'quality_table']
 
 # %% ../nbs/02_data.ipynb #62648fbf
 _log = get_logger('mlops_nb.data')
@@ -357,14 +358,15 @@ class ColumnSchema:
     null_rate: float
     min: Any = None                  # numbers, or ISO strings for datetimes; None for other kinds
     max: Any = None
-    categories: list[str]|None = None   # None: not categorical, an id column, or more than max_categories values
+    categories: list[str]|None = None   # None: not categorical, or an id column
+    domain_mass: float|None = None      # the share of values `categories` covers when it keeps only the most frequent; None: all
 
     @classmethod
     def infer(cls, s:pd.Series, is_time:bool=False, max_categories:int=1000) -> ColumnSchema:
         "Describe the column `s`."
         kind = _kind(s, is_time)
         null_rate = round(float(s.isna().mean()), 6)
-        lo = hi = cats = None
+        lo = hi = cats = mass = None
         dtype = str(s.dtype)
         if kind == 'datetime':
             v = _to_datetime(s).dropna()
@@ -374,10 +376,18 @@ class ColumnSchema:
             v = strict_numbers(s)
             if not ptypes.is_numeric_dtype(s): dtype = 'float64'
             if v.notna().any(): lo, hi = to_jsonable(v.min()), to_jsonable(v.max())
-        elif kind == 'categorical':
-            vals = s.dropna().astype(str).unique()
-            if len(vals) <= max_categories: cats = sorted(vals.tolist())
-        return cls(str(s.name), kind, dtype, null_rate > 0, null_rate, lo, hi, cats)
+        elif kind == 'categorical' and max_categories > 0:
+            counts = s.dropna().astype(str).value_counts()
+            if len(counts) > max_categories:   # high cardinality: the most frequent values and the share they cover
+                counts = counts.iloc[:max_categories]
+                # measured out of sample (the first half's most frequent on the second half): in sample, a long tail's
+                # most frequent values would seem to cover more than they will on new rows
+                half = len(s) // 2
+                first = s.iloc[:half].dropna().astype(str).value_counts().index[:max_categories]
+                second = s.iloc[half:].dropna().astype(str)
+                mass = round(float(second.isin(first).mean()), 6) if len(second) and len(first) else 0.0
+            cats = sorted(counts.index.tolist())
+        return cls(str(s.name), kind, dtype, null_rate > 0, null_rate, lo, hi, cats, mass)
 
 # %% ../nbs/02_data.ipynb #c5e2eda6
 @dataclass
@@ -437,6 +447,12 @@ class Schema:
         return Schema({k: v for k, v in self.columns.items() if k not in names},
                       None if self.target in names else self.target, None if self.time_column in names else self.time_column)
 
+    def with_categories_of(self, df:pd.DataFrame) -> Schema:
+        "A copy in which the columns whose categories keep only the most frequent values list every value of `df` (the rows the schema was inferred from)."
+        cols = {k: replace(v, categories=sorted(df[k].dropna().astype(str).unique().tolist()), domain_mass=None)
+                if v.domain_mass is not None and k in df.columns else v for k, v in self.columns.items()}
+        return Schema(cols, self.target, self.time_column)
+
     def apply_dtypes(self, df:pd.DataFrame) -> pd.DataFrame:
         "A copy of `df` with the schema's columns coerced to the schema dtypes (CSV strings to datetimes, ...)."
         out = df.copy()
@@ -466,7 +482,7 @@ def _coerce(s:pd.Series, col:ColumnSchema) -> pd.Series:
 
 # %% ../nbs/02_data.ipynb #ec2f1bac
 DEFAULT_RULES = dict(max_null_rate_increase=0.05, range_margin=0.25, max_out_of_range_rate=0.01, max_unseen_category_rate=0.01,
-                     max_null_rate=0.5)
+                     max_null_rate=0.5, max_mixed_rate=0.01)
 
 @dataclass
 class ValidationReport:
@@ -551,9 +567,22 @@ def _check_column(s:pd.Series, col:ColumnSchema, rules:dict, add, is_time:bool=F
     if col.kind == 'categorical' and col.categories is not None:
         vals = s[present].astype(str)
         unseen = vals[~vals.isin(col.categories)]
-        if len(unseen) / n > rules['max_unseen_category_rate']:
-            add('unseen_categories', len(unseen),
-                f"share {len(unseen) / n:.3f} > {rules['max_unseen_category_rate']}; unseen: {_examples(unseen)}")
+        detail = unseen_detail(col, len(unseen), len(vals), n, rules, lambda: _examples(unseen))
+        if detail: add('unseen_categories', len(unseen), detail)
+
+# %% ../nbs/02_data.ipynb #da81d56c
+def unseen_detail(col:ColumnSchema, unseen:int, present:int, n:int, rules:dict, examples) -> str|None:
+    """The detail of an `unseen_categories` violation, or None when `unseen` of `n` rows (`present` not null) is within the
+    tolerance: `max_unseen_category_rate`, plus, for a column whose `categories` keep only the most frequent values, the
+    share of values they did not cover in the training data. `examples()` lists the most frequent unseen values."""
+    rate = rules['max_unseen_category_rate']
+    if col.domain_mass is None:
+        return f"share {unseen / n:.3f} > {rate}; unseen: {examples()}" if n and unseen / n > rate else None
+    limit = rate + (1 - col.domain_mass) * present / n
+    if not n or unseen / n <= limit: return None
+    return (f"share {unseen / n:.3f} > {limit:.3f} allowed = {rate} + {1 - col.domain_mass:.3f}, the share of the training values outside "
+            f"its {len(col.categories)} most frequent; unseen: {examples()} (if the column identifies rows, list it in task.id_columns)")
+
 
 # %% ../nbs/02_data.ipynb #717a9034
 def validate(df:pd.DataFrame, schema:Schema, source:str, rules:dict|None=None) -> ValidationReport:
@@ -574,6 +603,26 @@ def validate(df:pd.DataFrame, schema:Schema, source:str, rules:dict|None=None) -
         if str(c) not in schema.columns: add('unexpected_column', str(c), detail='not in the schema; ignored', severity='warning')
     return ValidationReport(source, n, violations)
 
+# %% ../nbs/02_data.ipynb #6039b432
+def mixed_kinds(df:pd.DataFrame, schema:Schema, source:str, rules:dict|None=None) -> list[dict]:
+    "`mixed_kinds` errors for the categorical columns of `schema` (inferred, not pinned) whose values in `df` are partly numbers."
+    rules = {**DEFAULT_RULES, **(rules or {})}
+    out, n = [], len(df)
+    for name, col in schema.columns.items():
+        if col.kind != 'categorical' or name not in df.columns or name == schema.time_column: continue
+        s = df[name]
+        present = s.notna()
+        if not present.any(): continue
+        nums = number_mask(s) & present
+        share = nums.sum() / present.sum()
+        if share > rules['max_mixed_rate']:
+            out.append(dict(source=source, column=name, rule='mixed_kinds', count=int(nums.sum()), total=n, severity='error',
+                            detail=f"numbers and text in one column: {share:.0%} of its values are numbers, e.g. {_examples(s[nums], 3)}, "
+                                   f"the rest text, e.g. {_examples(s[present & ~nums], 3)}; a number column needs numbers only (text that "
+                                   f"means missing goes in prepare.null_tokens), a column of codes is declared categorical in prepare.schema"))
+    return out
+
+
 # %% ../nbs/02_data.ipynb #a9d2b7d1
 def _fits(s:pd.Series, kind:str) -> bool:
     "Do most present values of `s` fit the schema `kind`?"
@@ -585,17 +634,19 @@ def _fits(s:pd.Series, kind:str) -> bool:
         return ptypes.is_bool_dtype(s) or bool(s[present].astype(str).str.strip().str.lower().isin(_TRUE | _FALSE).mean() >= 0.5)
     return not (ptypes.is_numeric_dtype(s) or ptypes.is_datetime64_any_dtype(s))   # categorical: text, not numbers or times
 
-def schema_changes(contract:Schema, df:pd.DataFrame, source:str, ignore:tuple|list=(), name:str='the contract', expected:tuple|list=()) -> list[dict]:
-    "Violations (`schema_change` errors, `new_column` warnings) of `df`'s columns and kinds against `contract`; `ignore` names derived columns,\n    `expected` columns the batch may have beyond the contract (target, ids, time)."
+def schema_changes(contract:Schema, df:pd.DataFrame, source:str, ignore:tuple|list=(), name:str='the contract', expected:tuple|list=(),
+                   allowed:str|None=None) -> list[dict]:
+    "Violations (`schema_change`, `new_column`) of `df`'s columns and kinds against `contract`: errors, or warnings when the change is\n    `allowed` (the reason, e.g. 'prepare.schema_evolution: allow'); `ignore` names derived columns, `expected` columns the batch may have\n    beyond the contract (target, ids, time)."
     out, n = [], len(df)
-    def add(rule, column, detail, severity='error'):
-        out.append(dict(source=source, column=column, rule=rule, count=None, total=n, detail=detail, severity=severity))
+    def add(rule, column, detail):
+        detail += f" (allowed: {allowed})" if allowed else " (to accept it: prepare.schema_evolution: allow, or a reviewed prepare.schema)"
+        out.append(dict(source=source, column=column, rule=rule, count=None, total=n, detail=detail, severity='warning' if allowed else 'error'))
     for c, col in contract.columns.items():
         if c in ignore: continue
         if c not in df.columns: add('schema_change', c, f"column removed: {name} has '{c}' ({col.kind})")
         elif not _fits(df[c], col.kind): add('schema_change', c, f"kind changed: {name} has {col.kind}, the batch has {_kind(df[c])} ({df[c].dtype})")
     for c in df.columns:
-        if str(c) not in contract.columns and str(c) not in expected: add('new_column', str(c), f"column added: not in {name}", 'warning')
+        if str(c) not in contract.columns and str(c) not in expected: add('new_column', str(c), f"column added: not in {name}")
     return out
 
 # %% ../nbs/02_data.ipynb #2a9ac644

@@ -523,8 +523,9 @@ def parquet_validate(path, schema, source:str|None=None, rules:dict|None=None, c
             m = (hi - lo) * rules['range_margin']
             add('out_of_range', name, s['out'], f"share {s['out'] / n:.3f} > {rules['max_out_of_range_rate']} outside "
                 f"[{Dt._fmt(lo - m)}, {Dt._fmt(hi + m)}]; seen {Dt._fmt(s['lo'])} .. {Dt._fmt(s['hi'])}")
-        if col.kind == 'categorical' and col.categories is not None and s['unseen'] / n > rules['max_unseen_category_rate']:
-            add('unseen_categories', name, s['unseen'], f"share {s['unseen'] / n:.3f} > {rules['max_unseen_category_rate']}; unseen: {_top(s['unseen_values'])}")
+        if col.kind == 'categorical' and col.categories is not None:
+            detail = Dt.unseen_detail(col, s['unseen'], n - s['nulls'], n, rules, lambda: _top(s['unseen_values']))
+            if detail: add('unseen_categories', name, s['unseen'], detail)
     for c in names:
         if c not in schema.columns: add('unexpected_column', c, detail='not in the schema; ignored', severity='warning')
     return Dt.ValidationReport(source, n, violations)
@@ -618,7 +619,7 @@ def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared'
     import shutil
     from mlops_nb import steps as S
     from mlops_nb.core import atomic_dir, read_json, write_json
-    from mlops_nb.data import ValidationReport, quality_table, schema_changes
+    from mlops_nb.data import ValidationReport, mixed_kinds, quality_table, schema_changes
     from mlops_nb.features import _as_time, add_features, feature_columns, source_columns, time_split
     from mlops_nb.data import Schema
     task, p = S._task(params), params.get('prepare') or {}
@@ -636,23 +637,28 @@ def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared'
         batches.append(dict(m, path=f, rows=n))
     files = [b['path'] for b in batches]
     # the checks of steps.check_batches: named columns, the schema, every batch against it, the champion's contract
-    S._check_task_columns(task, p, [S.Batch(b['name'], b['source'], pd.DataFrame(columns=_names(b['path']))) for b in batches])
+    S._check_task_columns(params, [S.Batch(b['name'], b['source'], pd.DataFrame(columns=_names(b['path']))) for b in batches])
     schema = Schema.load(p['schema']) if p.get('schema') else _infer_out_of_core(files, task, 1 - split['valid_fraction'] - split['test_fraction'])
     budget = float(p.get('memory_budget_mb') or 2048) * 2**20
     rg_rows = max([pq.ParquetFile(f).metadata.row_group(i).num_rows for f in files for i in range(pq.ParquetFile(f).num_row_groups)] or [1])
     chunk = max(1, min(16, int(budget / 16 / (8 * rg_rows))))   # columns a validation task reads from a row group
     reports = [parquet_validate(b['path'], schema, b['source'], p.get('validation'), client=client, column_chunk=chunk) for b in batches]
-    contract = S.champion_contract(params) if (p.get('schema_evolution') or 'refuse') != 'allow' else None
-    if contract is not None:
-        cschema, cversion, derived = contract
-        for b, r in zip(batches, reports):
-            pf = pq.ParquetFile(b['path'])
+    contract = S.champion_contract(params)
+    texts = [c for c, col in schema.columns.items() if col.kind == 'categorical']
+    for b, r in zip(batches, reports):   # the checks of a batch's columns, on its first rows
+        pf = pq.ParquetFile(b['path'])
+        if not p.get('schema') and pf.metadata.num_rows and (cols := [c for c in texts if c in _names(b['path'])]):
+            first = next(pf.iter_batches(batch_size=10_000, columns=cols)).to_pandas()
+            r.violations[:0] = mixed_kinds(first, schema, b['source'], p.get('validation'))   # counts of those rows; the cause first
+        if contract is not None:
+            cschema, cversion, derived = contract
             head = pf.read_row_group(0).to_pandas() if pf.num_row_groups else pd.DataFrame(columns=_names(b['path']))
             r.violations += [dict(v, total=b['rows']) for v in schema_changes(cschema, head, b['source'], ignore=derived, name=f"champion {cversion}'s schema",
-                                                                            expected=[task['target'], task['time_column'], *task['id_columns']])]
+                                                                            expected=[task['target'], task['time_column'], *task['id_columns']],
+                                                                            allowed=S.evolution_allowed(p))]
     result = S.Prepared(schema, reports)
     if not result.ok:
-        write_json(quality_path, S._quality_report(schema, reports, None, 'prepare'))
+        S.write_failure(quality_path, S._quality_report(schema, reports, None, 'prepare'))
         _copy_rejected(batches, reports, raw_dir.parent/'quarantine')
         log.error('prepare: %d of %d batches break the schema; nothing was written to %s', sum(not r.ok for r in reports), len(reports), out_dir)
         next(r for r in reports if not r.ok).raise_for_errors()

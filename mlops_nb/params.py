@@ -11,8 +11,8 @@ from .core import MlopsError, load_params
 
 # %% auto #0
 __all__ = ['PARAMS_SCHEMA', 'TASK_METRICS', 'TASK_DEFAULTS', 'STREAM_FEATURES', 'STREAM_ALERT_FEATURES', 'scorer_task',
-           'params_problems', 'check_params', 'check_params_file', 'auto_keys', 'resolve', 'cli_check', 'data_columns',
-           'cli_show']
+           'params_problems', 'check_params', 'check_params_file', 'auto_keys', 'resolve', 'named_columns',
+           'column_problems', 'cli_check', 'data_columns', 'cli_show']
 
 # %% ../nbs/15_params.ipynb #0b20728c
 def _obj(props:dict, required:list[str]|None=None, extra=False) -> dict:
@@ -49,7 +49,8 @@ PARAMS_SCHEMA = _obj({
                      'out_of_core': {'enum': ['auto', True, False]}, 'memory_budget_mb': {'type': 'number', 'exclusiveMinimum': 0},
                      'null_tokens': _strs, 'schema_evolution': {'enum': ['refuse', 'allow']},
                      'validation': _obj({'max_null_rate_increase': _frac, 'range_margin': {'type': 'number', 'minimum': 0},
-                                         'max_out_of_range_rate': _frac, 'max_unseen_category_rate': _frac, 'max_null_rate': _frac}),
+                                         'max_out_of_range_rate': _frac, 'max_unseen_category_rate': _frac, 'max_null_rate': _frac,
+                                         'max_mixed_rate': _frac}),
                      'features': {'anyOf': [_auto, _obj({'time_parts': _or_auto(_strs), 'log': _or_auto(_strs),
                                   'ratios': _or_auto({'type': 'object', 'additionalProperties': {'type': 'array', 'items': _str, 'minItems': 2, 'maxItems': 2}})})]},
                      'split': _obj({'valid_fraction': _frac, 'test_fraction': _frac})}),
@@ -268,10 +269,39 @@ def resolve(params:dict, columns=None) -> dict:
     return p
 
 # %% ../nbs/15_params.ipynb #41e4dd61
+def named_columns(params:dict) -> list[tuple[str, str]]:
+    "Every (key path, column) of `params` (resolved) that names a column of the data: the task's, the feature steps' and the alerts'."
+    g = lambda *ks: _get(params, ks)
+    task, feats = g('task') if isinstance(g('task'), dict) else {}, g('prepare', 'features')
+    feats = feats if isinstance(feats, dict) else {}
+    out = [('task.target', task.get('target')), ('task.time_column', task.get('time_column'))]
+    out += [('task.id_columns', c) for c in task.get('id_columns') or []]
+    out += [('prepare.features.log', c) for c in (feats.get('log') if isinstance(feats.get('log'), list) else [])]
+    ratios = feats.get('ratios') if isinstance(feats.get('ratios'), dict) else {}
+    out += [(f'prepare.features.ratios.{k}', c) for k, v in ratios.items() for c in (v or [])]
+    alerts = g('monitor', 'alerts', 'features')
+    out += [('monitor.alerts.features', c) for c in (alerts if isinstance(alerts, list) else [])]
+    return [(k, c) for k, c in out if isinstance(c, str) and c]
+
+def column_problems(params:dict, columns) -> list[tuple[str, str]]:
+    """The (key path, column) pairs of `params` that name no column of the data's `columns` (alerts may also name a column
+    the feature steps derive), after `auto` values are resolved for those columns."""
+    from mlops_nb.feature_step import derived_columns
+    p, have = resolve(params, columns), {str(c) for c in columns}
+    try: derived = set(derived_columns(_get(p, ('prepare', 'features')) or {}, _get(p, ('task', 'time_column'))))
+    except MlopsError: derived = set()   # a bad feature spec is the stage's own error
+    return [(k, c) for k, c in named_columns(p) if c not in have and not (k == 'monitor.alerts.features' and c in derived)]
+
 def cli_check(args) -> int:
-    "`mlops-nb params check`: print every problem of the params file; exit 0 when there is none."
-    check_params_file(args.params)
-    print(f"{args.params}: ok")
+    """`mlops-nb params check`: print every problem of the params file, and, once collect has written `--raw`, every column
+    it names that the data does not have; exit 0 when there is none."""
+    params = check_params_file(args.params)
+    cols = data_columns(args.raw)
+    if cols is not None and (bad := column_problems(params, cols)):
+        raise MlopsError(f"{args.params}: {len(bad)} problem{'s' if len(bad) > 1 else ''}:\n"
+                         + '\n'.join(f"  - {k}: names '{c}', not a column of the data in {args.raw}" for k, c in bad)
+                         + f"\n  (its columns: {', '.join(cols)})")
+    print(f"{args.params}: ok" + (f" (and every column it names is in {args.raw})" if cols is not None else ''))
     return 0
 
 def data_columns(raw_dir:str|Path='data/raw') -> list[str]|None:

@@ -12,19 +12,20 @@ import numpy as np
 import pandas as pd
 
 from .core import DataError, MlopsError, atomic_dir, atomic_write, read_json, write_json, get_logger
-from .data import Batch, Schema, ValidationReport, apply_null_tokens, collect, schema_changes, quality_table, read_batches, validate, write_batches
-from .params import check_params, resolve, auto_keys, data_columns
+from .data import (Batch, Schema, ValidationReport, apply_null_tokens, collect, mixed_kinds, schema_changes, quality_table, read_batches,
+                           validate, write_batches)
+from .params import check_params, column_problems, resolve, auto_keys, data_columns
 # features, train and evaluate pull in scikit-learn, skops and matplotlib (about 4 s of imports): each step imports
 # them when it runs, so a stage that does not need them (collect) starts fast.
 
 # %% auto #0
-__all__ = ['log', 'KEY_METRICS', 'MEASURED', 'resolved_params', 'batch_summary', 'recorded_failure', 'rounded', 'key_metrics',
-           'key_path', 'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared', 'split_summary',
-           'champion_contract', 'quarantine', 'Checked', 'check_batches', 'reject', 'raw_bytes', 'use_out_of_core',
-           'run_prepare', 'load_split', 'Trained', 'measured_path', 'split_measured', 'run_train', 'Evaluated',
-           'dvc_curves', 'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed',
-           'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference',
-           'monitor_reference', 'newest_rows', 'current_window', 'run_monitor']
+__all__ = ['log', 'KEY_METRICS', 'MEASURED', 'resolved_params', 'batch_summary', 'write_failure', 'recorded_failure', 'rounded',
+           'key_metrics', 'key_path', 'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared',
+           'split_summary', 'champion_contract', 'quarantine', 'Checked', 'check_batches', 'evolution_allowed',
+           'reject', 'raw_bytes', 'use_out_of_core', 'run_prepare', 'load_split', 'Trained', 'measured_path',
+           'split_measured', 'run_train', 'Evaluated', 'dvc_curves', 'run_evaluate', 'Candidate', 'latency_ms',
+           'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored',
+           'MonitorReference', 'monitor_reference', 'newest_rows', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -65,16 +66,26 @@ def batch_summary(batches:list[Batch], target:str|None=None, time_column:str|Non
 # %% ../nbs/06_steps.ipynb #b3e1c0d1
 import contextlib
 
+def write_failure(path:str|Path, record:dict) -> Path:
+    """Record a failed run's `record` (`ok: false`) in the quality report at `path`, keeping the last successful report in it
+    as `last_good`: the failure is what the file says first, and what the last good data looked like is not lost."""
+    path, last = Path(path), None
+    if path.exists():
+        try: old = read_json(path)
+        except MlopsError: old = None   # unreadable: nothing to keep
+        if isinstance(old, dict): last = old if old.get('ok') else old.get('last_good')
+    return write_json(path, record | ({'last_good': last} if last else {}))
+
 @contextlib.contextmanager
 def recorded_failure(stage:str, quality_path:str|Path|None):
-    "On any error inside, write `{ok: false, stage, error}` to `quality_path` (unless the stage wrote its own report), then re-raise."
+    "On any error inside, write `{ok: false, stage, error, last_good}` to `quality_path` (unless the stage wrote its own report), then re-raise."
     p = Path(quality_path) if quality_path else None
     before = p.stat().st_mtime_ns if p is not None and p.exists() else None
     try: yield
     except Exception as e:
         if p is not None and (not p.exists() or p.stat().st_mtime_ns == before):
             err = e.to_dict() if isinstance(e, DataError) else dict(detail=str(e))
-            write_json(p, dict(ok=False, stage=stage, error=dict(type=type(e).__name__, message=str(e), **err)))
+            write_failure(p, dict(ok=False, stage=stage, error=dict(type=type(e).__name__, message=str(e), **err)))
         raise
 
 # %% ../nbs/06_steps.ipynb #384e26b3
@@ -218,14 +229,10 @@ def _quality_report(schema:Schema, reports:list[ValidationReport], frame:pd.Data
     return q
 
 # %% ../nbs/06_steps.ipynb #b3e1c0d2
-def _check_task_columns(task:dict, prep:dict, batches:list[Batch]) -> None:
-    "Every column `task` and `prepare.features` name must be a column of the data: one `DataError` naming all that are not."
+def _check_task_columns(params:dict, batches:list[Batch]) -> None:
+    "Every column `params` names (task, feature steps, alerts: `params.column_problems`) must be a column of the data: one `DataError` naming all that are not."
     have = {str(c) for b in batches for c in b.frame.columns}
-    feats = prep.get('features') or {}
-    named = [('task.target', task['target']), ('task.time_column', task['time_column'])] + [('task.id_columns', c) for c in task['id_columns']]
-    named += [('prepare.features.log', c) for c in feats.get('log') or []]
-    named += [(f'prepare.features.ratios.{k}', c) for k, v in (feats.get('ratios') or {}).items() for c in (v or [])]
-    missing = [(k, c) for k, c in named if c and c not in have]
+    missing = column_problems(params, sorted(have))
     if missing:
         raise DataError('data/raw', 'missing_column', column=missing[0][1],
                         detail='; '.join(f"{k} names '{c}'" for k, c in missing) + f", not a column of the data (columns: {', '.join(sorted(have))})")
@@ -275,23 +282,31 @@ def check_batches(params:dict, batches:list[Batch]) -> Checked:
     task, p = _task(params), params.get('prepare') or {}
     split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
     batches = [Batch(b.name, b.source, apply_null_tokens(b.frame, p.get('null_tokens'))) for b in batches]
-    _check_task_columns(task, p, batches)
-    if p.get('schema'): schema = Schema.load(p['schema'])
+    _check_task_columns(params, batches)
+    if p.get('schema'): schema = checking = Schema.load(p['schema'])
     else:
         ref = reference_rows(batches, task['time_column'], 1 - split['valid_fraction'] - split['test_fraction'])
         schema = Schema.infer(ref, target=task['target'], time_column=task['time_column'], id_columns=task['id_columns'])
-    reports = [validate(b.frame, schema, source=b.source, rules=p.get('validation')) for b in batches]
-    contract = champion_contract(params, [c for b in batches for c in b.frame.columns]) if (p.get('schema_evolution') or 'refuse') != 'allow' else None
-    if contract is not None:   # the production contract: a change of columns or kinds is refused
+        checking = schema.with_categories_of(ref)   # a high-cardinality column: values never seen in the reference window are counted
+    reports = [validate(b.frame, checking, source=b.source, rules=p.get('validation')) for b in batches]
+    if not p.get('schema'):   # rules an inferred schema cannot set for itself
+        for b, r in zip(batches, reports): r.violations[:0] = mixed_kinds(b.frame, schema, b.source, p.get('validation'))   # the cause first
+    contract = champion_contract(params, [c for b in batches for c in b.frame.columns])
+    if contract is not None:   # the production contract: a change of columns or kinds is refused unless allowed
         cschema, cversion, derived = contract
         for b, r in zip(batches, reports):
             r.violations += schema_changes(cschema, b.frame, b.source, ignore=derived, name=f"champion {cversion}'s schema",
-                                           expected=[task['target'], task['time_column'], *task['id_columns']])
+                                           expected=[task['target'], task['time_column'], *task['id_columns']], allowed=evolution_allowed(p))
     return Checked(batches, schema, reports, params)
+
+def evolution_allowed(prepare:dict) -> str|None:
+    "Why a change of the champion's schema is let through (as warnings), or None when it is refused: a pinned `prepare.schema`, or `prepare.schema_evolution: allow`."
+    if prepare.get('schema'): return f"prepare.schema pins {prepare['schema']}"
+    return 'prepare.schema_evolution: allow' if (prepare.get('schema_evolution') or 'refuse') == 'allow' else None
 
 def reject(checked:Checked, raw_dir:str|Path, quality_path:str|Path|None, stage:str, kept:str):
     "Stop `stage` on a checked set with a failed batch: its quality report to `quality_path`, the bad batches to quarantine, the first error raised."
-    if quality_path: write_json(quality_path, _quality_report(checked.schema, checked.reports, None, stage))
+    if quality_path: write_failure(quality_path, _quality_report(checked.schema, checked.reports, None, stage))
     quarantine(checked.batches, checked.reports, Path(raw_dir).parent/'quarantine')
     bad = [r for r in checked.reports if not r.ok]
     log.error('%s: %d of %d batches break the schema; %s', stage, len(bad), len(checked.reports), kept)
