@@ -1,5 +1,6 @@
 """Packaging for mlops-nb: every value comes from `settings.ini`, the nbdev 2 convention."""
 from configparser import ConfigParser
+from pathlib import Path
 import setuptools
 
 cfg = ConfigParser(delimiters=['='])
@@ -38,7 +39,7 @@ setuptools.setup(
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'postgres': postgres_requirements, 'dask': dask_requirements},
     python_requires='>=' + min_python,
-    long_description=open('README.md', encoding='utf-8').read(),
+    long_description=Path('README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     zip_safe=False,
     entry_points={
