@@ -1107,7 +1107,7 @@ def cli_monitor(args) -> int:
         if res.performance is not None: print('\n' + res.performance.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
     print(f"\n{status['status'].upper()}: {res.drift.n_drifted} of {res.drift.n_tested} features drifted; "
           f"{len(res.breaches)} quality breach(es); alerts: " + (', '.join(a['rule'] for a in res.alerts) or 'none')
-          + (f" (reference: {reference['version']} of {reference['registry']})" if reference['source'] == 'registry' else ''))
+          + (f" (reference: model '{reference['model']}' {reference['version']} in {reference['registry']})" if reference['source'] == 'registry' else ''))
     return 1 if res.alert and not args.report_only else 0
 
 # %% ../nbs/10_monitor.ipynb #58caf64c

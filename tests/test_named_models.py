@@ -221,14 +221,14 @@ def test_cli_monitor_compares_with_the_named_models_champion(tmp_path):
     base = ['monitor', '--registry', 'registry', '--current', 'current.csv']
     for ref in (['--reference', 'churn@champion'], ['--reference', 'models:/churn@champion'], ['--reference', 'champion', '--model', 'churn']):
         r = cli(base + ref + ['--status', 'status.json'], tmp_path)      # exit 0: no drift against churn v0002
-        assert 'OK: 0 of 2 features drifted' in r.stdout and '(reference: v0002 of registry)' in r.stdout, r.stdout
+        assert 'OK: 0 of 2 features drifted' in r.stdout and "(reference: model 'churn' v0002 in registry)" in r.stdout, r.stdout
         status = json.loads((tmp_path/'status.json').read_text())
         assert status['status'] == 'ok' and status['reference'] == dict(source='registry', registry='registry', model='churn', version='v0002',
                                                                         ref='champion', profile='saved at registration'), status
     # the root model's champion (fraud v0001) and churn's own v0001: the old data, so both features drifted (exit 1)
     for ref in (['--reference', 'champion'], ['--reference', 'churn@v0001']):
         r = cli(base + ref + ['--status', 'status.json'], tmp_path, check=1)
-        assert 'ALERT: 2 of 2 features drifted' in r.stdout and '(reference: v0001 of registry)' in r.stdout, r.stdout
+        assert 'ALERT: 2 of 2 features drifted' in r.stdout and f"(reference: model '{'churn' if 'churn@v0001' in ref else 'fraud'}' v0001 in registry)" in r.stdout, r.stdout
         assert json.loads((tmp_path/'status.json').read_text())['reference']['model'] == ('churn' if 'churn@v0001' in ref else 'fraud')
     # a model the registry does not hold: exit 2 and a message naming it and the models there are
     for ref in (['--reference', 'nope@champion'], ['--reference', 'champion', '--model', 'nope']):
