@@ -57,7 +57,8 @@ class Validator:
         self.schema, self.unseen, self.unknown, self.max_rows = schema, unseen_categories, unknown_columns, max_rows
         self.id_columns = [c for c in id_columns if c not in schema.columns]   # accepted and echoed beside the predictions
         self.names = list(schema.columns)
-        self.cats = {k: frozenset(c.categories) for k, c in schema.columns.items() if c.kind == 'categorical' and c.categories}
+        self.cats = {k: frozenset(c.categories) for k, c in schema.columns.items()   # a partial list (domain_mass) cannot say a value is unseen
+                     if c.kind == 'categorical' and c.categories and c.domain_mass is None}
         self.unseen_count = 0          # values of categorical columns never seen in training (policy 'allow')
         self.num_names = [k for k, c in schema.columns.items() if c.kind in ('numeric', 'integer')]
         self.int_idx = [i for i, k in enumerate(self.num_names) if schema.columns[k].kind == 'integer']
