@@ -65,6 +65,20 @@ def checksum(*folders:Path) -> dict:
             if p.is_file(): out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
+def kept_tree(folder:Path, sources_changed:bool=False) -> dict:
+    """What a bad input must leave as it was in the project `folder`: sha256 of every file (and `<dir>` for every folder, so a
+    left-over temporary folder shows) under its data/, models/, registry/ and metrics/ that exist, by path relative to `folder`.
+    Left out is what a failure legitimately writes: metrics/data_quality.json (the failure's record), data/quarantine/ (the
+    rejected batch) and, with `sources_changed`, data/sources.json (what the sources hold now)."""
+    folder, out = Path(folder), {}
+    skip = {'metrics/data_quality.json'} | ({'data/sources.json'} if sources_changed else set())
+    for d in ('data', 'models', 'registry', 'metrics'):
+        for p in sorted((folder/d).rglob('*')) if (folder/d).is_dir() else []:
+            rel = p.relative_to(folder).as_posix()
+            if rel in skip or rel == 'data/quarantine' or rel.startswith('data/quarantine/'): continue
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else '<dir>'
+    return out
+
 # --- params.yaml --------------------------------------------------------------------------------------------------
 
 def test_project_params_are_valid():
@@ -108,15 +122,15 @@ def test_cli_params_check(tmp_path):
     assert r.returncode == 2 and "collect.source: unknown key (did you mean 'sources'?)" in r.stderr, r.stderr
 
 def test_a_misspelt_source_key_stops_collect_before_any_work(tmp_path):
-    raw = tmp_path/'raw'
+    raw = tmp_path/'data/raw'
     run_collect(params_for(REG, regression_csv(tmp_path/'houses.csv')), raw)
-    before = checksum(raw)
+    before = kept_tree(tmp_path)
     p = params_for(REG, tmp_path/'houses.csv')
     p['collect'] = {'source': p['collect']['sources']}
     with pytest.raises(MlopsError, match=r"collect.source: unknown key \(did you mean 'sources'\?\)"):
-        run_collect(p, raw, tmp_path/'quality.json')
-    assert checksum(raw) == before
-    q = json.loads((tmp_path/'quality.json').read_text())
+        run_collect(p, raw, tmp_path/'metrics/data_quality.json')
+    assert kept_tree(tmp_path) == before and 'data/raw/manifest.json' in before
+    q = json.loads((tmp_path/'metrics/data_quality.json').read_text())
     assert q['ok'] is False and q['stage'] == 'collect' and 'collect.source' in q['error']['message']
 
 # --- strict reading -----------------------------------------------------------------------------------------------
@@ -145,14 +159,15 @@ def test_null_like_tokens_are_wrong_dtype_unless_listed(houses, tmp_path, pinned
     df.to_csv(f, index=False)
     over = merge(REG, {'prepare': {'schema': str(houses/'prepared'/'schema.json')}}) if pinned else REG
     p = params_for(over, f)
-    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')   # refused before data/raw is written
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'data/raw', tmp_path/'metrics/data_quality.json')   # refused before data/raw is written
+    assert kept_tree(tmp_path) == {}
     msg = str(e.value)
     assert f"{f}: column 'size_m2' breaks rule 'wrong_dtype': 24 of 600 rows" in msg, msg
     assert "'n/a' (12), 'NA' (10), '-nan' (2)" in msg and 'prepare.null_tokens' in msg, msg
-    assert not (tmp_path/'raw').exists() and json.loads((tmp_path/'quality.json').read_text())['stage'] == 'collect'
+    assert not (tmp_path/'data/raw').exists() and json.loads((tmp_path/'metrics/data_quality.json').read_text())['stage'] == 'collect'
     p = merge(p, {'prepare': {'null_tokens': ['n/a', 'NA', '-nan']}})
-    run_collect(p, tmp_path/'raw')
-    ok = run_prepare(p, tmp_path/'raw', tmp_path/'prepared', tmp_path/'quality.json')
+    run_collect(p, tmp_path/'data/raw')
+    ok = run_prepare(p, tmp_path/'data/raw', tmp_path/'data/prepared', tmp_path/'metrics/data_quality.json')
     assert ok.ok and ok.schema.columns['size_m2'].kind == 'numeric'
 
 def test_text_in_a_number_column_of_a_second_source_does_not_make_it_categorical(houses, tmp_path):
@@ -164,10 +179,11 @@ def test_text_in_a_number_column_of_a_second_source_does_not_make_it_categorical
     first = pd.read_csv(houses/'houses.csv').head(500)
     first.to_csv(tmp_path/'houses.csv', index=False)
     p = params_for(REG, tmp_path/'houses.csv', tmp_path/'more.csv')
-    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'data/raw', tmp_path/'metrics/data_quality.json')
+    assert kept_tree(tmp_path) == {}
     assert f"{tmp_path/'more.csv'}: column 'size_m2' breaks rule 'wrong_dtype': 30 of 100 rows" in str(e.value), str(e.value)
-    q = json.loads((tmp_path/'quality.json').read_text())
-    assert q['ok'] is False and q['stage'] == 'collect' and q['failed_batches'] == 1 and not (tmp_path/'raw').exists()
+    q = json.loads((tmp_path/'metrics/data_quality.json').read_text())
+    assert q['ok'] is False and q['stage'] == 'collect' and q['failed_batches'] == 1 and not (tmp_path/'data/raw').exists()
 
 # --- absolute rules when the schema is inferred from the only source -------------------------------------------
 
@@ -177,7 +193,8 @@ def test_a_column_mostly_null_stops_prepare_even_as_the_only_source(tmp_path):
     df.loc[df.sample(frac=0.6, random_state=0).index, 'monthly_charges'] = np.nan
     df.to_parquet(f, index=False)
     p = params_for(CLS, f)
-    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'data/raw', tmp_path/'metrics/data_quality.json')
+    assert kept_tree(tmp_path) == {} and json.loads((tmp_path/'metrics/data_quality.json').read_text())['stage'] == 'collect'
     assert f"{f}: column 'monthly_charges' breaks rule 'too_many_nulls': 360 of 600 rows (null rate 0.600 > max_null_rate 0.5" in str(e.value), str(e.value)
 
 def test_a_flood_of_new_categories_in_a_high_cardinality_column_is_checked(tmp_path):
@@ -188,7 +205,8 @@ def test_a_flood_of_new_categories_in_a_high_cardinality_column_is_checked(tmp_p
     df.loc[flood, 'plan'] = [f'plan_{x}' for x in rng.integers(0, 10**6, len(flood))]   # > 50 distinct values
     df.to_parquet(f, index=False)
     p = params_for(CLS, f)
-    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'data/raw', tmp_path/'metrics/data_quality.json')
+    assert kept_tree(tmp_path) == {} and json.loads((tmp_path/'metrics/data_quality.json').read_text())['stage'] == 'collect'
     assert f"{f}: column 'plan' breaks rule 'unseen_categories'" in str(e.value), str(e.value)
 
 def test_the_classification_parquet_without_time_prepares(tmp_path):
@@ -200,9 +218,10 @@ def test_the_classification_parquet_without_time_prepares(tmp_path):
 
 def test_a_misspelt_time_column_is_named_and_recorded(houses, tmp_path):
     p = params_for(merge(REG, {'task': {'time_column': 'listed'}}), houses/'houses.csv')
-    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'raw', tmp_path/'quality.json')
+    with pytest.raises(DataError) as e: run_collect(p, tmp_path/'data/raw', tmp_path/'metrics/data_quality.json')
+    assert kept_tree(tmp_path) == {}
     assert "column 'listed' breaks rule 'missing_column' (task.time_column names 'listed', not a column of the data (columns: " in str(e.value), str(e.value)
-    q = json.loads((tmp_path/'quality.json').read_text())
+    q = json.loads((tmp_path/'metrics/data_quality.json').read_text())
     assert q == {'ok': False, 'stage': 'collect', 'error': q['error']} and q['error']['rule'] == 'missing_column' and q['error']['column'] == 'listed'
 
 # --- through DVC and papermill: the real error reaches the user and nothing good is lost ---------------------------
@@ -215,16 +234,16 @@ def test_dvc_repro_prepare_shows_the_real_error_and_keeps_the_last_good_data(tmp
     p['collect']['sources'] = [{'type': 'file', 'path': 'houses.csv'}]
     (proj.path/'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
     proj.run('dvc repro prepare')
-    dirs = [proj.path/d for d in ('data', 'models', 'registry', 'metrics')]
-    kept = lambda: {k: v for k, v in checksum(proj.path/'data').items() if not k.endswith('sources.json')}   # what the sources hold may change
+    kept = lambda: kept_tree(proj.path, sources_changed=True)   # the sources stage reruns on every repro
     good_data = kept()
+    assert 'data/prepared/schema.json' in good_data and 'metrics/key/prepare.json' in good_data
     assert json.loads((proj.path/'metrics/data_quality.json').read_text())['ok'] is True
     proj.set_params({'task': {'time_column': 'listed'}})
     r = proj.run('dvc repro prepare', check=False)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "task.time_column names 'listed', not a column of the data" in out, out[-3000:]
     assert 'file not found' not in out
-    assert kept() == good_data      # data/raw and data/prepared as they were
+    assert kept() == good_data      # data/ and metrics/ as they were
     q = json.loads((proj.path/'metrics/data_quality.json').read_text())
     assert q['ok'] is False and q['stage'] == 'collect' and q['error']['column'] == 'listed'   # stopped before data/raw was replaced
     # a params typo stops the stage before any work, with the key path
@@ -267,15 +286,14 @@ def test_a_schema_change_against_the_champion_is_refused_unless_allowed(champion
     f = tmp_path/'churn.parquet'
     df.to_parquet(f, index=False)
     q = dict(p, collect=dict(p['collect'], sources=[{'type': 'file', 'path': str(f)}]))
-    kept = checksum(d/'data', d/'models', d/'registry', d/'metrics')
+    kept = kept_tree(d)
+    assert {'models', 'registry', 'metrics', 'data'} <= {k.split('/')[0] for k in kept}
     with pytest.raises(DataError) as e: run_collect(q, d/'data/raw', d/'metrics/data_quality.json')
     msg = str(e.value)
     assert f"{f}: column '{column}' breaks rule 'schema_change'" in msg and detail in msg, msg
     rep = json.loads((d/'metrics/data_quality.json').read_text())
     assert rep['ok'] is False and any(v['rule'] == 'schema_change' for b in rep['per_batch'] for v in b['violations'])
-    now = checksum(d/'data', d/'models', d/'registry', d/'metrics')
-    assert {k: v for k, v in now.items() if 'data_quality' not in k and 'quarantine' not in k} == \
-           {k: v for k, v in kept.items() if 'data_quality' not in k and 'quarantine' not in k}   # everything good is kept, data/raw too
+    assert kept_tree(d) == kept   # everything good is kept, data/raw too
     assert (d/'data/quarantine/file_churn.json').exists() and rep['stage'] == 'collect'
     if change == 'removed':   # the user may allow it, explicitly
         q2 = merge(q, {'prepare': {'schema_evolution': 'allow'}})
@@ -293,11 +311,12 @@ def test_alert_features_that_name_no_feature_are_an_error(champion):
     d, p = champion
     q = merge(p, {'monitor': {'alerts': {'features': ['plan', 'age', 'income'], 'min_rows': 10}}})
     cur = pd.read_parquet(d/'churn.parquet').tail(200)
+    kept = kept_tree(d)
     with pytest.raises(MlopsError) as e:
         run_monitor(q, d/'data/prepared', d/'models/candidate', d/'data/predictions/test.parquet', d/'metrics/evaluate.json',
                     d/'m.json', d/'status.json', d/'plots', current=cur, registry=d/'registry')
     assert "params monitor.alerts.features: 'age', 'income' are not a feature of the model monitored (champion v0001); its features: " in str(e.value), str(e.value)
-    assert not (d/'m.json').exists()
+    assert not (d/'m.json').exists() and kept_tree(d) == kept
     ok = run_monitor(merge(p, {'monitor': {'alerts': {'features': ['plan'], 'min_rows': 10}}}), d/'data/prepared', d/'models/candidate',
                      d/'data/predictions/test.parquet', d/'metrics/evaluate.json', d/'m.json', d/'status.json', d/'plots', current=cur, registry=d/'registry')
     assert ok.status['status'] in ('ok', 'alert', 'retrain')

@@ -15,6 +15,7 @@ from test_serve import Server
 from test_raw_record import records
 from test_docs import browser   # headless Debian Chromium + chromedriver (a module fixture)
 from test_experiment_views import DATA_PIXELS, draw_offline, html_id, plots_page
+from test_data_contract import kept_tree
 
 SHIPPED = yaml.safe_load((ROOT/'params.yaml').read_text())
 SIM_COLUMNS = ('amount', 'merchant_category', 'customer_avg_amount', 'timestamp')
@@ -166,4 +167,4 @@ def test_a_feature_step_naming_a_missing_column_is_an_error_naming_it(tmp_path):
     params['prepare']['features'] = dict(params['prepare']['features'], log=['amount'])   # set by hand: not auto
     with contextlib.chdir(tmp_path), pytest.raises(DataError, match=r"prepare.features.log names 'amount', not a column of the data"):
         steps.run_collect(params)
-    assert not (tmp_path/'data/raw').exists()
+    assert not (tmp_path/'data/raw').exists() and kept_tree(tmp_path) == {}   # nothing written in data/, models/, registry/, metrics/
