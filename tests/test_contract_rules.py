@@ -11,7 +11,7 @@ from mlops_nb.core import DataError
 from mlops_nb.data import Schema
 from mlops_nb.steps import run_collect, run_prepare
 from conftest import merge, run
-from test_data_contract import CLS, _in_own_folder, champion, checksum, classification_parquet, params_for   # noqa: F401 (fixtures)
+from test_data_contract import CLS, _in_own_folder, champion, classification_parquet, kept_tree, params_for   # noqa: F401 (fixtures)
 
 def merchants_parquet(path, n=6000, seed=0):
     "Payments with a long-tailed `merchant` column (about 2,000 distinct values in 6,000 rows), target `y`."
@@ -25,9 +25,6 @@ def merchants_parquet(path, n=6000, seed=0):
 
 PAY = {'task': {'type': 'classification', 'target': 'y', 'time_column': '', 'id_columns': ['payment']},
        'collect': {'days': 0}, 'prepare': {'features': {}}}
-
-def everything(d) -> dict:
-    return checksum(d/'data', d/'models', d/'registry', d/'metrics')
 
 # --- a high-cardinality text column ------------------------------------------------------------------------------
 
@@ -44,12 +41,12 @@ def test_a_flood_of_new_values_in_a_column_of_more_than_1000_values_stops_collec
     df.loc[flood, 'merchant'] = [f'x{i}' for i in range(len(flood))]
     df.to_parquet(d/'pay.parquet', index=False)
     p = params_for(PAY, d/'pay.parquet')
-    kept = everything(d)
+    kept = kept_tree(d)
     with pytest.raises(DataError) as e: run_collect(p, d/'data/raw', d/'metrics/data_quality.json')
     msg = str(e.value)
     assert f"{d/'pay.parquet'}: column 'merchant' breaks rule 'unseen_categories'" in msg, msg
     assert e.value.count > (df.index[int(len(df) * 0.65):].isin(flood)).sum()   # every new merchant after the reference window, and more
-    assert {k: v for k, v in everything(d).items() if 'data_quality' not in k and 'quarantine' not in k} == kept
+    assert kept_tree(d) == kept
     assert not (d/'data/raw').exists() and json.loads((d/'metrics/data_quality.json').read_text())['stage'] == 'collect'
 
 def test_a_high_cardinality_id_column_is_not_a_category(tmp_path):
@@ -89,12 +86,11 @@ def test_an_added_column_is_a_change_of_the_contract(champion, tmp_path):
     f = tmp_path/'churn.parquet'
     pd.read_parquet(d/'churn.parquet').assign(region='eu').to_parquet(f, index=False)
     q = dict(p, collect=dict(p['collect'], sources=[{'type': 'file', 'path': str(f)}]))
-    kept = everything(d)
+    kept = kept_tree(d)
     with pytest.raises(DataError) as e: run_collect(q, d/'data/raw', d/'metrics/data_quality.json')
     assert (f"{f}: column 'region' breaks rule 'new_column' (column added: not in champion v0001's schema "
             "(to accept it: prepare.schema_evolution: allow, or a reviewed prepare.schema))") in str(e.value), str(e.value)
-    assert {k: v for k, v in everything(d).items() if 'data_quality' not in k and 'quarantine' not in k} == \
-           {k: v for k, v in kept.items() if 'data_quality' not in k and 'quarantine' not in k}
+    assert kept_tree(d) == kept
     allowed = merge(q, {'prepare': {'schema_evolution': 'allow'}})
     run_collect(allowed, tmp_path/'raw')
     res = run_prepare(allowed, tmp_path/'raw', tmp_path/'prepared', tmp_path/'q.json')
@@ -135,10 +131,10 @@ def test_params_check_and_collect_name_columns_the_data_lacks(champion, tmp_path
     before = run(f"mlops-nb params check --params {tmp_path/'params.yaml'} --raw {tmp_path/'none'}", tmp_path)   # nothing collected yet:
     assert before.stdout.strip() == f"{tmp_path/'params.yaml'}: ok"                                               # only the keys are checked
     # collect stops on them before any work: data/raw keeps the champion's window
-    kept = everything(d)
+    kept = kept_tree(d)
     with pytest.raises(DataError) as e: run_collect(bad, d/'data/raw', d/'metrics/data_quality.json')
     assert "monitor.alerts.features names 'age'" in str(e.value) and "prepare.features.log names 'monthly_charge'" in str(e.value), str(e.value)
-    assert {k: v for k, v in everything(d).items() if 'data_quality' not in k} == {k: v for k, v in kept.items() if 'data_quality' not in k}
+    assert kept_tree(d) == kept
 
 # --- a failure keeps the last good quality report --------------------------------------------------------------
 
