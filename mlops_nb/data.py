@@ -580,8 +580,8 @@ def unseen_detail(col:ColumnSchema, unseen:int, present:int, n:int, rules:dict, 
         return f"share {unseen / n:.3f} > {rate}; unseen: {examples()}" if n and unseen / n > rate else None
     limit = rate + (1 - col.domain_mass) * present / n
     if not n or unseen / n <= limit: return None
-    return (f"share {unseen / n:.3f} > {limit:.3f} allowed = {rate} + {1 - col.domain_mass:.3f}, the share of the training values outside "
-            f"its {len(col.categories)} most frequent; unseen: {examples()} (if the column identifies rows, list it in task.id_columns)")
+    return (f"share {unseen / n:.3f} of values outside the schema's {len(col.categories)} most frequent > {limit:.3f} allowed = {rate} + "
+            f"{1 - col.domain_mass:.3f}, the training data's share outside them; e.g. {examples()} (if the column identifies rows, list it in task.id_columns)")
 
 
 # %% ../nbs/02_data.ipynb #717a9034
