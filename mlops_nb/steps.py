@@ -381,6 +381,8 @@ def load_split(prepared_dir:str|Path, name:str) -> tuple[pd.DataFrame, dict]:
     spec = read_json(prepared_dir/'features.json')
     try: df = pd.read_parquet(prepared_dir/f'{name}.parquet')
     except FileNotFoundError: raise MlopsError(f"{prepared_dir/f'{name}.parquet'}: split not found; run the prepare stage first") from None
+    except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid is a ValueError: a damaged file
+        raise MlopsError(f"{prepared_dir/f'{name}.parquet'}: not a readable Parquet split ({(str(e).splitlines() or [type(e).__name__])[0]}); rerun the prepare stage (dvc repro --force prepare)") from None
     return df, spec
 
 # %% ../nbs/06_steps.ipynb #16d4fbed
