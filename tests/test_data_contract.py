@@ -57,6 +57,17 @@ def params_for(over:dict, *sources, base:dict|None=None) -> dict:
     p['collect'] = dict(p['collect'], sources=[{'type': 'file', 'path': str(s)} for s in sources])
     return p
 
+def regression_project(dst:Path, **over) -> 'Project':
+    """A copy of the project (conftest's `copy_project`) whose one source is the regression CSV `houses.csv`, with a two-candidate
+    ridge search; `over` sets further params, e.g. `monitor={'alerts': {'min_rows': 100}}`."""
+    proj = copy_project(dst)
+    regression_csv(proj.path/'houses.csv')
+    p = merge(params_for(REG, base=proj.params), over)
+    p['collect']['sources'] = [{'type': 'file', 'path': 'houses.csv'}]
+    p['train']['search']['space'], p['train']['estimator_params'] = {'alpha': [0.1, 1.0]}, {}
+    (proj.path/'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
+    return proj
+
 def checksum(*folders:Path) -> dict:
     "sha256 of every file under `folders` (missing folders count as empty)."
     out = {}

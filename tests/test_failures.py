@@ -3,20 +3,14 @@ before running it unless they are `persist: true`; collect validates a new windo
 collect failure (a params problem included) is recorded in metrics/data_quality.json."""
 import json
 
-import pandas as pd, pytest, yaml
+import pandas as pd, pytest
 
-from conftest import copy_project
-from test_data_contract import REG, checksum, params_for, regression_csv
+from test_data_contract import checksum, regression_project
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     "A project on the regression CSV, run up to train."
-    proj = copy_project(tmp_path_factory.mktemp('fail')/'proj')
-    regression_csv(proj.path/'houses.csv')
-    p = params_for(REG, base=proj.params)
-    p['collect']['sources'] = [{'type': 'file', 'path': 'houses.csv'}]
-    p['train']['search']['space'], p['train']['estimator_params'] = {'alpha': [0.1, 1.0]}, {}
-    (proj.path/'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
+    proj = regression_project(tmp_path_factory.mktemp('fail')/'proj')
     proj.run('dvc repro train')
     return proj
 

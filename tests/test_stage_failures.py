@@ -7,23 +7,17 @@ project recovers once the cause is put right."""
 import contextlib, json
 from pathlib import Path
 
-import pandas as pd, pytest, yaml
+import pandas as pd, pytest
 
-from conftest import copy_project
-from test_data_contract import REG, checksum, params_for, regression_csv
+from test_data_contract import checksum, regression_project
 
 FOLDERS = ('data', 'models', 'registry', 'metrics', 'plots', 'monitor')
 
 @pytest.fixture(scope='module')
 def lifecycle(tmp_path_factory):
     "A project on the regression CSV, run through every stage once: v0001 is the registry's champion."
-    proj = copy_project(tmp_path_factory.mktemp('stagefail')/'proj')
-    regression_csv(proj.path/'houses.csv')
-    p = params_for(REG, base=proj.params)
-    p['collect']['sources'] = [{'type': 'file', 'path': 'houses.csv'}]
-    p['train']['search']['space'], p['train']['estimator_params'] = {'alpha': [0.1, 1.0]}, {}
-    p['monitor']['alerts']['min_rows'] = 100   # the 120 newest rows are judged, so the monitor draws its figures too
-    (proj.path/'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
+    # min_rows 100: the 120 newest rows are judged, so the monitor draws its figures too
+    proj = regression_project(tmp_path_factory.mktemp('stagefail')/'proj', monitor={'alerts': {'min_rows': 100}})
     proj.run('dvc repro', timeout=900)
     assert json.loads((proj.path/'registry/aliases.json').read_text()) == {'champion': 'v0001'}
     return proj
