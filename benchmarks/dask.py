@@ -3,10 +3,10 @@ the size where Evidently gives up (with Evidently on a tenth of the shape, side 
 
     .venv/bin/python benchmarks/dask.py [--only search,drift,score] [--workers 2]
         [--search-rows 20000] [--search-iter 8]
-        [--drift-rows 3300000] [--drift-ref-rows N] [--drift-cols 1000] [--drift-rows-per-file 110000]
+        [--drift-rows 3300000] [--drift-ref-rows N] [--drift-cols 1000] [--drift-rows-per-file 110000] [--drift-dtype float64]
         [--evidently-fraction 0.1] [--skip-evidently]
         [--score-rows 2000000] [--score-partitions 16]
-        [--omp-threads N] [--smoke]     # --smoke: tiny sizes, to check the script runs (figures mean nothing)
+        [--omp-threads N] [--out FILE] [--smoke]     # --smoke: tiny sizes, to check the script runs (figures mean nothing)
 
 * search: `train.search` in one process against `distributed.search` through joblib's Dask backend on a
   `LocalCluster` of --workers single-threaded worker processes; same candidates, same folds: the tables must be equal.
@@ -15,15 +15,17 @@ the size where Evidently gives up (with Evidently on a tenth of the shape, side 
   of them, a scale change of 1.5x in 2 %, every 50th column from the first); `distributed.parquet_drift` on the
   LocalCluster. Wall time and the peak resident memory of the whole process tree (client, scheduler, workers; sampled
   every 0.2 s with psutil) are measured; the drifted columns are compared with the injected ones.
-  --drift-ref-rows makes the reference bigger (the 10M-row reference case).
+  --drift-ref-rows makes the reference bigger (the 10M-row reference case); --drift-dtype float32 stores the columns
+  as float32 (half the disk: a 10M + 3.3M x 1,000 pair is ~53 GB instead of ~106 GB).
   Evidently (0.7, DataDriftPreset, in benchmarks/.venv-evidently, created on first use by benchmarks/monitor.py's
   helper) runs on the same generator at --evidently-fraction of the rows and of the columns, and ours runs on
   exactly that data too (one process, in memory, `monitor.data_drift`, and out of core), so the ratio is measured.
 * score: --score-rows rows of the built-in transaction stream in --score-partitions Parquet files, a registered
   HistGradientBoosting model (ONNX); `distributed.score_partitions` without a cluster, then on 1 and 2 workers:
-  rows/s, and every output must equal the single-process output.
+  rows/s, and every output must equal the single-process output. The workers start with scoring's modules imported
+  (Dask's `preload`), as this process has them; loading the model stays inside the timing.
 
-Results: a table on stdout, benchmarks/results/dask.json (or dask-smoke.json with --smoke).
+Results: a table on stdout, benchmarks/results/dask.json (or dask-smoke.json with --smoke, or --out).
 """
 import argparse, importlib.util, json, os, shutil, subprocess, sys, tempfile, textwrap, threading, time
 from pathlib import Path
@@ -60,9 +62,12 @@ class PeakMemory:
         self.peak = tree_rss(os.getpid()); self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
     def __exit__(self, *a): self._stop.set(); self._t.join()
 
-def cluster(n:int):
+def cluster(n:int, preload:tuple[str, ...]=()):
+    """A LocalCluster of `n` single-threaded worker processes. `preload`: modules each worker imports as it starts
+    (Dask's `preload`), as the workers of a long-running cluster have them imported from its first job on."""
     from distributed import Client, LocalCluster
-    c = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=':0', memory_limit='auto')
+    c = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=':0', memory_limit='auto',
+                     preload=list(preload))
     return c, Client(c)
 
 # ---- search ---------------------------------------------------------------------------------------------------------
@@ -95,24 +100,32 @@ def drifted_columns(cols:int) -> dict[str, str]:
     out |= {f'f{j:04d}': 'scale' for j in range(25, cols, 50)}
     return out
 
-def write_window(folder:Path, rows:int, cols:int, per_file:int, seed:int, drift:bool) -> Path:
-    "float32-generated, float64-stored Parquet files of `per_file` rows (one row group each)."
+def _write_file(path:Path, n:int, names:list[str], kinds:dict, seed:list[int], dtype:str) -> None:
+    "One Parquet file of `n` rows: standard normal columns, drifted as `kinds` says, stored as `dtype`."
     import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for c in names:
+        x = rng.standard_normal(n)
+        k = kinds.get(c)
+        if k == 'shift': x += 0.5
+        elif k == 'scale': x *= 1.5
+        arrays.append(pa.array(x.astype(dtype, copy=False)))
+    pq.write_table(pa.Table.from_arrays(arrays, names=names), path, row_group_size=n, compression='snappy', write_statistics=False)
+
+def write_window(folder:Path, rows:int, cols:int, per_file:int, seed:int, drift:bool, dtype:str='float64', jobs:int=1) -> Path:
+    """Parquet files of `per_file` rows (one row group each) of `dtype` columns, written by `jobs` processes; the same
+    data for any `jobs` (each file has its own seed)."""
+    from concurrent.futures import ProcessPoolExecutor
     folder.mkdir(parents=True, exist_ok=True)
     kinds = drifted_columns(cols) if drift else {}
     names = [f'f{j:04d}' for j in range(cols)]
-    for i, start in enumerate(range(0, rows, per_file)):
-        n = min(per_file, rows - start)
-        rng = np.random.default_rng([seed, i])
-        arrays = []
-        for c in names:
-            x = rng.standard_normal(n)
-            k = kinds.get(c)
-            if k == 'shift': x += 0.5
-            elif k == 'scale': x *= 1.5
-            arrays.append(pa.array(x))
-        pq.write_table(pa.Table.from_arrays(arrays, names=names), folder/f'part-{i:04d}.parquet', row_group_size=per_file,
-                       compression='snappy', write_statistics=False)
+    files = [(folder/f'part-{i:04d}.parquet', min(per_file, rows - start), names, kinds, [seed, i], dtype)
+             for i, start in enumerate(range(0, rows, per_file))]
+    if jobs <= 1:
+        for f in files: _write_file(*f)
+    else:
+        with ProcessPoolExecutor(jobs) as ex: list(ex.map(_write_file, *zip(*files)))
     return folder
 
 EVID = textwrap.dedent('''
@@ -156,8 +169,9 @@ def bench_drift(a, work:Path) -> dict:
     from mlops_nb import distributed as D
     ref_rows = a.drift_ref_rows or a.drift_rows
     t = time.perf_counter()
-    ref = write_window(work/'ref', ref_rows, a.drift_cols, a.drift_rows_per_file, 1, False)
-    cur = write_window(work/'cur', a.drift_rows, a.drift_cols, a.drift_rows_per_file, 2, True)
+    jobs = len(os.sched_getaffinity(0))
+    ref = write_window(work/'ref', ref_rows, a.drift_cols, a.drift_rows_per_file, 1, False, a.drift_dtype, jobs)
+    cur = write_window(work/'cur', a.drift_rows, a.drift_cols, a.drift_rows_per_file, 2, True, a.drift_dtype, jobs)
     gen_s = time.perf_counter() - t
     disk = sum(p.stat().st_size for p in work.rglob('*.parquet'))
     c, client = cluster(a.workers)
@@ -167,9 +181,9 @@ def bench_drift(a, work:Path) -> dict:
             t = time.perf_counter(); out = D.parquet_drift(ref, cur, client=client); seconds = time.perf_counter() - t
     finally: client.close(); c.close()
     injected = drifted_columns(a.drift_cols)
-    res = dict(ref_rows=ref_rows, cur_rows=a.drift_rows, cols=a.drift_cols, parquet_gb=round(disk / 1e9, 2), generate_s=round(gen_s, 1),
+    res = dict(ref_rows=ref_rows, cur_rows=a.drift_rows, cols=a.drift_cols, dtype=a.drift_dtype, parquet_gb=round(disk / 1e9, 2), generate_s=round(gen_s, 1),
                seconds=round(seconds, 1), peak_gb=round(pm.peak / 1e9, 2), baseline_gb=round(base / 1e9, 2), workers=a.workers,
-               in_memory_gb=round((ref_rows + a.drift_rows) * a.drift_cols * 8 / 1e9, 1),
+               in_memory_gb=round((ref_rows + a.drift_rows) * a.drift_cols * (4 if a.drift_dtype == 'float32' else 8) / 1e9, 1),
                **score(out['drift'].summary()['drifted'], injected),
                max_ks_error=float(out['drift'].table['ks_error'].max()), max_wasserstein_error=float(out['drift'].table['wasserstein_error'].max()))
     shutil.rmtree(work/'ref'); shutil.rmtree(work/'cur')
@@ -223,7 +237,9 @@ def bench_score(a, work:Path) -> dict:
     runs, outs = [], {}
     for label, n in (('one process', 0), ('1 worker', 1), (f'{a.workers} workers', a.workers)):
         c = client = None
-        if n: c, client = cluster(n)
+        # warm workers, like the one process here: scoring's modules imported before the clock starts (each worker
+        # still loads the model itself, inside the timing)
+        if n: c, client = cluster(n, preload=('mlops_nb.serve', 'onnxruntime'))
         try: r = D.score_partitions(work/'in', work/f'out{n}', registry=work/'registry', client=client, chunk_rows=50_000)
         finally:
             if client: client.close(); c.close()
@@ -242,10 +258,13 @@ def main():
     ap.add_argument('--workers', type=int, default=2)
     ap.add_argument('--search-rows', type=int, default=20_000); ap.add_argument('--search-iter', type=int, default=8)
     ap.add_argument('--drift-rows', type=int, default=3_300_000); ap.add_argument('--drift-ref-rows', type=int, default=0)
+    ap.add_argument('--drift-dtype', choices=('float64', 'float32'), default='float64',
+                    help="the windows' stored column type (float32: the 10M-row reference fits on this machine's disk)")
     ap.add_argument('--drift-cols', type=int, default=1000); ap.add_argument('--drift-rows-per-file', type=int, default=110_000)
     ap.add_argument('--evidently-fraction', type=float, default=0.1); ap.add_argument('--skip-evidently', action='store_true')
     ap.add_argument('--score-rows', type=int, default=2_000_000); ap.add_argument('--score-partitions', type=int, default=16)
     ap.add_argument('--work', default='', help='scratch folder (default: a temporary one; the drift data needs ~55 GB at full size)')
+    ap.add_argument('--out', default='', help='results file (default: benchmarks/results/dask.json, or dask-smoke.json with --smoke)')
     ap.add_argument('--smoke', action='store_true', help='tiny sizes: checks that the script runs; the figures mean nothing')
     a = ap.parse_args()
     if a.smoke:
@@ -265,7 +284,7 @@ def main():
         if 'drift' in only:
             res['drift'] = d = bench_drift(a, work/'drift')
             t = d['tenth']
-            print(f"\ndrift: {d['ref_rows']:,} + {d['cur_rows']:,} rows x {d['cols']} float columns ({d['parquet_gb']} GB Parquet, {d['in_memory_gb']} GB as float64)\n"
+            print(f"\ndrift: {d['ref_rows']:,} + {d['cur_rows']:,} rows x {d['cols']} float columns ({d['parquet_gb']} GB Parquet, {d['in_memory_gb']} GB in memory as {d['dtype']})\n"
                   f"| tool | rows x cols | time | peak memory | drifted found / injected | false positives |\n|---|---|---|---|---|---|\n"
                   f"| mlops-nb out of core, {d['workers']} workers | {d['cur_rows']:,} x {d['cols']} | {d['seconds']} s | {d['peak_gb']} GB | {d['true_positives']} / {d['injected']} | {d['false_positives']} |\n"
                   f"| mlops-nb in memory | {t['rows']:,} x {t['cols']} | {t['ours_in_memory_s']} s | {t['ours_peak_mb']} MB | {t['ours_true_positives']} / {t['injected']} | {t['ours_false_positives']} |\n"
@@ -279,8 +298,8 @@ def main():
                   + f"\n2 workers vs 1: {s['speedup_2_vs_1']}x", flush=True)
     finally:
         if not a.work: shutil.rmtree(work, ignore_errors=True)
-    out = ROOT/'benchmarks'/'results'/('dask-smoke.json' if a.smoke else 'dask.json')
+    out = Path(a.out) if a.out else ROOT/'benchmarks'/'results'/('dask-smoke.json' if a.smoke else 'dask.json')
     out.write_text(json.dumps(res, indent=2, default=str) + '\n')
-    print(f"\nwritten {out.relative_to(ROOT)}")
+    print(f"\nwritten {out}")
 
 if __name__ == '__main__': main()
