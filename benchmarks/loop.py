@@ -125,8 +125,10 @@ def report(res:dict) -> str:
     days = res['days']
     for sc in res['scenarios'].values():      # computed once, then kept in the results
         if 'best_possible' not in sc and sc['metrics'].get('metric') == 'pr_auc': sc['best_possible'] = best_possible(sc['metrics'])
+    busy = max(float(x) for part in res['load'] for x in str(part).replace('/', ',').split(',')) >= 1.5
     lines = [f"Measured by `.venv/bin/python benchmarks/loop.py --days {days} --write-readme`, one run per scenario, on this 2-core machine "
-             f"shared with other work (load average {res['load'][0]} before, {res['load'][1]} after: the times are those of a busy machine"
+             + (f"shared with other work (load average {res['load'][0]} before, {res['load'][1]} after: the times are those of a busy machine"
+                if busy else f"with nothing else running (load average {res['load'][0]} before, {res['load'][1]} after")
              + ("; the scenarios ran as separate runs, merged with `--from-results --merge`" if ' / ' in str(res['load'][0]) else '') + "). "
              f"Default `params.yaml` ({res['transactions_per_day']:,} transactions a day, loop from day {res['start_day']}, labels "
              f"{res['label_delay_days']} days late, sliding window of {res['window_days']} days that after a drift alert starts where the drift began and is refitted as it grows, "
