@@ -5,7 +5,7 @@ the size where Evidently gives up (with Evidently on a tenth of the shape, side 
         [--search-rows 20000] [--search-iter 8]
         [--drift-rows 3300000] [--drift-ref-rows N] [--drift-cols 1000] [--drift-rows-per-file 110000] [--drift-dtype float64]
         [--evidently-fraction 0.1] [--skip-evidently]
-        [--score-rows 2000000] [--score-partitions 16]
+        [--score-rows 8000000] [--score-partitions 32] [--score-repeats 5]
         [--omp-threads N] [--out FILE] [--smoke]     # --smoke: tiny sizes, to check the script runs (figures mean nothing)
 
 * search: `train.search` in one process against `distributed.search` through joblib's Dask backend on a
@@ -21,9 +21,10 @@ the size where Evidently gives up (with Evidently on a tenth of the shape, side 
   helper) runs on the same generator at --evidently-fraction of the rows and of the columns, and ours runs on
   exactly that data too (one process, in memory, `monitor.data_drift`, and out of core), so the ratio is measured.
 * score: --score-rows rows of the built-in transaction stream in --score-partitions Parquet files, a registered
-  HistGradientBoosting model (ONNX); `distributed.score_partitions` without a cluster, then on 1 and 2 workers:
-  rows/s, and every output must equal the single-process output. The workers start with scoring's modules imported
-  (Dask's `preload`), as this process has them; loading the model stays inside the timing.
+  HistGradientBoosting model (ONNX); `distributed.score_partitions` without a cluster once, then on 1 and 2 workers,
+  alternated --score-repeats times: median rows/s, and every output must equal the single-process output. The workers
+  start with scoring's modules imported (Dask's `preload`), as this process has them; loading the model stays inside
+  the timing. At the old default of 2,000,000 rows (a job of 3 to 5 s) the cluster's fixed costs showed in the ratio.
 
 Results: a table on stdout, benchmarks/results/dask.json (or dask-smoke.json with --smoke, or --out).
 """
@@ -234,21 +235,28 @@ def bench_score(a, work:Path) -> dict:
     for i in range(a.score_partitions):
         (work/'in'/f'part={i:03d}').mkdir(parents=True)
         X.sample(per, replace=True, random_state=i).reset_index(drop=True).to_parquet(work/'in'/f'part={i:03d}'/'data.parquet', index=False)
-    runs, outs = [], {}
-    for label, n in (('one process', 0), ('1 worker', 1), (f'{a.workers} workers', a.workers)):
+    import statistics
+    labels = {0: 'one process', 1: '1 worker', a.workers: f'{a.workers} workers'}
+    times, outs, loads = {n: [] for n in labels}, {}, {}
+    # one process once, then the cluster runs alternated --score-repeats times (a noisy moment hits both sizes alike)
+    for n in [0] + [1, a.workers] * a.score_repeats:
         c = client = None
         # warm workers, like the one process here: scoring's modules imported before the clock starts (each worker
         # still loads the model itself, inside the timing)
         if n: c, client = cluster(n, preload=('mlops_nb.serve', 'onnxruntime'))
+        shutil.rmtree(work/f'out{n}', ignore_errors=True)
         try: r = D.score_partitions(work/'in', work/f'out{n}', registry=work/'registry', client=client, chunk_rows=50_000)
         finally:
             if client: client.close(); c.close()
         outs[n] = pd.concat([pd.read_parquet(p, columns=['prediction']) for p in sorted((work/f'out{n}').rglob('*.parquet'))], ignore_index=True)
-        runs.append(dict(run=label, rows=r['rows'], seconds=r['seconds'], rows_per_second=r['rows_per_second'], model_loads=r['model_loads'],
-                         same_as_one_process=bool(outs[n].equals(outs[0]))))
+        times[n].append(r['seconds']); loads[n] = r['model_loads']
+    runs = [dict(run=label, rows=a.score_rows, seconds=statistics.median(times[n]), seconds_each=times[n],
+                 rows_per_second=round(a.score_rows / statistics.median(times[n]), 1), model_loads=loads[n],
+                 same_as_one_process=bool(outs[n].equals(outs[0]))) for n, label in labels.items()]
     one, two = runs[1]['rows_per_second'], runs[2]['rows_per_second']
     return dict(rows=a.score_rows, partitions=a.score_partitions, runtime=reg.info(v).get('onnx', {}).get('kept') and 'onnxruntime' or 'skops',
-                runs=runs, speedup_2_vs_1=round(two / one, 2) if one else None)
+                repeats=a.score_repeats, runs=runs, speedup_2_vs_1=round(two / one, 2) if one else None,
+                speedup_each=[round(x / y, 2) for x, y in zip(times[1], times[a.workers])])
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -262,14 +270,15 @@ def main():
                     help="the windows' stored column type (float32: the 10M-row reference fits on this machine's disk)")
     ap.add_argument('--drift-cols', type=int, default=1000); ap.add_argument('--drift-rows-per-file', type=int, default=110_000)
     ap.add_argument('--evidently-fraction', type=float, default=0.1); ap.add_argument('--skip-evidently', action='store_true')
-    ap.add_argument('--score-rows', type=int, default=2_000_000); ap.add_argument('--score-partitions', type=int, default=16)
+    ap.add_argument('--score-rows', type=int, default=8_000_000); ap.add_argument('--score-partitions', type=int, default=32)
+    ap.add_argument('--score-repeats', type=int, default=5, help='cluster runs of each size, alternated; medians reported')
     ap.add_argument('--work', default='', help='scratch folder (default: a temporary one; the drift data needs ~55 GB at full size)')
     ap.add_argument('--out', default='', help='results file (default: benchmarks/results/dask.json, or dask-smoke.json with --smoke)')
     ap.add_argument('--smoke', action='store_true', help='tiny sizes: checks that the script runs; the figures mean nothing')
     a = ap.parse_args()
     if a.smoke:
         a.search_rows, a.search_iter, a.drift_rows, a.drift_cols, a.drift_rows_per_file = 3000, 4, 60_000, 100, 20_000
-        a.score_rows, a.score_partitions = 60_000, 6
+        a.score_rows, a.score_partitions, a.score_repeats = 60_000, 6, 1
     if a.omp_threads:   # before scikit-learn's OpenMP runtime starts (it is imported lazily, in the benchmarks)
         for v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[v] = str(a.omp_threads)
     only = set(a.only.split(','))
@@ -295,7 +304,7 @@ def main():
             res['score'] = s = bench_score(a, work/'score')
             print(f"\nbatch scoring: {s['rows']:,} rows in {s['partitions']} partitions ({s['runtime']})\n| run | seconds | rows/s | model loads | output = one process |\n|---|---|---|---|---|\n"
                   + '\n'.join(f"| {r['run']} | {r['seconds']} | {r['rows_per_second']:,.0f} | {r['model_loads']} | {r['same_as_one_process']} |" for r in s['runs'])
-                  + f"\n2 workers vs 1: {s['speedup_2_vs_1']}x", flush=True)
+                  + f"\n2 workers vs 1 (medians of {s['repeats']} alternated runs): {s['speedup_2_vs_1']}x; each pair: {s['speedup_each']}", flush=True)
     finally:
         if not a.work: shutil.rmtree(work, ignore_errors=True)
     out = Path(a.out) if a.out else ROOT/'benchmarks'/'results'/('dask-smoke.json' if a.smoke else 'dask.json')
