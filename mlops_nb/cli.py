@@ -258,7 +258,8 @@ def _loop_commands(sub):
                        description="Walk the stream day by day through the running service with the retraining policy of params.yaml's "
                                    "loop section; state in loop.dir, resumed after the last completed day.")
     acts = p.add_subparsers(dest='loop_command', metavar='ACTION', required=True)
-    for name, help in (('run', 'one cycle: the next day'), ('simulate', 'many days: --days N'),
+    for name, help in (('run', 'one cycle: every day due, from the next day to walk through --until, caught up in order'),
+                       ('simulate', 'many days: --days N'),
                        ('baselines', "never-retrained, daily and weekly baselines on the loop's walked days; metrics.json per schedule")):
         q = acts.add_parser(name, help=help, description=help)
         q.add_argument('--params', default='params.yaml')
@@ -266,6 +267,9 @@ def _loop_commands(sub):
         if name == 'simulate':
             q.add_argument('--days', type=int, required=True, help='days to walk')
             q.add_argument('--baselines', action='store_true', help='then run the baselines on the walked days (as `loop baselines`)')
+        if name == 'run':
+            q.add_argument('--until', type=int, default=None, metavar='DAY',
+                           help="last day to walk (default: the last complete day by the clock, days since sim.start_date minus 1)")
         if name != 'run':
             q.add_argument('--schedules', default='never,daily,weekly', help='baselines to run, comma-separated (default: never,daily,weekly)')
             q.add_argument('--metric', default='pr_auc', help='the daily metric of the comparison (default: pr_auc)')

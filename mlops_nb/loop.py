@@ -14,8 +14,9 @@ from .core import MlopsError, atomic_write, get_logger, read_json, write_json
 
 # %% auto #0
 __all__ = ['log', 'LOOP_DEFAULTS', 'TRIGGERS', 'TIMELINE_COLUMNS', 'SCHEDULES', 'challenger_gates', 'settings', 'decide',
-           'Service', 'Loop', 'cli_loop', 'timeline', 'plot_timeline', 'compare_metrics', 'reproduce', 'cli_reproduce',
-           'fixed_fit', 'daily_metric', 'schedule_metrics', 'print_schedules']
+           'Service', 'retrain_report', 'concept_drift', 'Loop', 'cli_loop', 'timeline', 'plot_timeline',
+           'compare_metrics', 'reproduce', 'cli_reproduce', 'fixed_fit', 'daily_metric', 'schedule_metrics',
+           'print_schedules']
 
 # %% ../nbs/11_loop.ipynb #4acb994b
 log = get_logger('mlops_nb.loop')
@@ -169,6 +170,45 @@ class Service:
             except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
         self.pid_file.unlink(missing_ok=True); self.log.close()
 
+# %% ../nbs/11_loop.ipynb #c0ncd02x
+def retrain_report(run:Path, info:dict, outcome:dict) -> str:
+    """The report of one retrain of the loop, as markdown: the data window, the decision that triggered it, the params
+    it ran with, the train, evaluate and gate metrics its stages wrote into `run`, and the version's fate (`outcome`)."""
+    from mlops_nb.report import fmt_value
+    lp, p = info.get('loop') or {}, info.get('params') or {}
+    w, d = lp.get('window') or {}, lp.get('decision') or {}
+    rows = lambda pairs: ['| what | value |', '|---|---|'] + [f"| {k} | {fmt_value(v)} |" for k, v in pairs] + ['']
+    from mlops_nb.report import _flat as flat
+    num = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    metrics = lambda f: sorted((k, v) for k, v in flat(read_json(run/f)) if num(v)) if (run/f).exists() else []
+    gate = info.get('gate') or {}
+    s = [f"# Loop retrain of day {lp.get('day')}: {info['version']} {outcome.get('status')}", '',
+         f"**Outcome:** {info['version']} {outcome.get('status')}, " + ('promoted to champion' if outcome.get('promoted') else
+         f"champion stays {outcome.get('champion_after')}") + f" (champion before: {outcome.get('champion_before') or 'none'})", '',
+         '## Data window', ''] + rows([('kind', w.get('kind')), ('first day', w.get('first_day')), ('days', w.get('days')),
+                                       ('last day', None if w.get('first_day') is None else w['first_day'] + w['days'] - 1),
+                                       ('rows (train / valid / test)', ' / '.join(str((info.get('rows') or {}).get(k, '-')) for k in ('train', 'valid', 'test')))])
+    s += ['## Decision', '', f"**Reason:** {d.get('reason')}", ''] + [f"- trigger: {t}" for t in d.get('triggers') or []] + ['']
+    s += ['## Params', ''] + rows([(f'{sec}.{k}', v) for sec in ('loop', 'train', 'deploy') for k, v in (p.get(sec) or {}).items()])
+    for title, f in (('Train', 'train.json'), ('Evaluate (held-out test rows of the window)', 'evaluate.json'), ('Gate', 'gate.json')):
+        s += [f'## {title}', ''] + rows(metrics(f))
+    s += [f"**Gate:** {'passed' if gate.get('passed') else 'failed'}", ''] + [f"- {r}" for r in gate.get('reasons') or []] + ['']
+    s += ['## Lineage', ''] + rows([('code commit', (info.get('git') or {}).get('commit')), ('data sha256', (info.get('data') or {}).get('sha256')),
+                                    ('run folder', str(run))])
+    return '\n'.join(s)
+
+def concept_drift(cbpe, labelled:pd.DataFrame, target:str, score:str='score', threshold:float=0.5, metric:str='roc_auc') -> dict:
+    """Suspected concept drift on the labelled rows of the monitor window: the champion's CBPE estimate of `metric` on
+    those very rows beside the realised value; `concept_drift` when the realised one falls outside the estimate's
+    interval (`monitor.estimated_performance`): the estimate sees the scores only, so a changed relation between
+    inputs and labels shows as this gap. None when the rows give no interval."""
+    from mlops_nb.monitor import estimated_performance
+    r = estimated_performance(cbpe, labelled, score, target=target, threshold=threshold, metric=metric).iloc[-1]
+    lo, hi = r.get(f'estimated_{metric}_lo', np.nan), r.get(f'estimated_{metric}_hi', np.nan)
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(r['gap'])): return dict(concept_drift=None)
+    return dict(concept_drift=bool(r['concept_drift']), estimated_labelled=float(r[f'estimated_{metric}']), concept_gap=float(r['gap']))
+
+
 # %% ../nbs/11_loop.ipynb #da8dcd83
 class Loop:
     "The loop over the simulated stream of `params`, with its state in `<root>/<loop.dir>`."
@@ -233,7 +273,8 @@ class Loop:
             steps.run_train(p, run/'prepared', run/'model', run/'train.json')
             steps.run_evaluate(p, run/'prepared', run/'model', run/'evaluate.json', run/'plots', run/'predictions.parquet')
             lineage = dict(day=day, window=dict(kind=self.cfg['window']['kind'], first_day=first, days=n), decision=decision,
-                           sim=p.get('sim'))    # the stream the window is cut from: `models reproduce` rebuilds it
+                           sim=p.get('sim'),    # the stream the window is cut from: `models reproduce` rebuilds it
+                           reports=self._report_paths(run))   # the run's own report, written once the version's fate is known
             # the one call site of the gate: deploy's (evaluate.gate, candidate vs champion on the window's test rows)
             dep = steps.run_deploy(p, run/'prepared', run/'model', run/'evaluate.json', run/'plots'/'figures', run/'gate.json',
                                    registry=self.reg_dir, project_dir=self.root, lineage_extra=dict(loop=lineage))
@@ -248,9 +289,18 @@ class Loop:
             else: reg.promote(version, 'champion', reason=f"loop day {day}: gate passed")    # registered, then killed before the promotion
         after = reg.aliases().get('champion')
         self.state['runs'][version] = str(run.relative_to(self.dir))
-        return dict(version=version, status=info.get('status'), promoted=after == version and before != version,
-                    champion_before=before, champion_after=after, window=[first, n], seconds=round(time.perf_counter() - t0, 2),
-                    **({'rollout': rollout} if rollout else {}))
+        out = dict(version=version, status=info.get('status'), promoted=after == version and before != version,
+                   champion_before=before, champion_after=after, window=[first, n], seconds=round(time.perf_counter() - t0, 2),
+                   **({'rollout': rollout} if rollout else {}))
+        md = retrain_report(run, reg.info(version, verify=False), out)     # again after a kill: the same files
+        with atomic_write(run/'report.md') as fh: fh.write(md)
+        from mlops_nb.registry import card_html
+        with atomic_write(run/'report.html') as fh: fh.write(card_html(md))
+        return out
+
+    def _report_paths(self, run:Path) -> list[str]:
+        "Where the report of the retrain in `run` is written, relative to the project folder (`--root`)."
+        return [os.path.relpath(run/f, self.root) for f in ('report.html', 'report.md')]
 
     def canary(self, day:int, version:str) -> dict:
         """Redeploy `version` through a canary rollout (`loop.canary`): the day's records are replayed through the service
@@ -335,6 +385,8 @@ class Loop:
         if len(labelled) and labelled[target].nunique() == 2:
             s['realised'] = mon.window_metrics(labelled[target], labelled['score'], threshold=info.get('threshold') or 0.5)[metric]
             s['realised_drop'] = ref_metric - s['realised'] if ref_metric is not None else None
+            if champ in self.state['runs'] and metric in ('roc_auc', 'precision', 'recall'):   # the metrics CBPE gives an interval for
+                s |= concept_drift(self._cbpe(champ), labelled, target, 'score', info.get('threshold') or 0.5, metric)
         unlabelled = recent[(recent['day'] > day - delay) & (recent['version'] == champ)] if len(recent) else recent
         if len(unlabelled) and champ in self.state['runs'] and metric in ('roc_auc', 'pr_auc', 'precision', 'recall'):
             s['estimated'] = self._cbpe(champ).estimate(unlabelled['score'])[metric]
@@ -401,6 +453,20 @@ class Loop:
         self.report()
         return recs
 
+    def today(self) -> int:
+        """The last complete day of the built-in stream by the wall clock (UTC): day `d` is the date `sim.start_date + d`,
+        so a daily cron job after midnight walks yesterday, the day that just ended."""
+        start = pd.Timestamp(self._sim().start_date).date()
+        return (pd.Timestamp.now(tz='UTC').date() - start).days - 1
+
+    def run(self, until:int|None=None) -> list[dict]:
+        "Walk every day that is due, in order, from the state's next day through `until` (default `today()`); none when up to date."
+        until = self.today() if until is None else int(until)
+        due = until - self.state['next_day'] + 1
+        if due <= 0:
+            log.info('loop: up to date (next day %s, until %s)', self.state['next_day'], until); return []
+        return self.simulate(due)
+
     def retrain_initial(self):
         "The first champion, trained on the window before `start_day` (before any day is served)."
         if self.state['history'] or self.state.get('initial'): return
@@ -415,7 +481,8 @@ def cli_loop(args) -> int:
     lp = Loop(load_params(args.params), args.root)
     if args.loop_command == 'baselines':
         print_schedules(lp.baselines(args.schedules.split(','), args.metric, args.smooth_days)); return 0
-    recs = lp.simulate(1 if args.loop_command == 'run' else args.days)
+    recs = lp.run(args.until) if args.loop_command == 'run' else lp.simulate(args.days)
+    if not recs: print(f"up to date: the next day to walk is {lp.state['next_day']}")
     for r in recs:
         d = r['decision']
         print(f"day {r['day']}: served by {r['version']}, {r['rows']} rows; " + ('RETRAIN: ' + d['reason'] + f" -> {r['retrain']['version']} {r['retrain']['status']}"
@@ -425,7 +492,7 @@ def cli_loop(args) -> int:
 
 # %% ../nbs/11_loop.ipynb #5f95263c
 TIMELINE_COLUMNS = ('day', 'version', 'rows', 'data_drift', 'drift_share', 'drifted', 'prediction_drift', 'labelled_rows', 'realised',
-                    'estimated', 'retrain', 'reason', 'retrain_version', 'retrain_status', 'promoted', 'champion_after')
+                    'estimated', 'concept_drift', 'retrain', 'reason', 'retrain_version', 'retrain_status', 'promoted', 'champion_after')
 
 def timeline(history:list[dict]) -> pd.DataFrame:
     "One row per walked day of the loop's `history`: the version served, drift signals, realised and estimated metric, retrains, promotions."
@@ -435,7 +502,7 @@ def timeline(history:list[dict]) -> pd.DataFrame:
         rows.append(dict(day=r['day'], version=r.get('version'), rows=r.get('rows'), data_drift=bool(s.get('data_drift')),
                          drift_share=s.get('drift_share'), drifted=', '.join(s.get('drifted') or []),
                          prediction_drift=s.get('prediction_drift'), labelled_rows=s.get('labelled_rows'),
-                         realised=s.get('realised'), estimated=s.get('estimated'), retrain=bool(d.get('retrain')),
+                         realised=s.get('realised'), estimated=s.get('estimated'), concept_drift=s.get('concept_drift'), retrain=bool(d.get('retrain')),
                          reason=d.get('reason'), retrain_version=t.get('version'), retrain_status=t.get('status'),
                          promoted=bool(t.get('promoted')), champion_after=r.get('champion_after')))
     return pd.DataFrame(rows, columns=list(TIMELINE_COLUMNS))
@@ -449,6 +516,8 @@ def plot_timeline(tl:pd.DataFrame, metric:str='roc_auc', schedules:pd.DataFrame|
     ax, bx = axes[0], axes[1]
     ax.plot(tl['day'], pd.to_numeric(tl['realised'], errors='coerce'), 'o-', label=f'realised {metric} (labels in)')
     ax.plot(tl['day'], pd.to_numeric(tl['estimated'], errors='coerce'), 's--', label=f'estimated {metric} (before labels)')
+    cd = tl[tl['concept_drift'] == True]
+    if len(cd): ax.plot(cd['day'], pd.to_numeric(cd['realised'], errors='coerce'), 'rx', ms=10, mew=2, label='suspected concept drift')
     for _, r in tl[tl['retrain']].iterrows():
         for a in (ax, bx): a.axvline(r['day'], color='tab:green' if r['promoted'] else 'tab:red', ls='-' if r['promoted'] else ':', lw=1.5)
         ax.annotate(f"{r['retrain_version']} {'promoted' if r['promoted'] else r['retrain_status']}", (r['day'], 1), xycoords=('data', 'axes fraction'),

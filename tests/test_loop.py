@@ -308,3 +308,126 @@ def test_the_loop_can_redeploy_through_a_canary(tmp_path):
     assert [(h['action'], h['share']) for h in reg.history() if h.get('alias') == 'canary'] == \
         [('rollout-start', 50), ('rollout-advance', 100), ('rollout-finish', 100)]
     assert reg.aliases()['champion'] == r['version'] == history(tmp_path)[-1]['champion_after']
+
+
+# --- the policy's other triggers and the window kinds, on the functions themselves (no simulation)
+
+def test_realised_drop_and_prediction_drift_triggers_fire():
+    from mlops_nb.loop import decide, settings
+    cfg = settings(small_params()['loop'])                       # realised_drop 0.1; prediction_drift off by default
+    fired = decide(20, dict(realised_drop=0.15, metric='roc_auc'), cfg, 10, 5000)
+    assert fired['retrain'] and fired['triggers'] == ["realised roc_auc 0.150 below the champion's evaluation (limit 0.1)"]
+    assert not decide(20, dict(realised_drop=0.05, metric='roc_auc'), cfg, 10, 5000)['retrain']      # within the limit
+    assert not decide(20, dict(realised_drop=float('nan')), cfg, 10, 5000)['retrain']                  # no labels yet: no drop
+    assert decide(20, dict(realised_drop=0.15), cfg, 18, 5000)['blocked'] == 'min_days_between_retrains'
+    assert not decide(20, dict(prediction_drift=True), cfg, 10, 5000)['retrain']
+    on = settings(small_params(triggers=dict(data_drift=False, prediction_drift=True))['loop'])
+    d = decide(20, dict(prediction_drift=True, data_drift=True), on, 10, 5000)
+    assert d['retrain'] and d['triggers'] == ['prediction drift'] and d['reason'] == 'prediction drift'
+    assert not decide(20, dict(prediction_drift=False), on, 10, 5000)['retrain']
+
+
+def test_expanding_window_keeps_its_first_day_and_grows(tmp_path):
+    from mlops_nb.core import MlopsError
+    from mlops_nb.loop import Loop, settings
+    exp = Loop(small_params(window=dict(kind='expanding', days=8)), tmp_path/'e')
+    sld = Loop(small_params(window=dict(kind='sliding', days=8)), tmp_path/'s')
+    # start_day 10, labels 2 days late: the first champion trains on days 2..9 either way
+    assert exp.window(10) == sld.window(10) == (2, 8)
+    # later the sliding window keeps 8 labelled days; the expanding one keeps day 2 and grows by a day a day
+    assert [exp.window(d) for d in (12, 13, 20)] == [(2, 9), (2, 10), (2, 17)]
+    assert [sld.window(d) for d in (12, 13, 20)] == [(3, 8), (4, 8), (11, 8)]
+    assert exp.window(20, drift_onset=15) == (15, 4)                                   # window.since_drift narrows both
+    with pytest.raises(MlopsError, match='loop.window.kind: expected sliding or expanding'):
+        settings(dict(window=dict(kind='rolling')))
+
+
+# --- suspected concept drift: realised outside the estimate's interval on the same labelled rows
+
+def test_concept_drift_flags_realised_outside_the_estimate():
+    import numpy as np
+    import pandas as pd
+    from mlops_nb.loop import concept_drift, timeline
+    from mlops_nb.monitor import CBPE
+    rng = np.random.default_rng(1)
+    s = rng.random(6000); y = (rng.random(6000) < s).astype(int)          # the reference: calibrated scores
+    cb = CBPE().fit(y[:3000], s[:3000])
+    same = pd.DataFrame(dict(score=s[3000:4500], is_fraud=y[3000:4500]))
+    shifted = same[same['score'] > 0.3]                                     # covariate shift: the estimate follows it
+    changed = same.assign(is_fraud=(rng.random(len(same)) < 0.5).astype(int))   # labels no longer follow the scores
+    a, b, c = (concept_drift(cb, f, 'is_fraud') for f in (same, shifted, changed))
+    assert a['concept_drift'] is False and b['concept_drift'] is False and c['concept_drift'] is True
+    assert c['concept_gap'] < -0.2 and abs(a['concept_gap']) < 0.05
+    # recorded per day in the history, a column of the timeline
+    h = [dict(day=d, version='v0001', signals=dict(data_drift=False, concept_drift=f), decision=dict(retrain=False)) for d, f in ((10, None), (11, False), (12, True))]
+    assert timeline(h)['concept_drift'].tolist() == [None, False, True]
+
+
+def test_the_drift_run_records_concept_drift_per_day(drift_run):
+    import pandas as pd
+    h = history(drift_run)
+    # before the changed fraud pattern reaches the labelled window (day 13 + 2 days of delay) no concept drift;
+    # the days v0001 judges the drifted labels, the realised metric leaves its estimate's interval
+    assert all(r['signals'].get('concept_drift') in (False, None) for r in h if r['day'] < 15)
+    assert any(r['signals'].get('concept_drift') for r in h if r['day'] >= 15 and r['version'] == 'v0001')
+    tl = pd.read_csv(drift_run/'loop'/'timeline.csv')
+    want = [r['signals'].get('concept_drift') for r in h]
+    assert [None if pd.isna(v) else str(v) == 'True' for v in tl['concept_drift']] == want
+
+
+# --- lineage: each retrain's report, recorded in its version
+
+def test_each_retrain_writes_its_report_and_its_version_records_it(drift_run):
+    from mlops_nb.registry import Registry
+    reg = Registry(drift_run/'loop'/'registry')
+    assert reg.versions()
+    for v in reg.versions():
+        got = subprocess.run([MLOPS, 'models', 'show', v, '--registry', 'loop/registry', '--json'], capture_output=True, text=True, timeout=120, cwd=drift_run)
+        assert got.returncode == 0, got.stderr[-2000:]
+        paths = json.loads(got.stdout)['loop']['reports']
+        assert sorted(Path(p).suffix for p in paths) == ['.html', '.md'] and all((drift_run/p).is_file() for p in paths), paths
+    promoted = [r for r in history(drift_run) if r['decision']['retrain'] and r['retrain']['promoted']][0]
+    info = reg.info(promoted['retrain']['version'])
+    md = (drift_run/[p for p in info['loop']['reports'] if p.endswith('.md')][0]).read_text()
+    assert f"# Loop retrain of day {promoted['day']}: {info['version']} accepted" in md and 'promoted to champion' in md
+    first, n = promoted['retrain']['window']
+    assert f'| first day | {first} |' in md and f'| days | {n} |' in md and first >= 13            # the window (since the drift)
+    assert f"**Reason:** {promoted['decision']['reason']}" in md                                 # the decision
+    assert any(l.startswith('| train.search | ') and 'n_iter=1' in l for l in md.splitlines())  # the params
+    assert f"| roc_auc | " in md and '## Gate' in md and '**Gate:** passed' in md               # evaluate and gate metrics
+    html = (drift_run/[p for p in info['loop']['reports'] if p.endswith('.html')][0]).read_text()
+    assert html.startswith('<!doctype html>') and '<table>' in html and 'promoted to champion' in html
+
+
+# --- `loop run`: every due day, caught up in order
+
+def run_loop(folder: Path, *args):
+    return subprocess.run([MLOPS, 'loop', 'run', '--params', str(folder/'params.yaml'), '--root', str(folder), *args],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_loop_run_catches_up_missed_days_in_order(tmp_path):
+    import datetime as dt
+    from mlops_nb.capture import read_captures, read_feedback
+    p = small_params(); p['sim']['drift'] = None
+    # day d is the date start_date + d; with the stream begun 12 days ago, the last complete day is day 11
+    p['sim']['start_date'] = str(dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=12))
+    write_params(tmp_path, p)
+    got = run_loop(tmp_path)                          # the first cron run: the first champion, then days 10 and 11
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert [r['day'] for r in history(tmp_path)] == [10, 11]
+    got = run_loop(tmp_path, '--until', '11')         # run again the same day: nothing is due, nothing doubled
+    assert got.returncode == 0 and 'up to date: the next day to walk is 12' in got.stdout, got.stdout + got.stderr[-3000:]
+    assert [r['day'] for r in history(tmp_path)] == [10, 11]
+    got = run_loop(tmp_path, '--until', '15')         # down for four days: 12..15 caught up, in order, in one run
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert [l.split(':')[0] for l in got.stdout.splitlines() if l.startswith('day ')] == [f'day {d}' for d in range(12, 16)]
+    h = history(tmp_path)
+    assert [r['day'] for r in h] == list(range(10, 16))
+    assert json.loads((tmp_path/'loop'/'state.json').read_text())['next_day'] == 16
+    caps = read_captures(tmp_path/'loop'/'captures')
+    assert caps['request_id'].is_unique and len(caps) == sum(r['rows'] for r in h)
+    assert set(caps['request_id'].str.split(':').str[0]) == {f'd{d:04d}' for d in range(10, 16)}
+    fb = read_feedback(tmp_path/'loop'/'captures')                     # labels 2 days late: days 10..13 are in
+    assert fb['request_id'].is_unique and set(fb['request_id'].str.split(':').str[0]) == {f'd{d:04d}' for d in range(10, 14)}
+    assert [r.get('labels_posted') for r in h] == [None, None] + [r['rows'] for r in h[:4]]
