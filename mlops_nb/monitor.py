@@ -943,14 +943,19 @@ class CBPE:
         out |= dict(roc_auc=expected_roc_auc(p, s), pr_auc=expected_pr_auc(p, s),
                     precision=tp / (tp + fp) if pred.any() else np.nan, recall=tp / (tp + fn) if tp + fn > 0 else np.nan,
                     f1=2*tp / (2*tp + fp + fn) if tp + fp + fn > 0 else np.nan)
-        # uncertainty: the realised metric's spread when labels are drawn from the calibrated probabilities
-        y = (np.random.default_rng(self.seed).random((self.samples, n)) < p).astype('float64')
+        # uncertainty: the realised metric's spread when labels are drawn from the calibrated probabilities, drawn in
+        # batches of about 2M labels (the same random stream as one draw of samples x rows, in bounded memory)
+        rng, ranks, npred, parts = np.random.default_rng(self.seed), stats.rankdata(s), int(pred.sum()), []
+        step = max(1, 2_000_000 // n)
+        for i in range(0, self.samples, step):
+            y = (rng.random((min(step, self.samples - i), n)) < p).astype('float64')
+            with np.errstate(invalid='ignore', divide='ignore'):
+                tps, pos = y[:, pred].sum(axis=1), y.sum(axis=1)
+                parts.append(dict(roc_auc=_ranked_auc(y, ranks), pr_auc=_ranked_ap(y, s),
+                                  precision=tps / npred if npred else np.full(len(y), np.nan),
+                                  recall=tps / pos, f1=2*tps / (npred + pos)))
+        draws = {k: np.concatenate([d[k] for d in parts]) for k in parts[0]}
         a = 0.5 - self.confidence / 2
-        with np.errstate(invalid='ignore', divide='ignore'):
-            tps, pos = y[:, pred].sum(axis=1), y.sum(axis=1)
-            draws = dict(roc_auc=_ranked_auc(y, stats.rankdata(s)), pr_auc=_ranked_ap(y, s),
-                         precision=tps / pred.sum() if pred.any() else np.full(self.samples, np.nan),
-                         recall=tps / pos, f1=2*tps / (pred.sum() + pos))
         for k, v in draws.items():
             v = v[np.isfinite(v)]
             out[f'{k}_std'] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
@@ -1111,6 +1116,25 @@ def _registry_ref(args, params:dict):
                          f"version/alias{'; models: ' + ', '.join(have) if have else ''})")
     return reg, ref
 
+def _cli_estimator(args, reg_ref, params:dict, task:dict, threshold:float, columns:list[str]) -> tuple[object|None, str]:
+    """`mlops-nb monitor`'s label-free estimator: `CBPE` fitted on `--reference-scores` (`y_true`, `score`), else, for a
+    registered reference, `steps.reference_estimator` on `data/prepared/test.parquet` (if there); else none."""
+    path = getattr(args, 'reference_scores', None)
+    if path:
+        if task.get('type', 'classification') != 'classification': raise MlopsError('--reference-scores: the estimate from scores alone is for classification')
+        p = read_window(path)
+        lost = [c for c in ('y_true', 'score') if c not in p.columns]
+        if lost: raise MlopsError(f"{path}: column(s) {lost} missing (the labelled held-out scores, as the evaluate stage writes them)")
+        ok = p['y_true'].notna() & p['score'].notna()
+        return CBPE(threshold=threshold).fit(p.loc[ok, 'y_true'], p.loc[ok, 'score']), f"CBPE fitted on {int(ok.sum())} labelled scores of {path}"
+    if reg_ref and Path('data/prepared/test.parquet').is_file() and task.get('target'):
+        from mlops_nb.steps import MonitorReference, reference_estimator
+        reg, ver = reg_ref; info = reg.info(ver)
+        ref = MonitorReference(None, {}, threshold, 'registry', info['version'], '', registry=reg, inputs=info.get('features'))
+        return reference_estimator(ref, dict(params, task=dict(params.get('task') or {}, type=task.get('type', 'classification'))),
+                                   'data/prepared', columns)
+    return None, 'not estimated: no labelled reference scores (--reference-scores)'
+
 def cli_monitor(args) -> int:
     "`mlops-nb monitor`: compare --current with --reference, write status/metrics, exit 1 on alert unless --report-only."
     from mlops_nb.core import load_params
@@ -1158,17 +1182,20 @@ def cli_monitor(args) -> int:
         cur_pred = dict(score=cur['prediction'].to_numpy(dtype='float64', na_value=np.nan))
         if 'predicted_label' in cur.columns: cur_pred['label'] = cur['predicted_label'].to_numpy()
     thr = evaluation.get('threshold')
+    est, est_note = (_cli_estimator(args, reg_ref, params, task, float(thr) if thr is not None else 0.5, list(cur.columns))
+                     if cur_pred is not None else (None, 'not estimated: the current window has no scores (prediction)'))
     res = monitor(ref, cur, cfg, columns=columns, cur_predictions=cur_pred, target=target,
                   time_column=(task.get('time_column') or None) if task.get('time_column') in cur.columns else ('ts' if 'ts' in cur.columns else None),
                   task=task.get('type', 'classification'), threshold=float(thr) if thr is not None else 0.5,
-                  reference_metrics=evaluation, jobs=args.jobs)
-    res.reference = reference
+                  reference_metrics=evaluation, jobs=args.jobs, estimator=est)
+    res.reference = reference | dict(estimation=est_note)
     status = deliver(res.status(), args.status, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
     if args.metrics: write_json(args.metrics, res.metrics())
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_rows', 500):
         print(res.drift.table[['column', 'kind', 'method', 'score', 'threshold', 'drift', 'status']].to_string(index=False))
         if res.prediction is not None: print('\n' + res.prediction.table[['column', 'kind', 'method', 'score', 'threshold', 'drift']].to_string(index=False))
         if res.performance is not None: print('\n' + res.performance.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
+    if res.estimation is not None: print(f"\nestimated {res.estimated_metric}: {estimation_line(res)}")
     print(f"\n{status['status'].upper()}: {res.drift.n_drifted} of {res.drift.n_tested} features drifted; "
           f"{len(res.breaches)} quality breach(es); alerts: " + (', '.join(a['rule'] for a in res.alerts) or 'none')
           + (f" (reference: model '{reference['model']}' {reference['version']} in {reference['registry']})" if reference['source'] == 'registry' else ''))

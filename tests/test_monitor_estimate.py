@@ -82,6 +82,26 @@ def test_a_monitor_run_suspects_concept_drift_only_when_the_concept_changed(sims
     assert e['labelled'] == 0 and e['realised_roc_auc'] is None and e['concept_drift_suspected'] is False
     assert mon.estimation_line(res).endswith('no labels yet')
 
+@pytest.mark.parametrize('kind', ['covariate', 'concept'])
+def test_the_monitor_command_estimates_from_reference_scores(sims, kind, tmp_path):
+    "`mlops-nb monitor --reference-scores`: the estimate and the concept-drift verdict in the status and metrics JSON."
+    from conftest import run
+    sims['Xr'].to_parquet(tmp_path/'ref.parquet')
+    pd.DataFrame(dict(y_true=sims['yr'], score=sims['ref_scores'])).to_parquet(tmp_path/'scores.parquet')
+    w = sims['windows'][kind]
+    w.rename(columns={'is_fraud': 'label', 'timestamp': 'ts', 'score': 'prediction'}).to_parquet(tmp_path/'cur.parquet')
+    (tmp_path/'p.json').write_text(json.dumps({'threshold': 0.1}))
+    p = run(f'mlops-nb monitor --reference ref.parquet --current cur.parquet --params none.yaml --evaluation p.json --reference-scores scores.parquet '
+            f'--status s.json --metrics m.json --min-rows 100 --report-only', tmp_path, check=False)
+    assert p.returncode == 0, p.stderr
+    s, m = json.loads((tmp_path/'s.json').read_text()), json.loads((tmp_path/'m.json').read_text())
+    assert s['estimated'] == m['estimated'] and s['reference']['estimation'].startswith('CBPE fitted on'), s['reference']
+    assert s['concept_drift_suspected'] is (kind == 'concept'), s['estimated']
+    assert f"estimated roc_auc: " in p.stdout
+    bad = run('mlops-nb monitor --reference ref.parquet --current cur.parquet --params none.yaml --reference-scores ref.parquet --status s2.json',
+              tmp_path, check=False)
+    assert bad.returncode == 2 and "column(s) ['y_true', 'score'] missing" in bad.stderr, bad.stderr
+
 def test_dle_rmse_has_an_interval():
     g = np.random.default_rng(1)
     ref = pd.DataFrame(dict(x=g.normal(size=3000))); y = 2 * ref['x'] + g.normal(size=3000)
