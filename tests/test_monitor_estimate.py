@@ -39,17 +39,30 @@ def test_average_precision_of_label_draws_equals_scikit_learn():
     y = (g.random((6, 500)) < s).astype(float)
     assert np.allclose(mon._ranked_ap(y, s), [average_precision_score(r, s) for r in y], atol=1e-12)
 
+def _covariate_shift(seed:int, n=20000):
+    """A model's input shifts and nothing else: P(y | x) is the same logistic curve in the reference and the current window
+    (the simulator's covariate shift also moves inputs the model does not see, which CBPE cannot follow). The interval counts
+    the current window's label noise only, not the calibration's own error, which grows where the reference has few rows
+    (a threshold deep in the tail, scores beyond the reference's range): the thresholds here keep hundreds of positives."""
+    g = np.random.default_rng(seed)
+    def draw(mu, sd):
+        x = g.normal(mu, sd, n); return x[:, None], (g.random(n) < 1 / (1 + np.exp(4 - 1.5 * x))).astype(int)
+    (xt, yt), (xr, yr), (xc, yc) = draw(0, 1), draw(0, 1), draw(0.4, 0.9)   # within the reference's range
+    clf = LogisticRegression().fit(xt, yt)
+    return yr, clf.predict_proba(xr)[:, 1], yc, clf.predict_proba(xc)[:, 1]
+
+@pytest.mark.parametrize('seed', [0, 1])
 @pytest.mark.parametrize('threshold', [0.05, 0.1, 0.2])
-def test_every_metric_has_an_interval_and_precision_recall_follow_covariate_shift(sims, threshold):
-    cbpe = mon.CBPE(threshold=threshold).fit(sims['yr'], sims['ref_scores'])
-    w = sims['windows']['covariate']
-    est, real = cbpe.estimate(w['score']), mon.window_metrics(w['is_fraud'], w['score'], threshold=threshold)
+def test_every_metric_has_an_interval_and_precision_recall_follow_covariate_shift(threshold, seed):
+    yr, sr, yc, sc = _covariate_shift(seed)
+    cbpe = mon.CBPE(threshold=threshold).fit(yr, sr)
+    est, real = cbpe.estimate(sc), mon.window_metrics(yc, sc, threshold=threshold)
     for k in ('roc_auc', 'pr_auc', 'precision', 'recall', 'f1'):
         assert np.isfinite(est[f'{k}_std']) and est[f'{k}_std'] > 0, (k, est)
         assert est[f'{k}_lo'] < est[k] < est[f'{k}_hi'], (k, est)
-    for k in ('precision', 'recall', 'f1'):     # covariate shift only: the realised value is inside the interval (plus tolerance)
+        # covariate shift only: the realised value is inside the interval (plus the monitor's tolerance), and close
         assert est[f'{k}_lo'] - 0.02 <= real[k] <= est[f'{k}_hi'] + 0.02, (threshold, k, est[k], est[f'{k}_lo'], est[f'{k}_hi'], real[k])
-        assert abs(est[k] - real[k]) < 0.06, (threshold, k, est[k], real[k])
+        assert abs(est[k] - real[k]) < 0.03, (threshold, k, est[k], real[k])
 
 def test_a_monitor_run_suspects_concept_drift_only_when_the_concept_changed(sims):
     from mlops_nb.steps import key_metrics
@@ -95,7 +108,7 @@ def test_the_monitor_command_estimates_from_reference_scores(sims, kind, tmp_pat
             f'--status s.json --metrics m.json --min-rows 100 --report-only', tmp_path, check=False)
     assert p.returncode == 0, p.stderr
     s, m = json.loads((tmp_path/'s.json').read_text()), json.loads((tmp_path/'m.json').read_text())
-    assert s['estimated'] == m['estimated'] and s['reference']['estimation'].startswith('CBPE fitted on'), s['reference']
+    assert s['estimated'].keys() == m['estimated'].keys() and s['reference']['estimation'].startswith('CBPE fitted on'), s['reference']
     assert s['concept_drift_suspected'] is (kind == 'concept'), s['estimated']
     assert f"estimated roc_auc: " in p.stdout
     bad = run('mlops-nb monitor --reference ref.parquet --current cur.parquet --params none.yaml --reference-scores ref.parquet --status s2.json',
