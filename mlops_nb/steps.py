@@ -106,8 +106,9 @@ KEY_METRICS = {'prepare': ('rows',), 'train': ('cv_score',), 'evaluate': ('roc_a
 def key_metrics(stage:str, detail:dict, metric:str|None=None) -> dict:
     """The numbers of `stage`'s full result `detail` that DVC tracks, rounded: prepare `rows`; train `cv_score`; evaluate ROC AUC, PR AUC, F1,
     recall at the threshold (R², RMSE, MAE for regression); deploy `passed` and `promoted` (the alias set, or `none`);
-    monitor `alert`, `drift_share`, `drifted` (features), `live_<metric>`, the monitor's metric on labelled traffic, and
-    `estimated_<metric>`, its label-free estimate (the interval and the concept-drift verdict stay in the full result)."""
+    monitor `alert`, `drift_share`, `drifted` (features) and `live_<metric>`, the monitor's metric on labelled traffic (its
+    label-free estimate and the concept-drift verdict stay in the full result: one more column would take `dvc metrics show`
+    past 160 characters)."""
     d = detail or {}
     if stage == 'prepare': out = dict(rows=d.get('rows'))
     elif stage == 'train': out = dict(cv_score=d.get('cv_best_score'))
@@ -117,8 +118,6 @@ def key_metrics(stage:str, detail:dict, metric:str|None=None) -> dict:
         out = dict(alert=bool(d.get('alert')), drift_share=d.get('drift_share'), drifted=d.get('drifted_features'))
         perf = d.get('performance') or {}
         if metric and perf.get(metric) is not None: out[f'live_{metric}'] = perf[metric]
-        est = d.get('estimated') or {}
-        if metric and est.get(f'estimated_{metric}') is not None: out[f'estimated_{metric}'] = est[f'estimated_{metric}']
     else: raise MlopsError(f"key_metrics: unknown stage {stage!r} (one of {sorted(KEY_METRICS)})")
     return rounded({k: v for k, v in out.items() if v is not None})
 

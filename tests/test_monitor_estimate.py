@@ -77,7 +77,7 @@ def test_a_monitor_run_suspects_concept_drift_only_when_the_concept_changed(sims
         assert (e['metric'], e['rows'], e['labelled']) == ('roc_auc', len(w), len(w)), e
         assert e['estimated_roc_auc_lo'] < e['estimated_roc_auc'] < e['estimated_roc_auc_hi']
         assert abs(e['realised_roc_auc'] - m['performance']['roc_auc']) < 1e-12
-        assert key_metrics('monitor', m, 'roc_auc')['estimated_roc_auc'] == float(f"{e['estimated_roc_auc']:.4g}")
+        assert set(key_metrics('monitor', m, 'roc_auc')) == {'alert', 'drift_share', 'drifted', 'live_roc_auc'}   # dvc metrics show: 160 columns
         assert len(res.estimation) == 5 and list(res.estimation['window'])[-1] == 'all'          # 4 days and the whole window
         out[k] = (m['concept_drift_suspected'], e)
     assert out['covariate'][0] is False and out['concept'][0] is True, out
@@ -153,6 +153,6 @@ def test_monitor_stage_reports_the_estimate_and_suspects_concept_drift(lifecycle
     assert e['metric'] == 'roc_auc' and e['rows'] == e['labelled'] == 14 * 1000, e
     assert e['estimated_roc_auc_lo'] < e['estimated_roc_auc'] < e['estimated_roc_auc_hi'] and e['realised_roc_auc'] == m['performance']['roc_auc']
     assert m['concept_drift_suspected'] is concept and s['concept_drift_suspected'] is concept, e
-    assert set(key) == {'alert', 'drift_share', 'drifted', 'live_roc_auc', 'estimated_roc_auc'}, key    # one key added, no interval
+    assert set(key) == {'alert', 'drift_share', 'drifted', 'live_roc_auc'}, key    # no column more: dvc metrics show fits 160 columns
     assert list(est['window'])[-1] == 'all' and len(est) == 15
     assert mon.estimation_line(mo.result).endswith('concept drift suspected')

@@ -73,15 +73,14 @@ def sig4(v) -> float: return float(f'{v:.4g}')
 
 def check_regression_key_metrics(p:Path):
     """The metrics DVC tracks (metrics/key/STAGE.json) after a regression run: one short line per stage with the regression numbers
-    (R², RMSE, MAE; the search's CV score; the monitor's live RMSE and its label-free estimate), rounded to 4 significant digits as for classification, nothing volatile."""
+    (R², RMSE, MAE; the search's CV score; the monitor's live RMSE), rounded to 4 significant digits as for classification, nothing volatile."""
     key = {f.stem: json.loads(f.read_text()) for f in (p/'metrics/key').glob('*.json')}
     full = {n: json.loads((p/f'metrics/{n}.json').read_text()) for n in ('train', 'evaluate', 'monitor')}
     assert set(key) == {'prepare', 'train', 'evaluate', 'deploy', 'monitor'}, key
     assert key['evaluate'] == {m: sig4(full['evaluate'][m]) for m in ('r2', 'rmse', 'mae')}, key['evaluate']   # no classification metric
     assert key['train'] == {'cv_score': sig4(full['train']['cv_best_score'])} and key['train']['cv_score'] < 0, key['train']   # neg. RMSE
     assert key['monitor'] == dict(alert=full['monitor']['alert'], drift_share=sig4(full['monitor']['drift_share']),
-                                  drifted=full['monitor']['drifted_features'], live_rmse=sig4(full['monitor']['performance']['rmse']),
-                                  estimated_rmse=sig4(full['monitor']['estimated']['estimated_rmse'])), key['monitor']   # DLE's estimate
+                                  drifted=full['monitor']['drifted_features'], live_rmse=sig4(full['monitor']['performance']['rmse'])), key['monitor']
     assert key['deploy'] == {'passed': True, 'promoted': 'champion'} and set(key['prepare']) == {'rows'}, key
     for stage, d in key.items():
         assert not [k for k in d if re.search(r'latency|seconds|_ms$|_at$|time|duration', k)], (stage, d)   # nothing volatile
