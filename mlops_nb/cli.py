@@ -92,6 +92,10 @@ def _monitor_commands(sub):
     p.add_argument('--min-rows', type=int, dest='min_rows', help='alert when the current window has fewer rows (overrides monitor.alerts.min_rows)')
     p.add_argument('--jobs', type=int, default=None, help='threads (default: all cores)')
     p.add_argument('--report-only', action='store_true', dest='report_only', help='always exit 0 when the check ran, even on alert')
+    p.add_argument('--reference-scores', dest='reference_scores',
+                   help="labelled held-out scores (columns y_true, score: e.g. data/predictions/test.parquet) to fit the label-free "
+                        "performance estimate on (classification); default: a registered --reference's own scores of "
+                        "data/prepared/test.parquet if it exists")
     p.set_defaults(func=handler('mlops_nb.monitor:cli_monitor'))
     p = sub.add_parser('shadow', help="how the shadow version's captured answers agree with the primary ones: labels, scores, latency",
                        description="Join the shadow rows of a capture store with the primary rows of the same requests (by request id) and "

@@ -18,15 +18,15 @@ from scipy.spatial import distance
 from .core import DataError, MlopsError, get_logger, read_json, to_jsonable, write_json, atomic_write
 
 # %% auto #0
-__all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'settings', 'column_kind',
-           'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile', 'ks_statistic',
-           'wasserstein', 'ks_pvalue', 'psi', 'numeric_scores', 'align_counts', 'categorical_scores', 'column_drift',
-           'DriftReport', 'data_drift', 'drift_over_time', 'prediction_drift', 'class_rates', 'quality_drift', 'wilson',
-           'auc_interval', 'window_metrics', 'performance_over_time', 'evaluate_alerts', 'post_json', 'deliver',
-           'MonitorResult', 'monitor', 'plot_drift_scores', 'plot_distributions', 'plot_drift_over_time',
-           'plot_performance', 'needs_calibration', 'expected_roc_auc', 'expected_pr_auc', 'CBPE', 'DLE',
-           'estimated_performance', 'registry_reference', 'read_window', 'cli_monitor', 'shadow_report',
-           'shadow_counters', 'cli_shadow']
+__all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'ESTIMABLE', 'settings',
+           'column_kind', 'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile',
+           'ks_statistic', 'wasserstein', 'ks_pvalue', 'psi', 'numeric_scores', 'align_counts', 'categorical_scores',
+           'column_drift', 'DriftReport', 'data_drift', 'drift_over_time', 'prediction_drift', 'class_rates',
+           'quality_drift', 'wilson', 'auc_interval', 'window_metrics', 'performance_over_time', 'evaluate_alerts',
+           'post_json', 'deliver', 'MonitorResult', 'monitor', 'plot_drift_scores', 'plot_distributions',
+           'plot_drift_over_time', 'plot_performance', 'needs_calibration', 'expected_roc_auc', 'expected_pr_auc',
+           'CBPE', 'DLE', 'estimated_performance', 'estimate_window', 'estimation_line', 'registry_reference',
+           'read_window', 'cli_monitor', 'shadow_report', 'shadow_counters', 'cli_shadow']
 
 # %% ../nbs/10_monitor.ipynb #cf15682f
 log = get_logger('mlops_nb.monitor')
@@ -682,9 +682,22 @@ class MonitorResult:
     window: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     reference: dict = field(default_factory=dict)   # what the reference is: source, version, how it was profiled
+    estimation: pd.DataFrame|None = None            # `estimated_performance` of the window: per day and 'all'
+    estimated_metric: str|None = None
 
     @property
     def alert(self) -> bool: return bool(self.alerts)
+
+    def estimated(self) -> dict:
+        """The whole window's label-free estimate of the monitored metric with its interval, the realised value once labels
+        are in, and `concept_drift_suspected` (the realised value outside the interval plus tolerance); {} when not estimated."""
+        if self.estimation is None or not len(self.estimation): return {}
+        m, a, days = self.estimated_metric, self.estimation.iloc[-1], self.estimation.iloc[:-1]
+        return to_jsonable(dict(metric=m, rows=a['n'], labelled=a['labelled'],
+                                **{f'estimated_{m}{s}': a.get(f'estimated_{m}{s}') for s in ('', '_lo', '_hi')},
+                                **{f'realised_{m}': a.get(f'realised_{m}'), 'gap': a.get('gap')},
+                                concept_drift_suspected=bool(a['concept_drift']),
+                                windows_suspected=days.loc[days['concept_drift'] == True, 'window'].tolist()))
 
     def metrics(self) -> dict:
         "Flat numbers for DVC metrics."
@@ -702,19 +715,25 @@ class MonitorResult:
         if self.performance is not None and len(self.performance):
             last = self.performance.iloc[-1].to_dict()
             m['performance'] = {k: v for k, v in last.items() if k != 'window'}
+        if est := self.estimated(): m |= dict(estimated=est, concept_drift_suspected=est['concept_drift_suspected'])
         return to_jsonable(m)
 
     def status(self) -> dict:
         "The alert status: ok/alert, the alerts, the recommendation, the window and a summary."
+        est = self.estimated()
         return to_jsonable(dict(status='alert' if self.alert else 'ok', alert=self.alert, alerts=self.alerts,
                                 recommendation=self.recommendation, window=self.window, reference=self.reference,
-                                summary=self.drift.summary()))
+                                summary=self.drift.summary())
+                           | (dict(estimated=est, concept_drift_suspected=est['concept_drift_suspected']) if est else {}))
 
 def monitor(reference:Profile|pd.DataFrame, current:pd.DataFrame, cfg:dict|None=None, columns:list[str]|None=None,
             ref_predictions:dict|None=None, cur_predictions:dict|None=None, target:str|None=None, time_column:str|None=None,
-            task:str='classification', threshold:float=0.5, reference_metrics:dict|None=None, jobs:int|None=None) -> MonitorResult:
+            task:str='classification', threshold:float=0.5, reference_metrics:dict|None=None, jobs:int|None=None,
+            estimator=None) -> MonitorResult:
     """Data drift, data quality, prediction drift and performance of `current` against `reference`, with alerts.
-    A `Profile` with `outputs` (saved at registration) is the reference of the predictions unless `ref_predictions` is given."""
+    A `Profile` with `outputs` (saved at registration) is the reference of the predictions unless `ref_predictions` is given.
+    With a fitted `estimator` (`CBPE`/`DLE`, below) the window's performance is also estimated from the scores alone,
+    beside the realised value where labels are in (`MonitorResult.estimated`)."""
     cfg = settings(cfg)
     t0 = time.perf_counter()
     if isinstance(reference, pd.DataFrame):
@@ -739,6 +758,10 @@ def monitor(reference:Profile|pd.DataFrame, current:pd.DataFrame, cfg:dict|None=
             if time_column and time_column in current.columns: frame['t'] = current[time_column].to_numpy()
             res.performance = performance_over_time(frame, 'y', 's', 't' if 't' in frame else None, task, threshold,
                                                     cfg['performance']['freq'], cfg['performance']['confidence'])
+        if estimator is not None and len(current) > 1:
+            try: res.estimated_metric, res.estimation = estimate_window(estimator, current, cur_predictions['score'], cfg, target,
+                                                                        time_column, task, threshold)
+            except MlopsError as e: log.warning(f"monitor: performance not estimated ({e})")
     t3 = time.perf_counter()
     res.alerts, res.recommendation = evaluate_alerts(cfg, len(current), drift, res.prediction, res.performance, reference_metrics, breaches)
     if time_column and time_column in current.columns and len(current):
@@ -874,6 +897,14 @@ def _ranked_auc(y:np.ndarray, ranks:np.ndarray) -> np.ndarray:
     with np.errstate(invalid='ignore', divide='ignore'):
         return (y @ ranks - npos*(npos + 1)/2) / (npos*nneg)
 
+def _ranked_ap(y:np.ndarray, scores:np.ndarray) -> np.ndarray:
+    "Average precision (as scikit-learn's: tied scores share one threshold) of each row of the label matrix `y` (samples x rows)."
+    o = np.argsort(-scores, kind='stable'); s = scores[o]
+    ends = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]        # the last row of each group of tied scores
+    tp = np.cumsum(y[:, o], axis=1)[:, ends]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return (np.diff(tp, axis=1, prepend=0) * tp / (ends + 1)).sum(axis=1) / tp[:, -1]
+
 @dataclass
 class CBPE:
     "Confidence-based performance estimation: a calibrator fitted on labelled reference scores, metrics expected on unlabelled ones."
@@ -912,13 +943,19 @@ class CBPE:
         out |= dict(roc_auc=expected_roc_auc(p, s), pr_auc=expected_pr_auc(p, s),
                     precision=tp / (tp + fp) if pred.any() else np.nan, recall=tp / (tp + fn) if tp + fn > 0 else np.nan,
                     f1=2*tp / (2*tp + fp + fn) if tp + fp + fn > 0 else np.nan)
-        # uncertainty: the realised metric's spread when labels are drawn from the calibrated probabilities
-        y = (np.random.default_rng(self.seed).random((self.samples, n)) < p).astype('float64')
+        # uncertainty: the realised metric's spread when labels are drawn from the calibrated probabilities, drawn in
+        # batches of about 2M labels (the same random stream as one draw of samples x rows, in bounded memory)
+        rng, ranks, npred, parts = np.random.default_rng(self.seed), stats.rankdata(s), int(pred.sum()), []
+        step = max(1, 2_000_000 // n)
+        for i in range(0, self.samples, step):
+            y = (rng.random((min(step, self.samples - i), n)) < p).astype('float64')
+            with np.errstate(invalid='ignore', divide='ignore'):
+                tps, pos = y[:, pred].sum(axis=1), y.sum(axis=1)
+                parts.append(dict(roc_auc=_ranked_auc(y, ranks), pr_auc=_ranked_ap(y, s),
+                                  precision=tps / npred if npred else np.full(len(y), np.nan),
+                                  recall=tps / pos, f1=2*tps / (npred + pos)))
+        draws = {k: np.concatenate([d[k] for d in parts]) for k in parts[0]}
         a = 0.5 - self.confidence / 2
-        with np.errstate(invalid='ignore', divide='ignore'):
-            tps, pos = y[:, pred].sum(axis=1), y.sum(axis=1)
-            draws = dict(roc_auc=_ranked_auc(y, stats.rankdata(s)), precision=tps / pred.sum() if pred.any() else np.full(self.samples, np.nan),
-                         recall=tps / pos)
         for k, v in draws.items():
             v = v[np.isfinite(v)]
             out[f'{k}_std'] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
@@ -935,7 +972,8 @@ class DLE:
     confidence: float = 0.95
     seed: int = 42
     models_: tuple = ()
-    ref_std_: float = np.nan
+    ref_std_: float = np.nan        # spread of the reference's absolute errors
+    ref_sq_std_: float = np.nan     # ... and of its squared errors
 
     def _X(self, df:pd.DataFrame) -> np.ndarray:
         lost = [c for c in self.features + [self.prediction] if c not in df.columns]
@@ -948,17 +986,19 @@ class DLE:
         from sklearn.ensemble import HistGradientBoostingRegressor
         X, e = self._X(reference), np.asarray(y, dtype='float64') - reference[self.prediction].to_numpy(dtype='float64')
         self.models_ = tuple(HistGradientBoostingRegressor(max_iter=100, random_state=self.seed).fit(X, t) for t in (np.abs(e), e*e))
-        self.ref_std_ = float(np.abs(e).std(ddof=1))
+        self.ref_std_, self.ref_sq_std_ = float(np.abs(e).std(ddof=1)), float((e*e).std(ddof=1))
         return self
 
     def estimate(self, df:pd.DataFrame) -> dict:
-        "Expected MAE and RMSE of the rows of `df`, with `_lo`/`_hi` from the reference's spread of errors."
+        "Expected MAE and RMSE of the rows of `df`, with `_lo`/`_hi` from the reference's spread of (squared) errors."
         n = len(df)
         if not n: return dict(n=0, mae=np.nan, rmse=np.nan)
         X = self._X(df)
         mae, mse = (float(np.clip(m.predict(X), 0, None).mean()) for m in self.models_)
-        h = stats.norm.ppf(0.5 + self.confidence/2) * self.ref_std_ / math.sqrt(n)
-        return dict(n=n, mae=mae, mae_lo=mae - h, mae_hi=mae + h, mae_std=self.ref_std_ / math.sqrt(n), rmse=math.sqrt(mse))
+        z = stats.norm.ppf(0.5 + self.confidence/2)
+        h, hm = z * self.ref_std_ / math.sqrt(n), z * self.ref_sq_std_ / math.sqrt(n)
+        return dict(n=n, mae=mae, mae_lo=mae - h, mae_hi=mae + h, mae_std=self.ref_std_ / math.sqrt(n), rmse=math.sqrt(mse),
+                    rmse_lo=math.sqrt(max(mse - hm, 0)), rmse_hi=math.sqrt(mse + hm))
 
 def estimated_performance(estimator, df:pd.DataFrame, score:str, time_column:str|None=None, freq:str='D',
                           target:str|None=None, task:str='classification', threshold:float=0.5, conf:float=0.95,
@@ -984,13 +1024,42 @@ def estimated_performance(estimator, df:pd.DataFrame, score:str, time_column:str
             real = window_metrics(labelled[target], labelled[score], task, threshold, conf)
             r |= {f'realised_{k}': real.get(k, np.nan) for k in (metric,)}
             lo, hi = r.get(f'estimated_{metric}_lo', np.nan), r.get(f'estimated_{metric}_hi', np.nan)
-            rv = r[f'realised_{metric}']
-            r['gap'] = rv - r[f'estimated_{metric}']
-            tol = tolerance if task == 'classification' else rel_tolerance*abs(r[f'estimated_{metric}'])
+            rv, ev = r[f'realised_{metric}'], r[f'estimated_{metric}']
+            if len(labelled) < len(g):   # labels in for some rows only (they come late): compare on those same rows
+                el = estimator.estimate(labelled[score].to_numpy(dtype='float64') if task == 'classification' else labelled)
+                ev, lo, hi = el.get(metric, np.nan), el.get(f'{metric}_lo', np.nan), el.get(f'{metric}_hi', np.nan)
+            r['gap'] = rv - ev
+            tol = tolerance if task == 'classification' else rel_tolerance*abs(ev)
             r['concept_drift'] = bool(np.isfinite(rv) and np.isfinite(lo) and (rv < lo - tol or rv > hi + tol))
         else: r |= {f'realised_{metric}': np.nan, 'gap': np.nan, 'concept_drift': False}
         rows.append(r)
     return pd.DataFrame(rows)
+
+ESTIMABLE = dict(classification=('roc_auc', 'pr_auc', 'precision', 'recall', 'f1'), regression=('rmse', 'mae'))
+
+def estimate_window(estimator, current:pd.DataFrame, scores, cfg:dict|None=None, target:str|None=None, time_column:str|None=None,
+                    task:str='classification', threshold:float=0.5) -> tuple[str, pd.DataFrame]:
+    """The monitor's estimate of `current` from its `scores`: (the metric, `estimated_performance` per `performance.freq`
+    window and 'all'), for `performance.metric` when the estimator estimates it, else the task's first estimable metric."""
+    cfg = cfg if cfg is not None and 'alerts' in cfg else settings(cfg)     # full settings (as `monitor` has them), or a section
+    metric = cfg['performance']['metric'] if cfg['performance']['metric'] in ESTIMABLE[task] else ESTIMABLE[task][0]
+    name = getattr(estimator, 'prediction', '__score__')          # DLE reads its own prediction column, beside its features
+    frame = current[[c for c in getattr(estimator, 'features', []) if c in current.columns]].copy()
+    frame[name] = np.asarray(scores, dtype='float64')
+    if target and target in current.columns: frame['__y__'] = current[target].to_numpy()
+    if time_column and time_column in current.columns: frame['__t__'] = current[time_column].to_numpy()
+    est = estimated_performance(estimator, frame, name, '__t__' if '__t__' in frame else None, cfg['performance']['freq'],
+                                '__y__' if '__y__' in frame else None, task, threshold, cfg['performance']['confidence'], metric)
+    return metric, est
+
+def estimation_line(res) -> str:
+    "One line of a `MonitorResult`'s estimate: value (interval), the realised value once labels are in, the concept-drift verdict."
+    e = res.estimated()
+    if not e: return 'not estimated'
+    m = e['metric']; f = lambda v: 'n/a' if v is None else f'{v:.3f}'
+    s = f"{f(e[f'estimated_{m}'])} ({f(e[f'estimated_{m}_lo'])} .. {f(e[f'estimated_{m}_hi'])})"
+    if not e['labelled']: return s + '; no labels yet'
+    return s + f"; realised {f(e[f'realised_{m}'])}: " + ('concept drift suspected' if e['concept_drift_suspected'] else 'no concept drift suspected')
 
 # %% ../nbs/10_monitor.ipynb #7b0ac817
 def registry_reference(registry, ref:str='champion') -> tuple[Profile|None, dict]:
@@ -1047,6 +1116,25 @@ def _registry_ref(args, params:dict):
                          f"version/alias{'; models: ' + ', '.join(have) if have else ''})")
     return reg, ref
 
+def _cli_estimator(args, reg_ref, params:dict, task:dict, threshold:float, columns:list[str]) -> tuple[object|None, str]:
+    """`mlops-nb monitor`'s label-free estimator: `CBPE` fitted on `--reference-scores` (`y_true`, `score`), else, for a
+    registered reference, `steps.reference_estimator` on `data/prepared/test.parquet` (if there); else none."""
+    path = getattr(args, 'reference_scores', None)
+    if path:
+        if task.get('type', 'classification') != 'classification': raise MlopsError('--reference-scores: the estimate from scores alone is for classification')
+        p = read_window(path)
+        lost = [c for c in ('y_true', 'score') if c not in p.columns]
+        if lost: raise MlopsError(f"{path}: column(s) {lost} missing (the labelled held-out scores, as the evaluate stage writes them)")
+        ok = p['y_true'].notna() & p['score'].notna()
+        return CBPE(threshold=threshold).fit(p.loc[ok, 'y_true'], p.loc[ok, 'score']), f"CBPE fitted on {int(ok.sum())} labelled scores of {path}"
+    if reg_ref and Path('data/prepared/test.parquet').is_file() and task.get('target'):
+        from mlops_nb.steps import MonitorReference, reference_estimator
+        reg, ver = reg_ref; info = reg.info(ver)
+        ref = MonitorReference(None, {}, threshold, 'registry', info['version'], '', registry=reg, inputs=info.get('features'))
+        return reference_estimator(ref, dict(params, task=dict(params.get('task') or {}, type=task.get('type', 'classification'))),
+                                   'data/prepared', columns)
+    return None, 'not estimated: no labelled reference scores (--reference-scores)'
+
 def cli_monitor(args) -> int:
     "`mlops-nb monitor`: compare --current with --reference, write status/metrics, exit 1 on alert unless --report-only."
     from mlops_nb.core import load_params
@@ -1094,17 +1182,20 @@ def cli_monitor(args) -> int:
         cur_pred = dict(score=cur['prediction'].to_numpy(dtype='float64', na_value=np.nan))
         if 'predicted_label' in cur.columns: cur_pred['label'] = cur['predicted_label'].to_numpy()
     thr = evaluation.get('threshold')
+    est, est_note = (_cli_estimator(args, reg_ref, params, task, float(thr) if thr is not None else 0.5, list(cur.columns))
+                     if cur_pred is not None else (None, 'not estimated: the current window has no scores (prediction)'))
     res = monitor(ref, cur, cfg, columns=columns, cur_predictions=cur_pred, target=target,
                   time_column=(task.get('time_column') or None) if task.get('time_column') in cur.columns else ('ts' if 'ts' in cur.columns else None),
                   task=task.get('type', 'classification'), threshold=float(thr) if thr is not None else 0.5,
-                  reference_metrics=evaluation, jobs=args.jobs)
-    res.reference = reference
+                  reference_metrics=evaluation, jobs=args.jobs, estimator=est)
+    res.reference = reference | dict(estimation=est_note)
     status = deliver(res.status(), args.status, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
     if args.metrics: write_json(args.metrics, res.metrics())
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_rows', 500):
         print(res.drift.table[['column', 'kind', 'method', 'score', 'threshold', 'drift', 'status']].to_string(index=False))
         if res.prediction is not None: print('\n' + res.prediction.table[['column', 'kind', 'method', 'score', 'threshold', 'drift']].to_string(index=False))
         if res.performance is not None: print('\n' + res.performance.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
+    if res.estimation is not None: print(f"\nestimated {res.estimated_metric}: {estimation_line(res)}")
     print(f"\n{status['status'].upper()}: {res.drift.n_drifted} of {res.drift.n_tested} features drifted; "
           f"{len(res.breaches)} quality breach(es); alerts: " + (', '.join(a['rule'] for a in res.alerts) or 'none')
           + (f" (reference: model '{reference['model']}' {reference['version']} in {reference['registry']})" if reference['source'] == 'registry' else ''))

@@ -25,7 +25,8 @@ __all__ = ['log', 'KEY_METRICS', 'MEASURED', 'resolved_params', 'batch_summary',
            'reject', 'raw_bytes', 'use_out_of_core', 'run_prepare', 'load_split', 'Trained', 'measured_path',
            'split_measured', 'run_train', 'Evaluated', 'dvc_curves', 'run_evaluate', 'Candidate', 'latency_ms',
            'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored',
-           'MonitorReference', 'monitor_reference', 'newest_rows', 'current_window', 'run_monitor']
+           'MonitorReference', 'monitor_reference', 'reference_estimator', 'newest_rows', 'current_window',
+           'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -105,7 +106,9 @@ KEY_METRICS = {'prepare': ('rows',), 'train': ('cv_score',), 'evaluate': ('roc_a
 def key_metrics(stage:str, detail:dict, metric:str|None=None) -> dict:
     """The numbers of `stage`'s full result `detail` that DVC tracks, rounded: prepare `rows`; train `cv_score`; evaluate ROC AUC, PR AUC, F1,
     recall at the threshold (R², RMSE, MAE for regression); deploy `passed` and `promoted` (the alias set, or `none`);
-    monitor `alert`, `drift_share`, `drifted` (features) and `live_<metric>`, the monitor's metric on labelled traffic."""
+    monitor `alert`, `drift_share`, `drifted` (features) and `live_<metric>`, the monitor's metric on labelled traffic (its
+    label-free estimate and the concept-drift verdict stay in the full result: one more column would take `dvc metrics show`
+    past 160 characters)."""
     d = detail or {}
     if stage == 'prepare': out = dict(rows=d.get('rows'))
     elif stage == 'train': out = dict(cv_score=d.get('cv_best_score'))
@@ -835,6 +838,33 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
                             f"no champion in {reg.where} yet: the reference is the candidate ({Path(prepared_dir)/'train.parquet'}, "
                             f"{model_dir}, {evaluation_path})", model_path=Path(model_dir)/'model.skops', inputs=spec.get('inputs'))
 
+def reference_estimator(ref:MonitorReference, params:dict, prepared_dir:str|Path='data/prepared',
+                        current_columns:list[str]|None=None) -> tuple[object|None, str]:
+    """The label-free performance estimator of the monitored model, fitted on its labelled held-out rows: the test split of
+    `prepared_dir` scored by the reference's own model. Classification: `CBPE` of its labels and scores (at the reference's
+    threshold); regression: `DLE` of its numeric features (those the current window has) and predictions. Returns
+    (estimator, a note saying what it was fitted on), or (None, why not)."""
+    from mlops_nb import monitor as mon
+    from mlops_nb.evaluate import predict_scores
+    task = _task(params)
+    try: test, spec = load_split(prepared_dir, 'test')
+    except (MlopsError, OSError) as e: return None, f"not estimated: no test split ({e})"
+    inputs = ref.inputs or spec.get('inputs') or spec['numeric'] + spec['categorical']
+    lost = [c for c in inputs if c not in test.columns]
+    if lost: return None, f"not estimated: {Path(prepared_dir)/'test.parquet'} lacks the model's input(s) {lost}"
+    if ref.registry is None and not (ref.model_path and Path(ref.model_path).exists()): return None, 'not estimated: no model to score the test split'
+    s = np.asarray(predict_scores(ref.load_model(), test[inputs], task['type']), dtype='float64')
+    y = pd.to_numeric(test[spec['target']], errors='coerce').to_numpy(dtype='float64')
+    ok = np.isfinite(s) & np.isfinite(y)
+    where = f"{int(ok.sum())} labelled rows of {Path(prepared_dir)/'test.parquet'} scored by {'champion ' + ref.version if ref.version else 'the candidate'}"
+    if task['type'] == 'classification':
+        if len(np.unique(y[ok])) < 2: return None, f"not estimated: the test split holds one class"
+        est = mon.CBPE(threshold=float(ref.threshold if ref.threshold is not None else 0.5)).fit(y[ok], s[ok])
+        return est, f"CBPE fitted on {where} ({'isotonic calibration' if est.calibrated_ else 'scores taken as probabilities'})"
+    feats = [c for c in spec['numeric'] if c in test.columns and (current_columns is None or c in current_columns)]
+    est = mon.DLE(feats, prediction='prediction').fit(test.loc[ok, feats].assign(prediction=s[ok]), y[ok])
+    return est, f"DLE fitted on {where} ({len(feats)} numeric features)"
+
 def newest_rows(raw_dir:str|Path, time_column:str|None, rows:int=0, fraction:float=0.2) -> pd.DataFrame:
     "The newest `rows` raw rows of the collected batches in `raw_dir` (by `time_column`, else in order); `rows` 0: that `fraction` of them."
     frames = [b.frame for b in read_batches(raw_dir) if len(b.frame)]
@@ -876,7 +906,8 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
                 metrics_path:str|Path='metrics/monitor.json', status_path:str|Path='monitor/status.json',
                 plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None,
                 raw_dir:str|Path='data/raw') -> Monitored:
-    "Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality, predictions, performance, alerts."
+    """Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality,
+    predictions, performance (realised, and estimated from the scores by `reference_estimator`'s CBPE/DLE), alerts."""
     from mlops_nb import monitor as mon
     from mlops_nb.features import add_features
     from mlops_nb.feature_step import derived_columns
@@ -906,10 +937,11 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
             from mlops_nb.evaluate import predict_scores
             scores = predict_scores(ref.load_model(), cur[ref.inputs or cols], task['type'])
             cur_pred = dict(score=scores, label=(scores >= thr).astype(int) if clf else None)
+    est, est_note = reference_estimator(ref, params, prepared_dir, list(cur.columns)) if cur_pred is not None else (None, 'not estimated: no scores')
     result = mon.monitor(profile, cur, cfg, columns=cols, cur_predictions=cur_pred,
                          target=task['target'], time_column=task['time_column'], task=task['type'],
-                         threshold=thr, reference_metrics=ref.metrics)
-    result.reference = ref.describe()
+                         threshold=thr, reference_metrics=ref.metrics, estimator=est)
+    result.reference = ref.describe() | dict(estimation=est_note)
     derived = set(derived_columns((params.get('prepare') or {}).get('features') or {}, task['time_column']))
     result.drift.table.insert(1, 'source', ['derived feature' if c in derived else 'raw input' for c in result.drift.table['column']])
     dot = None
@@ -923,6 +955,7 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
         result.drift.table.drop(columns=['new_categories']).to_csv(tmp/'drift.csv', index=False, float_format='%.6g')
         result.quality.to_csv(tmp/'quality.csv', index=False, float_format='%.6g')
         if result.performance is not None: result.performance.to_csv(tmp/'performance.csv', index=False, float_format='%.6g')
+        if result.estimation is not None: result.estimation.to_csv(tmp/'estimated.csv', index=False, float_format='%.6g')
         (tmp/'figures').mkdir()                   # the report's figures, for `dvc plots show` (plots/monitor/figures)
         if not any(a['rule'] == 'window_too_small' for a in result.alerts):
             from mlops_nb.report import time_part_columns
@@ -931,4 +964,4 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
             if dot is not None: figs['drift_over_time'] = mon.plot_drift_over_time(dot[~dot.column.isin(time_part_columns(params))])
             if result.performance is not None: figs['performance'] = mon.plot_performance(result.performance, metric, (ref.metrics or {}).get(metric))
             for name, fig in figs.items(): fig.savefig(tmp/'figures'/f'{name}.png', dpi=80, bbox_inches='tight', metadata={'Software': None})
-    return Monitored(result, profile, cur, status, ref.metrics, dot, ref.describe())
+    return Monitored(result, profile, cur, status, ref.metrics, dot, result.reference)
