@@ -481,6 +481,9 @@ def cli_loop(args) -> int:
     lp = Loop(load_params(args.params), args.root)
     if args.loop_command == 'baselines':
         print_schedules(lp.baselines(args.schedules.split(','), args.metric, args.smooth_days)); return 0
+    if args.loop_command == 'run':   # say first what is due: a first run, or one after days down, walks many days
+        until, first = lp.today() if args.until is None else int(args.until), lp.state['next_day']
+        if until >= first: print(f"walking days {first} to {until} ({until - first + 1} due; --until DAY stops earlier)", flush=True)
     recs = lp.run(args.until) if args.loop_command == 'run' else lp.simulate(args.days)
     if not recs: print(f"up to date: the next day to walk is {lp.state['next_day']}")
     for r in recs:

@@ -421,6 +421,7 @@ def test_loop_run_catches_up_missed_days_in_order(tmp_path):
     assert [r['day'] for r in history(tmp_path)] == [10, 11]
     got = run_loop(tmp_path, '--until', '15')         # down for four days: 12..15 caught up, in order, in one run
     assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.startswith('walking days 12 to 15 (4 due'), got.stdout   # what is due, said before the walk
     assert [l.split(':')[0] for l in got.stdout.splitlines() if l.startswith('day ')] == [f'day {d}' for d in range(12, 16)]
     h = history(tmp_path)
     assert [r['day'] for r in h] == list(range(10, 16))
