@@ -115,3 +115,15 @@ def test_trial_store_skips_a_torn_line(tmp_path):
     with open(s.path, 'a') as f: f.write('{"key": "k2", "par')          # a crash mid-write
     s.add('k3', {'a': np.int64(3)}, [np.float64(0.1)])
     assert sorted(s.load()) == ['k1', 'k3'] and s.load()['k3']['scores'] == [0.1]
+
+def test_dvc_repro_with_a_scheduler_set_searches_on_the_cluster_with_the_same_result(cluster, tmp_path):
+    "Outgrowing one machine is a setting: the same `dvc repro` with MLOPS_NB_DASK_SCHEDULER set runs train's search on the cluster."
+    from conftest import copy_project
+    local, remote = copy_project(tmp_path/'local'), copy_project(tmp_path/'remote')
+    local.run('dvc repro -q train')
+    before = cluster.scheduler.transition_counter
+    remote.run(f'MLOPS_NB_DASK_SCHEDULER={cluster.scheduler_address} dvc repro -q train')
+    assert cluster.scheduler.transition_counter > before           # the search's fits went through the cluster's scheduler
+    a, b = (json.loads((p.path/'metrics'/'train.json').read_text()) for p in (local, remote))
+    assert a['best_params'] == b['best_params'] and a['candidates'] == b['candidates'] == 2
+    assert a['cv_best_score'] == pytest.approx(b['cv_best_score'], abs=1e-12)
