@@ -196,8 +196,11 @@ class Controller:
         counts = counts_since(read_counts(self.capture_dir, self.reg.name), self._base, st['candidate'])
         canary, mine = self.tail.rows(st['candidate'], self._since), self.tail.rows(st['champion'], self._since)
         g = guardrail_settings(st.get('guardrails'))
-        if len(mine['score']) >= g['min_rows']: self._ref = mine      # the champion's last window with traffic: the reference at 100 %
-        ev, breaches = check_guardrails(g, counts, canary, mine if len(mine['score']) >= g['min_rows'] else self._ref)
+        # the champion's last step with a share of the traffic is the reference at 100 %: the few requests it answers
+        # after the switch (servers apply it within a poll) are a sliver, too small and narrow to judge drift against
+        if len(mine['score']) >= g['min_rows'] and st['share'] < 100: self._ref = mine
+        ref = mine if len(mine['score']) >= g['min_rows'] and (st['share'] < 100 or self._ref is None) else self._ref
+        ev, breaches = check_guardrails(g, counts, canary, ref)
         ev |= dict(share=st['share'], window_s=round(now - self._since, 3), baked=now - self._since >= st['bake_seconds'])
         if breaches:
             self.reg.rollback_rollout('guardrail breach at %s %%: %s' % (st['share'], '; '.join(breaches)), ev, actor='rollout-controller')
