@@ -9,7 +9,7 @@ import numpy as np
 from .core import MlopsError
 
 # %% auto #0
-__all__ = ['TIME_PARTS', 'time_parts', 'check_spec', 'derived_columns', 'source_columns', 'build_features']
+__all__ = ['TIME_PARTS', 'time_parts', 'check_spec', 'derived_columns', 'source_columns', 'build_features', 'Encoder']
 
 # %% ../nbs/03a_feature_step.ipynb #fs000007
 def _none(col:str|None) -> str|None:
@@ -28,20 +28,22 @@ def _epoch_to_datetime64(a:np.ndarray) -> np.ndarray:
 def time_parts(t:np.ndarray, parts) -> dict[str, np.ndarray]:
     "The time `parts` of `t` (`datetime64`, naive UTC; or numbers = epoch seconds) as float64 arrays, NaN where `t` is missing."
     t = np.asarray(t)
-    t = _epoch_to_datetime64(t) if t.dtype.kind in 'fiub' else t.astype('datetime64[us]')
-    nat, days = np.isnat(t), t.astype('datetime64[D]')
-    dow = (days.astype('int64') + 3) % 7                       # 1970-01-01 was a Thursday; Monday = 0
-    month = days.astype('datetime64[M]')
-    calc = {'hour': lambda: (t - days).astype('timedelta64[h]').astype('int64'), 'dayofweek': lambda: dow,
-            'month': lambda: month.astype('int64') % 12 + 1,
-            'dayofmonth': lambda: (days - month.astype('datetime64[D]')).astype('int64') + 1,
-            'is_weekend': lambda: (dow >= 5).astype('int64')}
+    t = _epoch_to_datetime64(t) if t.dtype.kind in 'fiub' else t.astype('datetime64[us]', copy=False)
+    us, nat = t.view('int64'), np.isnat(t)       # integer microseconds: hours and weekdays by floor division, no calendar
+    days = us // 86_400_000_000
     out = {}
     for p in parts:
-        v = calc[p]().astype('float64')
-        v[nat] = np.nan
+        if p == 'hour': v = us // 3_600_000_000 % 24
+        elif p == 'dayofweek': v = (days + 3) % 7                 # 1970-01-01 was a Thursday; Monday = 0
+        elif p == 'is_weekend': v = (days + 3) % 7 >= 5
+        elif p == 'month': v = t.astype('datetime64[M]').astype('int64') % 12 + 1
+        elif p == 'dayofmonth': v = (t.astype('datetime64[D]') - t.astype('datetime64[M]').astype('datetime64[D]')).astype('int64') + 1
+        else: raise MlopsError(f"unknown time part {p!r}; choose from {list(TIME_PARTS)}")
+        v = v.astype('float64')
+        if nat.any(): v[nat] = np.nan
         out[p] = v
     return out
+
 
 # %% ../nbs/03a_feature_step.ipynb #fs000008
 def check_spec(spec:dict|None, time_column:str|None=None) -> dict:
@@ -82,6 +84,59 @@ def build_features(cols:dict, spec:dict|None, time_column:str|None=None) -> dict
         out[f'log_{c}'] = np.log1p(np.clip(np.asarray(cols[c], dtype='float64'), 0, None))
     for name, (a, b) in (spec.get('ratios') or {}).items():
         num, den = np.asarray(cols[a], dtype='float64'), np.asarray(cols[b], dtype='float64')
-        with np.errstate(divide='ignore', invalid='ignore'): out[name] = num / np.where(den != 0, den, np.nan)
+        out[name] = np.divide(num, den, out=np.full(den.shape, np.nan), where=den != 0)   # a zero denominator: missing
     return out
 
+
+# %% ../nbs/03a_feature_step.ipynb #fs000021
+class Encoder:
+    "The numpy form of a fitted impute + scale / impute + one-hot `ColumnTransformer`, from the dict `registry.encoder_spec` made."
+    def __init__(self, spec:dict):
+        self.width = int(spec['width'])
+        num = spec.get('numeric') or {}
+        self.numeric = list(num.get('columns') or [])
+        if self.numeric:
+            self.fill, self.mean, self.scale = (np.asarray(num[k], dtype='float64') for k in ('fill', 'mean', 'scale'))
+            self.filled = (self.fill - self.mean) / self.scale    # what a missing number becomes
+        self.offset = int(num.get('offset', 0))
+        # per category column: {category: output cell}, the cell of a missing value, of an unknown one (-1: none)
+        self.categorical = [(c['column'], {k: int(c['offset']) + int(p) for k, p in c['index'].items() if int(p) >= 0},
+                             int(c['offset']) + int(c['missing']), int(c['offset']) + int(c['unknown']) if int(c.get('unknown', -1)) >= 0 else -1)
+                            for c in spec.get('categorical') or []]
+        self.columns = self.numeric + [c for c, *_ in self.categorical]
+
+    def _cell(self, v, index:dict, missing:int, unknown:int) -> int:
+        "The output cell of one category value `v` that is not a known string."
+        if v is None or v == '' or v != v: return missing
+        return index.get(str(v), unknown)
+
+    def __call__(self, cols:dict) -> np.ndarray:
+        "The `(n, width)` float64 matrix for raw columns `cols` (name -> numpy array: numbers, or objects for categories)."
+        n = len(cols[self.columns[0]])
+        out = np.zeros((n, self.width))
+        if self.numeric:   # in place: a one-row request is dominated by numpy's per-call cost
+            x = out[:, self.offset:self.offset + len(self.numeric)]
+            for j, c in enumerate(self.numeric): x[:, j] = cols[c]
+            np.subtract(x, self.mean, out=x); np.divide(x, self.scale, out=x)
+            nan = np.isnan(x)
+            if nan.any(): x[nan] = np.broadcast_to(self.filled, x.shape)[nan]
+        if not self.categorical: return out
+        if n <= 16:   # a small request: one Python pass, one numpy assignment
+            rows, cells = [], []
+            for c, index, missing, unknown in self.categorical:
+                for r, v in enumerate(cols[c].tolist()):
+                    k = index.get(v) if type(v) is str else None
+                    if k is None: k = self._cell(v, index, missing, unknown)
+                    if k >= 0: rows.append(r); cells.append(k)
+            if rows: out[rows, cells] = 1.0
+            return out
+        ks = []
+        for c, index, missing, unknown in self.categorical:   # dict lookups in one comprehension per column
+            vals = cols[c].tolist()
+            got = [index.get(v, -2) for v in vals]
+            if -2 in got: got = [k if k != -2 else self._cell(v, index, missing, unknown) for k, v in zip(got, vals)]
+            ks += got
+        k, r = np.array(ks), np.tile(np.arange(n), len(self.categorical))
+        if (k < 0).any(): r, k = r[k >= 0], k[k >= 0]
+        out[r, k] = 1.0
+        return out

@@ -15,9 +15,10 @@ from .core import MlopsError, TRUSTED_TYPES, atomic_write, load_skops, read_json
 
 # %% auto #0
 __all__ = ['STATUSES', 'DEFAULT_MODEL', 'ROLLOUT_STATUSES', 'KEY_METRICS', 'onnx_input_spec', 'onnx_feeds', 'export_onnx',
-           'onnx_session', 'onnx_predict', 'split_feature_step', 'onnx_model_frame', 'onnx_parity', 'sha256_file',
-           'git_state', 'data_hash', 'card_markdown', 'card_html', 'check_model_name', 'parse_model_ref', 'Registry',
-           'check_steps', 'registry_from_args', 'cli_models', 'TRUSTED_TYPES', 'load_skops']
+           'onnx_session', 'onnx_predict', 'split_feature_step', 'onnx_model_frame', 'onnx_parity', 'encoder_spec',
+           'export_estimator_onnx', 'encoded_columns', 'encoded_parity', 'sha256_file', 'git_state', 'data_hash',
+           'card_markdown', 'card_html', 'check_model_name', 'parse_model_ref', 'Registry', 'check_steps',
+           'registry_from_args', 'cli_models', 'TRUSTED_TYPES', 'load_skops']
 
 # %% ../nbs/07_registry.ipynb #1c4425f6
 _CONVERTERS = {}
@@ -271,6 +272,104 @@ def onnx_parity(pipeline, onnx_bytes:bytes, X, tolerance:float=1e-4) -> dict:
     if np.isnan(diff).any(): worst = float('inf')
     return dict(max_abs_diff=worst, ok=bool(worst <= tolerance), tolerance=float(tolerance),
                 rows=int(len(X)), rows_over=int((~(diff <= tolerance)).sum()))
+
+# %% ../nbs/07_registry.ipynb #enc00002
+def _numeric_block(t, cols:list, X, offset:int) -> dict|None:
+    "The numeric block of `encoder_spec`: median/mean imputer + `StandardScaler`, on numeric columns of `X`."
+    imp, sc = t.steps[0][1], t.steps[1][1]
+    fill = np.asarray(imp.statistics_, dtype='float64')
+    if (imp.add_indicator or len(fill) != len(cols) or not np.isfinite(fill).all() or not isinstance(imp.missing_values, float)
+            or not np.isnan(imp.missing_values) or not all(c in X.columns and _is_numeric(X[c]) for c in cols)): return None
+    k = len(cols)
+    mean = np.asarray(sc.mean_, dtype='float64') if sc.with_mean else np.zeros(k)
+    scale = np.asarray(sc.scale_, dtype='float64') if sc.with_std else np.ones(k)
+    return dict(columns=cols, fill=fill.tolist(), mean=mean.tolist(), scale=scale.tolist(), offset=offset)
+
+def _categorical_block(t, cols:list, offset:int) -> tuple[list[dict], int]|None:
+    "The categorical columns of `encoder_spec` (mode imputer + dense `OneHotEncoder`) and the block's width."
+    imp, oh = t.steps[0][1], t.steps[1][1]
+    if imp.add_indicator or len(imp.statistics_) != len(cols) or oh.drop_idx_ is not None or getattr(oh, 'sparse_output', False): return None
+    cats = [list(c) for c in oh.categories_]
+    base = [c[0] for c in cats]
+    b = np.asarray(oh.transform(np.array([base], dtype=object)))[0]
+    firsts = np.flatnonzero(b)                       # the cell of each column's first category, in column order
+    if len(firsts) != len(cols): return None
+    out = []
+    for i, col in enumerate(cols):
+        probe = np.array([base[:i] + [v] + base[i + 1:] for v in cats[i] + ['\x00unknown category']], dtype=object)
+        pos = []
+        for row in np.asarray(oh.transform(probe)):
+            new = np.flatnonzero((row == 1) & (b == 0))
+            pos.append(int(new[0]) if len(new) == 1 else int(firsts[i]) if row[firsts[i]] == 1 else -1)
+        index = {str(v): p for v, p in zip(cats[i], pos[:-1])}
+        fill = str(imp.statistics_[i])
+        if fill not in index: return None
+        out.append(dict(column=str(col), index=index, missing=index[fill], unknown=pos[-1], offset=offset))
+    return out, int(len(b))
+
+def encoder_spec(rest, X) -> dict|None:
+    """The numbers `feature_step.Encoder` needs to compute `rest`'s first step, a fitted `features.make_preprocessor`
+    (`ColumnTransformer`: impute + scale the numbers, impute + one-hot the categories) on the model columns `X`;
+    `None` when that step has another form."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    if not (type(rest) is Pipeline and len(rest.steps) == 2 and type(rest.steps[0][1]) is ColumnTransformer): return None
+    ct = rest.steps[0][1]
+    if getattr(ct, 'sparse_output_', False): return None
+    spec, offset = dict(numeric=None, categorical=[]), 0
+    for _, t, cols in ct.transformers_:
+        cols = [str(c) for c in cols]
+        if isinstance(t, str) and t == 'drop' or not cols: continue
+        kinds = [type(s) for _, s in t.steps] if type(t) is Pipeline else None
+        if kinds == [SimpleImputer, StandardScaler] and spec['numeric'] is None:
+            spec['numeric'] = _numeric_block(t, cols, X, offset)
+            if spec['numeric'] is None: return None
+            offset += len(cols)
+        elif kinds == [SimpleImputer, OneHotEncoder]:
+            block = _categorical_block(t, cols, offset)
+            if block is None: return None
+            spec['categorical'] += block[0]; offset += block[1]
+        else: return None
+    if offset != len(ct.get_feature_names_out()): return None
+    return spec | dict(width=offset)
+
+def export_estimator_onnx(rest, width:int) -> bytes:
+    "The ONNX graph of `rest`'s estimator alone (after its first step), taking the `(n, width)` double matrix `encoded`."
+    from sklearn.pipeline import Pipeline
+    from skl2onnx import convert_sklearn, get_latest_tested_opset_version
+    from skl2onnx.common.data_types import DoubleTensorType
+    p = _onnx_ready_copy(Pipeline(rest.steps[1:]))
+    options = {id(p): {'zipmap': False}} if hasattr(rest, 'predict_proba') else None
+    opset = {'': get_latest_tested_opset_version(), 'ai.onnx.ml': 3}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Field onnx.AttributeProto.ints: Expected an int, got a boolean')
+            return _cast_float_outputs(convert_sklearn(p, initial_types=[('encoded', DoubleTensorType([None, int(width)]))],
+                                                       options=options, target_opset=opset)).SerializeToString()
+    except Exception as e: raise MlopsError(f"ONNX export of the estimator failed ({type(e).__name__}: {str(e)[:300]})") from None
+
+def encoded_columns(frame, enc:dict) -> dict:
+    "The columns of `frame` the encoder reads, as the server's validator gives them: float64 numbers, objects for categories."
+    num = set((enc.get('numeric') or {}).get('columns') or [])
+    from mlops_nb.feature_step import Encoder
+    return {c: frame[c].to_numpy(dtype='float64', na_value=np.nan) if c in num else frame[c].to_numpy(dtype=object)
+            for c in Encoder(enc).columns}
+
+def encoded_parity(pipeline, enc:dict, onnx_bytes:bytes, X, tolerance:float=1e-4) -> dict:
+    "`onnx_parity` through `feature_step.Encoder(enc)` and the estimator's graph `onnx_bytes`, on the rows `X`."
+    from mlops_nb.feature_step import Encoder
+    step, _ = split_feature_step(pipeline)
+    frame = onnx_model_frame(step, X) if step is not None else X
+    s = onnx_session(onnx_bytes)
+    names = [o.name for o in s.get_outputs()]
+    out = dict(zip(names, s.run(None, {'encoded': Encoder(enc)(encoded_columns(frame, enc))})))
+    got = (np.asarray(out['probabilities'], dtype='float64')[:, -1] if 'probabilities' in out
+           else np.asarray(out[names[0]], dtype='float64').reshape(-1))
+    diff = np.abs(_sk_predict(pipeline, X) - got)
+    worst = float('inf') if np.isnan(diff).any() else float(diff.max())
+    return dict(max_abs_diff=worst, ok=bool(worst <= tolerance), rows=int(len(X)), rows_over=int((~(diff <= tolerance)).sum()))
 
 # %% ../nbs/07_registry.ipynb #395d410f
 def sha256_file(path:str|os.PathLike) -> str:
@@ -642,8 +741,20 @@ def _recover(self):
 
 Registry._recover = _recover
 
+def _encoded_path(model, rest, Xm, X_test, tolerance:float, folder:Path) -> dict:
+    "Keep `estimator.onnx` and the encoder (`encoder_spec`) in `folder` when they pass `encoded_parity`; what model.json says of it."
+    try:
+        enc = encoder_spec(rest, Xm)
+        if enc is None: return dict(encoded=dict(kept=False, reason='the first step is not the standard impute + scale / one-hot encoder'))
+        b = export_estimator_onnx(rest, enc['width'])
+        par = encoded_parity(model, enc, b, X_test, tolerance)
+    except MlopsError as e: return dict(encoded=dict(kept=False, reason=str(e)))
+    if not par['ok']: return dict(encoded=par | dict(kept=False, reason=f"the encoded path differs from scikit-learn by up to {par['max_abs_diff']:.3g}"))
+    (folder/'estimator.onnx').write_bytes(b)
+    return dict(encoder=enc, encoded=par | dict(kept=True, file='estimator.onnx'))
+
 # %% ../nbs/07_registry.ipynb #163edb51
-_RESERVED = {'model.skops', 'model.onnx', 'schema.json', 'model.json', 'card.md', 'card.html', 'manifest.json', 'figures'}
+_RESERVED = {'model.skops', 'model.onnx', 'estimator.onnx', 'schema.json', 'model.json', 'card.md', 'card.html', 'manifest.json', 'figures'}
 
 def _check_artifacts(artifacts:dict|None) -> dict[str, Path]:
     "`artifacts` (name -> file or folder) checked: plain names that clash with no registry file, paths that exist."
@@ -705,6 +816,7 @@ def _register(self, model, *, features:list[str], task:str, schema=None, metrics
                 onnx['outputs'] = [o.name for o in onnx_session(b).get_outputs()]
                 if onnx['ok']:
                     (tmp/'model.onnx').write_bytes(b); onnx['kept'] = True
+                    onnx |= _encoded_path(model, rest, Xm, X_test, onnx_tolerance, tmp)
                 else: onnx['reason'] = (f"ONNX predictions differ from scikit-learn's by up to {onnx['max_abs_diff']:.3g} "
                                         f"(> tolerance {onnx_tolerance:g}) on {onnx['rows_over']} of {onnx['rows']} test rows")
             except MlopsError as e: onnx['reason'] = str(e)
@@ -818,9 +930,10 @@ def _load_check(self, version) -> Path:
     session. Raises `MlopsError` naming what fails; called before an alias moves."""
     d = self.version_dir(version)
     load_skops(d/'model.skops')
-    if (d/'model.onnx').exists():
-        try: onnx_session((d/'model.onnx').read_bytes())
-        except MlopsError as e: raise MlopsError(f"{d/'model.onnx'}: {e}") from None
+    for f in ('model.onnx', 'estimator.onnx'):
+        if (d/f).exists():
+            try: onnx_session((d/f).read_bytes())
+            except MlopsError as e: raise MlopsError(f"{d/f}: {e}") from None
     return d
 
 def _promote(self, version, alias:str='champion', reason:str='', actor:str|None=None, force:bool=False) -> dict|None:

@@ -120,7 +120,7 @@ class LoadedModel:
         self.validator = Validator(self.schema, cfg.unseen_categories, cfg.unknown_columns, cfg.max_rows, self.id_columns)
         self.pre = None
         self.loaded_at = time.time()
-        self.session = self.pipeline = None
+        self.session = self.pipeline = self.encoder = None
         if (vdir/'model.onnx').exists():
             import onnxruntime as ort
             so = ort.SessionOptions()
@@ -141,6 +141,15 @@ class LoadedModel:
             self._float_inputs = [i for i, _ in floats] if self._float_type else []
             self._other_inputs = [(i, t) for i, t in self.inputs if i not in self._float_inputs] if self._single is None else []
             self.runtime = 'onnxruntime'
+            enc = (self.info.get('onnx') or {}).get('encoder')
+            if enc and (vdir/'estimator.onnx').exists():   # the estimator's graph behind the numpy encoder: one input, no string nodes
+                from mlops_nb.feature_step import Encoder
+                self.encoder = Encoder(enc)
+                lost = [c for c in self.encoder.columns if c not in names]
+                if lost: raise MlopsError(f"{vdir/'model.json'}: the encoder reads column(s) {lost} that are not columns of schema.json")
+                self.session = ort.InferenceSession(str(vdir/'estimator.onnx'), so, providers=['CPUExecutionProvider'])
+                outs = [o.name for o in self.session.get_outputs()]
+                self.out_name = (next((o for o in outs if 'prob' in o.lower()), outs[-1]) if self.classification else outs[0])
         else:
             from mlops_nb.registry import load_skops   # skops with the registry's trusted types only (imports scikit-learn)
             self.pipeline = load_skops(vdir/'model.skops')
@@ -173,7 +182,8 @@ class LoadedModel:
             if self.pre is not None:
                 from mlops_nb.feature_step import build_features   # numpy only: the same function the fitted feature step calls
                 X = {**X, **build_features(X, self.pre['spec'], self.pre.get('time_column'))}
-            out = self.session.run([self.out_name], self._feed(X))[0]
+            feed = {'encoded': self.encoder(X)} if self.encoder is not None else self._feed(X)
+            out = self.session.run([self.out_name], feed)[0]
             if self.classification:
                 score = (np.array([d[1] for d in out], dtype='float64') if isinstance(out, list)
                          else np.ascontiguousarray(np.asarray(out, dtype='float64')[:, -1]) if np.ndim(out) == 2 else np.asarray(out, dtype='float64'))

@@ -279,3 +279,39 @@ def test_batch_files_with_time_text_score_as_with_timestamps(fraud, tmp_path):
             got[name] = pd.read_parquet(out)['prediction'].to_numpy()
         np.testing.assert_array_equal(got['text.parquet'], got['ts.parquet'], err_msg=reg.name)
         np.testing.assert_array_equal(got['text.csv'], got['ts.parquet'], err_msg=reg.name)
+
+
+def test_encoded_path_answers_as_the_whole_graph_and_old_versions_keep_it(fraud, tmp_path):
+    """The server feeds the estimator's own graph (`estimator.onnx`) from the numpy encoder; its scores are scikit-learn's,
+    nulls and unseen categories included, and a version registered before the encoded path (no `estimator.onnx`, no
+    `onnx.encoder`) is served through its whole graph with the same answers."""
+    import shutil
+    from mlops_nb.core import read_json, write_json
+    from mlops_nb.registry import Registry
+    from mlops_nb.serve import LoadedModel
+    root = fraud['root']
+    reg = Registry(root/'registry')
+    vdir, info = reg.version_dir('v0001'), reg.info('v0001')
+    assert info['onnx']['encoded']['kept'] and 'estimator.onnx' in read_json(vdir/'manifest.json')['files'], info['onnx'].get('encoded')
+    batch = raw_frame(root).drop(columns=['is_fraud']).head(200).reset_index(drop=True)
+    num = [c for c in info['onnx']['encoder']['numeric']['columns'] if c in batch.columns]
+    cat = [c['column'] for c in info['onnx']['encoder']['categorical']]
+    batch.loc[::7, num[0]] = np.nan; batch.loc[::5, cat[0]] = None; batch.loc[3::11, cat[1]] = 'never-seen'
+    ref, tol = offline(root, batch, True), info['onnx']['tolerance']
+    def scores(d):
+        m = LoadedModel(d)   # columns as the validator hands them over (it refuses nulls the training data had not: bypassed here)
+        X = {c: batch[c].to_numpy(dtype='datetime64[us]') if c == 'timestamp' else batch[c].to_numpy(dtype=object) if c in cat
+             else batch[c].to_numpy(dtype='float64', na_value=np.nan) for c in m.schema.columns}
+        return m, m.predict(X)[0]
+    new, got = scores(vdir)
+    assert new.encoder is not None and [i.name for i in new.session.get_inputs()] == ['encoded']
+    np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+    old = tmp_path/'v0001'
+    shutil.copytree(vdir, old)
+    (old/'estimator.onnx').unlink()
+    meta = read_json(old/'model.json'); meta['onnx'].pop('encoder'); meta['onnx'].pop('encoded')
+    write_json(old/'model.json', meta)
+    was, got_old = scores(old)
+    assert was.encoder is None and len(was.session.get_inputs()) > 1
+    np.testing.assert_allclose(got_old, ref, rtol=0, atol=tol)
+    np.testing.assert_allclose(got_old, got, rtol=0, atol=1e-7)
