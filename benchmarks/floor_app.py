@@ -1,7 +1,8 @@
 """The floor of our serving stack, for benchmarks/serve.py: Starlette + uvicorn + orjson + ONNX Runtime, nothing else.
 
-It serves a registry version's `model.onnx` with its numpy feature pre-step (`feature_step.build_features`), from a
-`dataframe_split` body, with no validation, capture, metrics or hot swap. What `mlops-nb serve` costs above this is
+It serves a registry version the way `mlops-nb serve` runs it: the numpy feature pre-step (`feature_step.build_features`)
+and encoder (`feature_step.Encoder`) before the estimator's graph `estimator.onnx` (the whole `model.onnx` for a version
+without them), from a `dataframe_split` body, with no validation, capture, metrics or hot swap. What `mlops-nb serve` costs above this is
 the price of what it does that this does not.
 
     FLOOR_VERSION_DIR=<registry>/versions/v0001 uvicorn floor_app:app --app-dir benchmarks --port 8001
@@ -16,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlops_nb.feature_step import build_features
+from mlops_nb.feature_step import Encoder, build_features
 
 VDIR = Path(os.environ['FLOOR_VERSION_DIR'])
 INFO = json.loads((VDIR/'model.json').read_text())
@@ -24,7 +25,8 @@ PRE = INFO['onnx']['pre_step']
 SCHEMA = {c['name']: c['kind'] for c in json.loads((VDIR/'schema.json').read_text())['columns']}
 so = ort.SessionOptions()
 so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-SESSION = ort.InferenceSession(str(VDIR/'model.onnx'), so, providers=['CPUExecutionProvider'])
+ENCODER = Encoder(INFO['onnx']['encoder']) if INFO['onnx'].get('encoder') and (VDIR/'estimator.onnx').exists() else None
+SESSION = ort.InferenceSession(str(VDIR/('estimator.onnx' if ENCODER else 'model.onnx')), so, providers=['CPUExecutionProvider'])
 INPUTS = [(i.name, i.type) for i in SESSION.get_inputs()]
 OUT = next(o.name for o in SESSION.get_outputs() if 'prob' in o.name)
 
@@ -42,7 +44,8 @@ async def invocations(request):
     cols = {c: column(c, [r[i] for r in rows]) for i, c in enumerate(body['columns'])}
     cols |= build_features(cols, PRE['spec'], PRE.get('time_column'))
     n = len(rows)
-    feed = {k: (cols[k].astype(object) if t == 'tensor(string)' else cols[k].astype('float64')).reshape(n, 1) for k, t in INPUTS}
+    feed = ({'encoded': ENCODER(cols)} if ENCODER else
+            {k: (cols[k].astype(object) if t == 'tensor(string)' else cols[k].astype('float64')).reshape(n, 1) for k, t in INPUTS})
     score = SESSION.run([OUT], feed)[0][:, -1]
     return Response(orjson.dumps({'predictions': score.tolist()}), media_type='application/json')
 

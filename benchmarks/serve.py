@@ -11,8 +11,8 @@ What it does:
 2. saves the very same fitted pipeline as an MLflow model, in MLflow's own venv `benchmarks/.venv-mlflow`, and as a
    BentoML service in BentoML's own venv `benchmarks/.venv-bentoml` (both created here, never in the project's
    requirements), served once without and once with BentoML's adaptive batching;
-3. starts the floor of our stack too: Starlette + uvicorn + orjson + ONNX Runtime running the same graph and numpy
-   feature step, with no validation, capture or metrics (`benchmarks/floor_app.py`);
+3. starts the floor of our stack too: Starlette + uvicorn + orjson + ONNX Runtime running the same numpy feature step,
+   numpy encoder and estimator graph, with no validation, capture or metrics (`benchmarks/floor_app.py`);
 4. starts every server on 127.0.0.1 with one worker and one thread for the numeric libraries (OMP/MKL/OpenBLAS = 1;
    ONNX Runtime intra-op = 1), ours with validation, capture and metrics on; every client sends the same raw record (the
    columns the sources deliver, less the target and the ids);
@@ -288,7 +288,7 @@ def report(res, mem, batches, args, loads) -> str:
              "capture to Parquet and Prometheus metrics on; MLflow (`mlflow models serve`, 3.17.2) and BentoML (1.4.40, one worker, "
              "the pipeline in a `@bentoml.service`, without and with its adaptive batching) serve the same fitted scikit-learn pipeline, "
              "each in its own venv. The bare stack is the floor of ours: Starlette + uvicorn + orjson + ONNX Runtime running the same "
-             "graph and numpy feature step in a plain handler, with no validation, capture or metrics (`benchmarks/floor_app.py`).", '',
+             "numpy feature step, numpy encoder and estimator graph in a plain handler, with no validation, capture or metrics (`benchmarks/floor_app.py`).", '',
              '| requests | ' + ' | '.join(f'{SERVERS[n]} req/s' for n in names) + ' | ours / MLflow | ours p50 / p99 ms | target | met? |',
              '|---|' + '---|' * (len(names) + 4)]
     for label, kind, c in SCENARIOS:

@@ -479,9 +479,20 @@ def card_markdown(info:dict, figures:list[str]=()) -> str:
     if gate:
         s += ['## Deploy gate', '', f"**Decision:** {'passed' if gate.get('passed') else 'failed'}", '']
         s += [f"- {r}" for r in gate.get('reasons') or []] + ['']
+    enc = onnx.get('encoded') or {}
     s += ['## ONNX', '', (f"Exported; predictions match scikit-learn within {_fmt(onnx.get('tolerance'))} "
                           f"(max abs diff {_fmt(onnx.get('max_abs_diff'))} on {onnx.get('rows')} rows)." if onnx.get('kept') else
-                          f"Not kept: {onnx.get('reason') or 'not exported'}."), '']
+                          f"Not kept: {onnx.get('reason') or 'not exported'}.")
+          + ((f" Served as the estimator's own graph (`estimator.onnx`) behind the numpy encoder (max abs diff "
+              f"{_fmt(enc.get('max_abs_diff'))})." if enc.get('kept') else f" Served as the whole graph: {enc['reason']}.")
+             if onnx.get('kept') and enc else ''), '']
+    loop = info.get('loop')
+    if loop:   # registered by the continuous-improvement loop: why it retrained, on what, and where its run report is
+        w, d = loop.get('window') or {}, loop.get('decision') or {}
+        s += ['## Continuous improvement', '', _md_table([
+            ('retrained on day', loop.get('day')),
+            ('window', f"{w.get('days')} days from day {w.get('first_day')} ({w.get('kind')})" if w else None),
+            ('why', d.get('reason')), ('run report', ', '.join(loop.get('reports') or []) or None)], ('what', 'value')), '']
     if figures: s += ['## Figures', ''] + [f"![{f}](figures/{f}.png)" for f in figures] + ['']
     s += ['## Limitations', '', c.get('limitations') or (
         'Trained and tested on the data window above only; the data drifts (new categories, amounts, patterns), so '
@@ -1188,7 +1199,10 @@ def cli_models(args) -> int:
                           f"task {i.get('task')}  estimator {i.get('estimator')}  threshold {_fmt(i.get('threshold'))}",
                           f"features {', '.join(i.get('features') or [])}",
                           f"data sha256 {(i.get('data') or {}).get('sha256')}  git {(i.get('git') or {}).get('commit')} dirty={(i.get('git') or {}).get('dirty')}",
-                          f"onnx kept={(i.get('onnx') or {}).get('kept')} max_abs_diff={_fmt((i.get('onnx') or {}).get('max_abs_diff'))}",
+                          f"onnx kept={(i.get('onnx') or {}).get('kept')} max_abs_diff={_fmt((i.get('onnx') or {}).get('max_abs_diff'))}"
+                          f"  encoded={((i.get('onnx') or {}).get('encoded') or {}).get('kept', False)}",
+                          *([f"loop: day {i['loop'].get('day')}, {(i['loop'].get('decision') or {}).get('reason')}; report "
+                             f"{', '.join(i['loop'].get('reports') or []) or '-'}"] if i.get('loop') else []),
                           'gate: ' + ('passed' if (i.get('gate') or {}).get('passed') else 'failed' if i.get('gate') else 'none'),
                           *[f"  {r}" for r in (i.get('gate') or {}).get('reasons', [])],
                           'metrics:', *[f"  {k:<24}{_fmt(v)}" for k, v in sorted(m.items())],

@@ -397,6 +397,10 @@ def test_each_retrain_writes_its_report_and_its_version_records_it(drift_run):
     assert f"| roc_auc | " in md and '## Gate' in md and '**Gate:** passed' in md               # evaluate and gate metrics
     html = (drift_run/[p for p in info['loop']['reports'] if p.endswith('.html')][0]).read_text()
     assert html.startswith('<!doctype html>') and '<table>' in html and 'promoted to champion' in html
+    text = subprocess.run([MLOPS, 'models', 'show', info['version'], '--registry', 'loop/registry'], capture_output=True, text=True, timeout=120, cwd=drift_run).stdout
+    assert f"loop: day {promoted['day']}, {promoted['decision']['reason']}; report {', '.join(info['loop']['reports'])}" in text, text   # the text view says it too
+    card = (reg.version_dir(info['version'])/'card.md').read_text()
+    assert '## Continuous improvement' in card and f"| retrained on day | {promoted['day']} |" in card and info['loop']['reports'][0] in card, card
 
 
 # --- `loop run`: every due day, caught up in order
