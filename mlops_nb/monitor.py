@@ -18,8 +18,8 @@ from scipy.spatial import distance
 from .core import DataError, MlopsError, get_logger, read_json, to_jsonable, write_json, atomic_write
 
 # %% auto #0
-__all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'ESTIMABLE', 'settings',
-           'column_kind', 'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile',
+__all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'STAGE_KEYS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'ESTIMABLE',
+           'settings', 'column_kind', 'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile',
            'ks_statistic', 'wasserstein', 'ks_pvalue', 'psi', 'numeric_scores', 'align_counts', 'categorical_scores',
            'column_drift', 'DriftReport', 'data_drift', 'drift_over_time', 'prediction_drift', 'class_rates',
            'quality_drift', 'wilson', 'auc_interval', 'window_metrics', 'performance_over_time', 'evaluate_alerts',
@@ -43,13 +43,15 @@ DEFAULTS = dict(
 NUM_METHODS, CAT_METHODS = ('auto', 'ks', 'wasserstein', 'psi'), ('auto', 'chi2', 'jensenshannon')
 
 # %% ../nbs/10_monitor.ipynb #81673ce2
+STAGE_KEYS = ('current', 'out_of_core', 'memory_budget_mb')
+
 def settings(section:dict|None=None, where:str='monitor') -> dict:
     "The monitor settings: `section` (params.yaml's `monitor`) merged over `DEFAULTS`, checked."
     section = dict(section or {})
     out = {k: dict(v) for k, v in DEFAULTS.items()}
     for k, v in section.items():
-        if k in ('current',): out[k] = v; continue
-        if k not in DEFAULTS: raise MlopsError(f"{where}: unknown key '{k}' (expected {', '.join([*DEFAULTS, 'current'])})")
+        if k in STAGE_KEYS: out[k] = v; continue   # the monitor stage's: the window and how it is read
+        if k not in DEFAULTS: raise MlopsError(f"{where}: unknown key '{k}' (expected {', '.join([*DEFAULTS, *STAGE_KEYS])})")
         if not isinstance(v, dict): raise MlopsError(f"{where}.{k}: expected a mapping, got {v!r}")
         bad = set(v) - set(DEFAULTS[k])
         if bad: raise MlopsError(f"{where}.{k}: unknown key(s) {sorted(bad)} (expected {', '.join(DEFAULTS[k])})")
