@@ -1052,9 +1052,9 @@ def _monitor_part(task, setup:dict) -> dict:
         else: sc = lab = None
         if sc is not None: out['scores'].append(sc); out['labels'].append(lab)
         for key, c in (('target', setup['target']), ('time', setup['time_column'])):
-            if c and c in df.columns: out[key].append(df[c].reset_index(drop=True))
+            if c and c in df.columns: out[key].append(df[c].to_numpy())
         keep = rng.random(n) < setup['sample_fraction']
-        if keep.any(): out['sample'].append(df[keep])
+        if keep.any(): out['sample'].append(df.loc[keep, [c for c in df.columns if c in prof.columns or c in (setup['target'], setup['time_column'])]])
     for o in cols.values():   # the sketch sent back: sparse, as the partition's own numbers
         if o['sk'] is not None:
             o['sk']['at'] = _sparse(o['sk']['at'])
@@ -1217,7 +1217,7 @@ def monitor_out_of_core(params:dict, ref, profile, cfg:dict, prepared_dir='data/
     """`steps.run_monitor`'s comparison for a current window larger than memory: its Parquet row groups are read a slice
     at a time (on the Dask cluster of `client` when given), typed, given their derived features and scored by the
     reference's model; each partition's summaries are merged, in partition order, into the drift and quality tables of
-    the in-memory monitor. Returns the `monitor.MonitorResult` and a uniform sample of the window (`sample_rows` rows,
+    the in-memory monitor. Returns the `monitor.MonitorResult`, a uniform sample of the window's compared columns (at most about `sample_rows` rows,
     for the report's figures) and what the performance estimate was fitted on."""
     import time as _time
     from mlops_nb import monitor as M, steps as S
@@ -1242,7 +1242,8 @@ def monitor_out_of_core(params:dict, ref, profile, cfg:dict, prepared_dir='data/
                  cfg=cfg, schema=Schema.load(sch) if sch.exists() else None, features=(params.get('prepare') or {}).get('features') or {},
                  time_column=task['time_column'], target=task['target'], task=task['type'], clf=clf, threshold=thr,
                  predict=predict, inputs=list(ref.inputs or cols), model=ref.load_model() if predict == 'model' else None,
-                 batch_rows=batch_rows, seed=int(params.get('seed', 0)), sample_fraction=min(1.0, sample_rows / max(total, 1)))
+                 batch_rows=batch_rows, seed=int(params.get('seed', 0)),
+                 sample_fraction=min(1.0, min(sample_rows, max(1000, int(budget / 16 / row_bytes))) / max(total, 1)))
     acc = dict(rows=0, feature_error=None, columns=None, cols={}, scores=[], labels=[], target=[], time=[], sample=[])
     for part in _stream(_monitor_part, tasks, client, setup=setup): _merge_part(acc, part, setup['grids'])
     if acc['feature_error']: log.warning(f"monitor: features not added to the current window ({acc['feature_error']}); missing columns are reported")
@@ -1261,14 +1262,16 @@ def monitor_out_of_core(params:dict, ref, profile, cfg:dict, prepared_dir='data/
     quality, breaches = _quality_rows(profile, acc['cols'], n, cfg['quality'])
     # the per-row columns (scores, labels, target, time: a few bytes a row) go through monitor.monitor, without the features
     slim = pd.DataFrame(index=range(n))
-    if acc['target'] and sum(map(len, acc['target'])) == n: slim[task['target']] = pd.concat(acc['target'], ignore_index=True)
-    if acc['time'] and sum(map(len, acc['time'])) == n: slim[task['time_column']] = pd.concat(acc['time'], ignore_index=True)
+    for key, c in (('target', task['target']), ('time', task['time_column'])):
+        if acc[key] and sum(map(len, acc[key])) == n: slim[c] = np.concatenate(acc.pop(key))
     cur_pred = None
     if acc['scores'] and sum(map(len, acc['scores'])) == n:
-        cur_pred = dict(score=np.concatenate(acc['scores']), label=np.concatenate(acc['labels']) if clf else None)
+        cur_pred = dict(score=np.concatenate(acc.pop('scores')), label=np.concatenate(acc.pop('labels')) if clf else None)
     est, note = (None, 'not estimated: no scores')
     if cur_pred is not None:
-        if clf: est, note = S.reference_estimator(ref, params, prepared_dir, acc['columns'])
+        if clf:
+            est, note = S.reference_estimator(ref, params, prepared_dir, acc['columns'])
+            if est is not None: est.batch_labels = max(10_000, int(budget / 256))   # its uncertainty's draws, within the budget: the same numbers
         else: note = 'not estimated: the regression estimate (DLE) needs every row\'s features, which the out-of-core monitor does not hold'
     res = M.monitor(M.Profile({}, profile.rows, profile.outputs, profile.psi_bins), slim, cfg, columns=[], cur_predictions=cur_pred,
                     target=task['target'], time_column=task['time_column'], task=task['type'], threshold=thr,

@@ -915,6 +915,7 @@ class CBPE:
     samples: int = 200               # label draws for the uncertainty
     confidence: float = 0.95
     seed: int = 42
+    batch_labels: int = 2_000_000    # labels drawn at once for the uncertainty (about 40 bytes each while drawn)
     calibrated_: bool = False
     calibrator_: object = None
 
@@ -946,9 +947,9 @@ class CBPE:
                     precision=tp / (tp + fp) if pred.any() else np.nan, recall=tp / (tp + fn) if tp + fn > 0 else np.nan,
                     f1=2*tp / (2*tp + fp + fn) if tp + fp + fn > 0 else np.nan)
         # uncertainty: the realised metric's spread when labels are drawn from the calibrated probabilities, drawn in
-        # batches of about 2M labels (the same random stream as one draw of samples x rows, in bounded memory)
+        # batches of about `batch_labels` labels (the same random stream as one draw of samples x rows, in bounded memory)
         rng, ranks, npred, parts = np.random.default_rng(self.seed), stats.rankdata(s), int(pred.sum()), []
-        step = max(1, 2_000_000 // n)
+        step = max(1, int(self.batch_labels) // n)
         for i in range(0, self.samples, step):
             y = (rng.random((min(step, self.samples - i), n)) < p).astype('float64')
             with np.errstate(invalid='ignore', divide='ignore'):
