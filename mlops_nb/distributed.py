@@ -1011,9 +1011,8 @@ def _monitor_part(task, setup:dict) -> dict:
         if mask is not None:
             df = df[mask[start:start + len(df)]].reset_index(drop=True); start += rb.num_rows
         if not len(df): continue
-        if setup['schema'] is not None:
-            df = setup['schema'].apply_dtypes(df)
-            try: df = add_features(df, setup['features'], setup['time_column'])
+        if setup['schema'] is not None:   # typed and given its features as in memory; if that fails, compared as it is
+            try: df = add_features(setup['schema'].apply_dtypes(df), setup['features'], setup['time_column'])
             except MlopsError as e: out['feature_error'] = out['feature_error'] or str(e)
         if out['columns'] is None: out['columns'] = [str(c) for c in df.columns]
         n = len(df); out['rows'] += n
@@ -1228,7 +1227,8 @@ def monitor_out_of_core(params:dict, ref, profile, cfg:dict, prepared_dir='data/
     masks = _window_masks(files, kind, params, m.get('current'), task['time_column'])
     tasks = _window_tasks(files, masks)
     total = sum(int(x.sum()) if x is not None else pq.ParquetFile(f).metadata.num_rows for f, x in zip(files, masks))
-    first = next(pq.ParquetFile(files[0]).iter_batches(batch_size=1000)).to_pandas() if total else pd.DataFrame()
+    first = next((rb for f in files for rb in pq.ParquetFile(f).iter_batches(batch_size=1000)), None)
+    first = first.to_pandas() if first is not None else pd.DataFrame()
     row_bytes = max(1, int(first.memory_usage(deep=True).sum()) // max(1, len(first)))
     budget = monitor_budget(params)
     batch_rows = max(500, int(budget / 16 / row_bytes))
