@@ -933,9 +933,10 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
                 plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None,
                 raw_dir:str|Path='data/raw') -> Monitored:
     """Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality,
-    predictions, performance (realised, and estimated from the scores by `reference_estimator`'s CBPE/DLE), alerts."""
+    predictions, performance (realised, and estimated from the scores by `reference_estimator`'s CBPE/DLE), alerts.
+    A window of Parquet files larger than the memory budget (`monitor.out_of_core`, see `distributed.use_out_of_core_monitor`)
+    is compared partition by partition (`distributed.monitor_out_of_core`), on the Dask cluster when `dask.scheduler` is set."""
     from mlops_nb import monitor as mon
-    from mlops_nb.features import add_features
     from mlops_nb.feature_step import derived_columns
     params = resolve(params, _prepared_columns(prepared_dir))   # metric, alert columns, window and feature steps: as the data says
     task, m = _task(params), dict(params.get('monitor') or {})
