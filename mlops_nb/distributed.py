@@ -1094,9 +1094,7 @@ def _merge_part(acc:dict, part:dict, grids:dict) -> None:
         for k in ('rows', 'null', 'wrong', 'inf', 'oor', 'n'): o[k] += s[k]
         o['present'] |= s['present']; o['changed'] = o['changed'] or s['changed']; o['dtype'] = o['dtype'] or s['dtype']
         for k, c in s['counts'].items(): o['counts'][k] = o['counts'].get(k, 0) + c
-        if s['sk'] is not None:
-            sk = dict(s['sk'], keep=s['sk']['keep'])
-            o['sk'] = _merge_num(o['sk'], sk, len(grids[name]))
+        if s['sk'] is not None: o['sk'] = _merge_num(o['sk'], s['sk'], len(grids[name]))
 
 def _sketch_scores(p, grid:np.ndarray, sk:dict, m:int, ks:bool) -> dict:
     """KS, Wasserstein and PSI of the current window from its sketch against the reference profile `p`. KS and PSI are
