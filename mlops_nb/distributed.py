@@ -17,7 +17,8 @@ from .core import MlopsError, get_logger
 # %% auto #0
 __all__ = ['log', 'ENV_VARS', 'scheduler_address', 'dask_client', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore',
            'search', 'parquet_tasks', 'parquet_drift', 'parquet_validate', 'client_for', 'prepare_out_of_core',
-           'score_partitions', 'predict_on_cluster']
+           'score_partitions', 'predict_on_cluster', 'window_bytes', 'monitor_budget', 'use_out_of_core_monitor',
+           'monitor_out_of_core']
 
 # %% ../nbs/16_dask.ipynb #2a8e4e08
 log = get_logger('mlops_nb.distributed')
@@ -856,3 +857,429 @@ def predict_on_cluster(args) -> int|None:
     print(json.dumps(res))
     return 0
 
+
+# %% ../nbs/16_dask.ipynb #ooc1moni
+import itertools
+from collections import deque
+from scipy import stats
+
+_KEEP = 10_000   # a numerical column's current values kept exactly while there are at most this many (then: the sketch only)
+
+def _window_sources(params:dict, current:dict|None, raw_dir) -> tuple[list[Path], str]|None:
+    "The Parquet files of the current window and its source, when it can be read partition by partition; None otherwise."
+    from mlops_nb import steps as S
+    from mlops_nb.core import read_json
+    from mlops_nb.data import _is_glob, _file_format
+    c = dict(source='simulator', path='') | (current or {})
+    if c['source'] in ('auto', None): c['source'] = S.resolve(params)['monitor']['current']['source']
+    if c['source'] == 'newest':
+        raw_dir = Path(raw_dir)
+        if not (raw_dir/'manifest.json').exists(): return None
+        files = [raw_dir/m['file'] for m in read_json(raw_dir/'manifest.json')]
+        return (files, 'newest') if files and all(f.suffix == '.parquet' for f in files) else None
+    if c['source'] != 'file' or not c.get('path'): return None
+    import glob
+    spec = str(c['path'])
+    if _is_glob(spec): files = [Path(p) for p in glob.glob(spec, recursive=True)]
+    elif Path(spec).is_dir(): files = list(Path(spec).iterdir())
+    else: files = [Path(spec)]
+    if _is_glob(spec) or Path(spec).is_dir(): files = [f for f in files if f.is_file() and not f.name.startswith('.') and _file_format(f)]
+    files = sorted(files)     # as `data.file_batches` lists them
+    return (files, 'file') if files and all(f.is_file() and _file_format(f) == 'parquet' for f in files) else None
+
+def window_bytes(files:list) -> int:
+    "What the Parquet `files` take uncompressed, from their metadata (about their size as frames)."
+    n = 0
+    for f in files:
+        md = pq.ParquetFile(f).metadata
+        n += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    return n
+
+def monitor_budget(params:dict) -> float:
+    "The monitor's memory budget in bytes: `monitor.memory_budget_mb`, else `prepare.memory_budget_mb`, else 2048 MB."
+    m, p = params.get('monitor') or {}, params.get('prepare') or {}
+    return float(m.get('memory_budget_mb') or p.get('memory_budget_mb') or 2048) * 2**20
+
+def use_out_of_core_monitor(params:dict, raw_dir='data/raw') -> bool:
+    """Whether the monitor stage reads its current window partition by partition: `monitor.out_of_core` true or false, or
+    `auto` (the default): when the window's Parquet files (`monitor.current.source` file, or newest over `raw_dir`) take
+    more than the budget (`monitor.memory_budget_mb`, else `prepare.memory_budget_mb`) uncompressed."""
+    m = params.get('monitor') or {}
+    mode = m.get('out_of_core', 'auto')
+    if mode not in (True, False, 'auto'): raise MlopsError(f"monitor.out_of_core: expected true, false or auto, got {mode!r}")
+    if mode is False: return False
+    src = _window_sources(params, m.get('current'), raw_dir)
+    if src is None:
+        if mode is True: raise MlopsError("monitor.out_of_core: true needs a current window of Parquet files: monitor.current.source "
+                                          "file with a Parquet file, folder or glob as path, or newest over Parquet batches in data/raw")
+        return False
+    return mode is True or window_bytes(src[0]) > monitor_budget(params)
+
+def _window_masks(files:list, kind:str, params:dict, current:dict|None, time_column:str|None) -> list[np.ndarray|None]:
+    """Per file, the rows in the window (None: all): `newest` keeps the newest rows by time as `steps.newest_rows` does,
+    `file` with `days` the rows of the last days as `data.collect` does. Holds the time column only."""
+    from mlops_nb.data import _to_datetime, DataError as DE
+    c = dict(days=0, rows=0) | (current or {})
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    if kind == 'file':
+        for f, n in zip(files, rows):
+            if n == 0: raise DE(str(f), 'empty_file', detail=f"{len(_names(f))} columns but no rows")
+        days = int(c.get('days') or 0)
+        if not (time_column and days > 0): return [None] * len(files)
+        parsed = [_to_datetime(_column([f], time_column)) if time_column in _names(f) else None for f in files]
+        latest = max((p.max() for p in parsed if p is not None and p.notna().any()), default=None)
+        if latest is None: return [None] * len(files)
+        first = latest.normalize() - pd.Timedelta(days=days - 1)
+        return [None if p is None else ((p >= first) | p.isna()).to_numpy() for p in parsed]
+    total = sum(rows)
+    if not total: raise MlopsError(f"{files[0].parent}: no collected rows to monitor (monitor.current.source 'newest'); run the collect stage first")
+    split = ((params.get('prepare') or {}).get('split') or {})
+    n = int(c.get('rows') or 0) or max(1, round(total * float(split.get('test_fraction', 0.2))))
+    keep = np.zeros(total, dtype=bool)
+    if time_column and any(time_column in _names(f) for f in files):
+        t = pd.concat([_column([f], time_column) for f in files if pq.ParquetFile(f).metadata.num_rows], ignore_index=True)
+        t = pd.to_datetime(t, errors='coerce', format='ISO8601') if not pd.api.types.is_numeric_dtype(t) else t
+        keep[np.argsort(t.to_numpy(), kind='stable')[-n:]] = True
+    else: keep[-n:] = True
+    return list(np.split(keep, np.cumsum(rows)[:-1]))
+
+def _window_tasks(files:list, masks:list) -> list[tuple]:
+    "One task `(index, file, row group, mask of its rows or None)` per row group with rows in the window, in file order."
+    tasks = []
+    for f, mask in zip(files, masks):
+        md, start = pq.ParquetFile(f).metadata, 0
+        for rg in range(md.num_row_groups):
+            n = md.row_group(rg).num_rows
+            m = None if mask is None else mask[start:start + n]
+            start += n
+            if n and (m is None or m.any()): tasks.append((len(tasks), str(f), rg, m))
+    return tasks
+
+def _sparse(a:np.ndarray):
+    i = np.flatnonzero(a); return i, a[i]
+
+def _num_part(p, grid:np.ndarray, x:np.ndarray, max_discrete:int) -> dict:
+    """The sketch of one partition's finite values `x` of a numerical column against its reference profile `p`: counts
+    equal to each distinct reference value, counts and sums of offsets between consecutive ones (and beyond both ends),
+    counts in the PSI bins, the distinct values while few, the values themselves while few."""
+    k = len(grid)
+    il, ir = np.searchsorted(grid, x, 'left'), np.searchsorted(grid, x, 'right')
+    eq = ir > il
+    g, v = il[~eq], x[~eq]
+    base = np.where(g == 0, grid[0] if k else 0.0, grid[np.maximum(g - 1, 0)] if k else 0.0)
+    off = np.where(g == 0, base - v, v - base)        # distance to the interval's left end (to u_0 below it)
+    btw = np.bincount(g, minlength=k + 1)
+    s = {}
+    s['at'] = _sparse(np.bincount(il[eq], minlength=k))
+    i = np.flatnonzero(btw); s['btw'] = (i, btw[i], np.bincount(g, weights=off, minlength=k + 1)[i])
+    s['psi'] = np.bincount(np.searchsorted(p.edges, x, 'left'), minlength=len(p.edges) + 1) if p.edges is not None else np.array([len(x)])
+    u, cnt = np.unique(x, return_counts=True)
+    s['uniq'] = dict(zip(u.tolist(), cnt.tolist())) if len(u) <= max_discrete else None
+    s['keep'] = x if len(x) <= _KEEP else None
+    return s
+
+def _merge_num(o:dict|None, s:dict, k:int) -> dict:
+    if o is None:
+        o = dict(at=np.zeros(k, 'int64'), btw=np.zeros(k + 1, 'int64'), off=np.zeros(k + 1), psi=np.zeros_like(s['psi']),
+                 uniq={}, keep=[], kept=0)
+    i, c = s['at']; o['at'][i] += c
+    i, c, w = s['btw']; o['btw'][i] += c; o['off'][i] += w
+    o['psi'] += s['psi']
+    if o['uniq'] is not None:
+        if s['uniq'] is None: o['uniq'] = None
+        else:
+            for v, n in s['uniq'].items(): o['uniq'][v] = o['uniq'].get(v, 0) + n
+            if len(o['uniq']) > _KEEP: o['uniq'] = None     # many distinct values: not a discrete column
+    if o['keep'] is not None:
+        if s['keep'] is None or o['kept'] + len(s['keep']) > _KEEP: o['keep'] = None
+        else: o['keep'].append(s['keep']); o['kept'] += len(s['keep'])
+    return o
+
+def _monitor_part(task, setup:dict) -> dict:
+    """One partition of the current window: read in `batch_rows` slices, typed by the schema, features added (as
+    `steps.run_monitor` does), scored by the reference's model; returns its summaries, the per-row columns the
+    performance needs (scores, labels, target, time) and its rows of the sample."""
+    from mlops_nb import monitor as M
+    from mlops_nb.features import add_features
+    from pandas.api import types as ptypes
+    idx, f, rg, mask = task
+    prof, grids, md = setup['profile'], setup['grids'], setup['cfg']['drift']['max_discrete']
+    cols, out = {}, dict(rows=0, feature_error=None, scores=[], labels=[], target=[], time=[], sample=[], columns=None)
+    rng, start = np.random.default_rng([int(setup['seed']), idx]), 0
+    for rb in pq.ParquetFile(f).iter_batches(batch_size=setup['batch_rows'], row_groups=[rg], use_pandas_metadata=True):
+        df = rb.to_pandas()
+        if mask is not None:
+            df = df[mask[start:start + len(df)]].reset_index(drop=True); start += rb.num_rows
+        if not len(df): continue
+        if setup['schema'] is not None:   # typed and given its features as in memory; if that fails, compared as it is
+            try: df = add_features(setup['schema'].apply_dtypes(df), setup['features'], setup['time_column'])
+            except MlopsError as e: out['feature_error'] = out['feature_error'] or str(e)
+        if out['columns'] is None: out['columns'] = [str(c) for c in df.columns]
+        n = len(df); out['rows'] += n
+        for name, p in prof.columns.items():
+            o = cols.get(name)
+            if name not in df.columns:   # a partition without the column: its rows count as missing values
+                o = cols.setdefault(name, dict(rows=0, null=0, wrong=0, inf=0, oor=0, n=0, present=False, changed=None, dtype=None, sk=None, counts={}))
+                o['rows'] += n; o['null'] += n
+                continue
+            s = df[name]
+            o = cols.setdefault(name, dict(rows=0, null=0, wrong=0, inf=0, oor=0, n=0, present=True, changed=None, dtype=None, sk=None, counts={}))
+            o['present'] = True; o['dtype'] = o['dtype'] or str(s.dtype)
+            o['rows'] += n; o['null'] += int(s.isna().sum())
+            kind = M.column_kind(s)
+            if o['changed'] is None and kind != p.kind and not (kind == 'cat' and s.isna().all()): o['changed'] = str(s.dtype)
+            if p.kind == 'num':
+                x = M._floats(s)
+                o['wrong'] += int((np.isnan(x) & s.notna().to_numpy()).sum()); o['inf'] += int(np.isinf(x).sum())
+                v = x[np.isfinite(x)]
+                if p.n:
+                    m = (p.max - p.min) * setup['cfg']['quality']['range_margin']
+                    o['oor'] += int(((v < p.min - m) | (v > p.max + m)).sum())
+                o['n'] += len(v)
+                o['sk'] = _merge_num(o['sk'], _num_part(p, grids[name], v, md), len(grids[name]))
+            else:
+                keys, counts = M.value_counts(s if ptypes.is_string_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype) else s.astype('str').where(s.notna()))
+                for k_, c_ in zip(keys.tolist(), counts.tolist()): o['counts'][k_] = o['counts'].get(k_, 0) + c_
+        pr = setup['predict']
+        if pr == 'captured':
+            sc = df['prediction'].to_numpy(dtype='float64', na_value=np.nan)
+            lab = df['predicted_label'].to_numpy() if setup['clf'] and 'predicted_label' in df.columns else ((sc >= setup['threshold']).astype(int) if setup['clf'] else None)
+        elif pr == 'model' and all(c in df.columns for c in setup['inputs']):
+            from mlops_nb.evaluate import predict_scores
+            sc = np.asarray(predict_scores(setup['model'], df[setup['inputs']], setup['task']), dtype='float64')
+            lab = (sc >= setup['threshold']).astype(int) if setup['clf'] else None
+        else: sc = lab = None
+        if sc is not None: out['scores'].append(sc); out['labels'].append(lab)
+        for key, c in (('target', setup['target']), ('time', setup['time_column'])):
+            if c and c in df.columns: out[key].append(df[c].to_numpy())
+        keep = rng.random(n) < setup['sample_fraction']
+        if keep.any(): out['sample'].append(df.loc[keep, [c for c in df.columns if c in prof.columns or c in (setup['target'], setup['time_column'])]])
+    for o in cols.values():   # the sketch sent back: sparse, as the partition's own numbers
+        if o['sk'] is not None:
+            o['sk']['at'] = _sparse(o['sk']['at'])
+            i = np.flatnonzero(o['sk']['btw']); o['sk']['btw'] = (i, o['sk']['btw'][i], o['sk']['off'][i])
+            o['sk']['keep'] = np.concatenate(o['sk']['keep']) if o['sk']['keep'] is not None and o['sk']['keep'] else (None if o['sk']['keep'] is None else np.array([]))
+            del o['sk']['off'], o['sk']['kept']
+    out['cols'] = cols
+    return out
+
+def _stream(fn, tasks:list, client=None, ahead:int|None=None, **kw):
+    """`fn(t, **kw)` for each task, yielded in task order; on the Dask cluster of `client` with at most `ahead` tasks
+    submitted beyond the one being merged (so the results never pile up); `kw` goes to each worker once."""
+    if client is None:
+        for t in tasks: yield fn(t, **kw)
+        return
+    [shared] = client.scatter([kw], broadcast=True, hash=False)
+    ahead = ahead or 2 * max(1, len(client.scheduler_info().get('workers', {})))
+    it, futs = iter(tasks), deque()
+    submit = lambda t: client.submit(_apply, t, fn=fn, kw=shared, pure=False)
+    try:
+        for t in itertools.islice(it, ahead): futs.append(submit(t))
+        while futs:
+            f = futs.popleft(); r = f.result(); f.release()
+            nxt = next(it, None)
+            if nxt is not None: futs.append(submit(nxt))
+            yield r
+    finally: client.cancel(list(futs) + [shared])
+
+def _merge_part(acc:dict, part:dict, grids:dict) -> None:
+    acc['rows'] += part['rows']
+    acc['feature_error'] = acc['feature_error'] or part['feature_error']
+    acc['columns'] = acc['columns'] or part['columns']
+    for key in ('scores', 'labels', 'target', 'time', 'sample'): acc[key] += part[key]
+    for name, s in part['cols'].items():
+        o = acc['cols'].get(name)
+        if o is None:
+            o = acc['cols'][name] = dict(rows=0, null=0, wrong=0, inf=0, oor=0, n=0, present=False, changed=None, dtype=None, sk=None, counts={})
+        for k in ('rows', 'null', 'wrong', 'inf', 'oor', 'n'): o[k] += s[k]
+        o['present'] |= s['present']; o['changed'] = o['changed'] or s['changed']; o['dtype'] = o['dtype'] or s['dtype']
+        for k, c in s['counts'].items(): o['counts'][k] = o['counts'].get(k, 0) + c
+        if s['sk'] is not None: o['sk'] = _merge_num(o['sk'], s['sk'], len(grids[name]))
+
+def _sketch_scores(p, grid:np.ndarray, sk:dict, m:int, ks:bool) -> dict:
+    """KS, Wasserstein and PSI of the current window from its sketch against the reference profile `p`. KS and PSI are
+    exact; Wasserstein is exact except inside an interval between two consecutive distinct reference values where the
+    two CDFs cross: there it is bounded (`wasserstein_error`, in the column's units)."""
+    from mlops_nb import monitor as M
+    r, n = p.values, p.n
+    _, rc = np.unique(r, return_counts=True)
+    R = np.cumsum(rc) / n                                     # F_ref at each distinct reference value
+    at, btw, off = sk['at'], sk['btw'], sk['off']
+    below = np.cumsum(btw[:-1]) + np.concatenate([[0], np.cumsum(at)[:-1]])   # current values < u_j
+    le = below + at                                                           # ... <= u_j
+    Rprev = np.concatenate([[0.0], R[:-1]])
+    d = float(max(np.abs(Rprev - below / m).max(), np.abs(R - le / m).max()))
+    w = (off[0] + off[-1]) / m                                 # beyond both ends: F_ref is 0 (below) or 1 (above), exact
+    err = 0.0
+    if len(grid) > 1:
+        width = np.diff(grid)
+        a, b0, b1 = R[:-1], le[:-1] / m, below[1:] / m            # F_ref, F_cur at the start and end of each interval
+        cnt, o = btw[1:-1], off[1:-1]
+        integral = b0 * width + (cnt * width - o) / m             # the integral of F_cur over the interval
+        signed = integral - a * width
+        cross = (a > b0) & (a < b1)
+        mu = np.where(cnt > 0, o / np.maximum(cnt, 1), 0.0)       # the interval's current values at their mean
+        approx = (a - b0) * mu + (b1 - a) * (width - mu)
+        w += float(np.where(cross, approx, np.abs(signed)).sum())
+        err = float((2 * np.minimum(a - b0, b1 - a) * width)[cross].sum())
+    edges = p.edges if p.edges is not None else np.array([])
+    rb = np.diff(np.concatenate([[0], np.searchsorted(r, edges, side='right'), [len(r)]]))
+    out = dict(ks_stat=None, ks_pvalue=None, wasserstein=w, wasserstein_norm=w / max(p.std, 1e-3), psi=M.psi(rb, sk['psi']),
+               wasserstein_error=err / max(p.std, 1e-3))
+    if ks:
+        big, small = max(n, m), min(n, m)
+        out.update(ks_stat=d, ks_pvalue=float(stats.kstwo.sf(d, np.round(big * small / (big + small)))))
+    return out
+
+def _drift_row(p, o:dict|None, grid, cfg:dict) -> dict:
+    "`monitor.column_drift` from the merged summaries `o` of the current column."
+    from mlops_nb import monitor as M
+    row = dict(column=p.name, kind=p.kind, method=None, score=None, threshold=None, drift=None, status='ok', n_ref=p.n, n_cur=0)
+    if o is None or not o['present']: return row | dict(status='missing_in_current')
+    if o['changed']: row['status'] = f"dtype_changed:{o['changed']}"
+    def empty(n_ref, n_cur):
+        return row | dict(status=row['status'] if row['status'] != 'ok' else ('empty_reference' if n_ref == 0 else 'empty_current'))
+    if p.kind == 'num':
+        sk, m = o['sk'], o['n']
+        row['n_cur'] = m
+        if p.n == 0 or m == 0: return empty(p.n, m)
+        if sk['keep'] is not None:    # a small window: its values, as in memory
+            c = np.sort(np.concatenate(sk['keep']) if sk['keep'] else np.array([]))
+        if cfg['num_method'] == 'auto' and sk['uniq'] is not None and M._distinct(p.values) <= cfg['max_discrete'] \
+           and len(sk['uniq']) <= cfg['max_discrete'] and len(np.union1d(np.unique(p.values), list(sk['uniq']))) <= cfg['max_discrete']:
+            cref = M._as_discrete(p)
+            ck = sorted(sk['uniq'])
+            keys, r, cn = M.align_counts(cref.categories, cref.counts, [repr(float(k)) for k in ck], np.array([sk['uniq'][k] for k in ck]))
+            scores, method = M.categorical_scores(r, cn), M._method('cat', p.n, cfg)
+        else:
+            method = M._method('num', p.n, cfg)
+            scores = M.numeric_scores(p, c, ks=method == 'ks') | dict(wasserstein_error=0.0) if sk['keep'] is not None else \
+                     _sketch_scores(p, grid, sk, m, ks=method == 'ks')
+    else:
+        keys_c = np.array(list(o['counts']), dtype=object); counts_c = np.array([o['counts'][k] for k in keys_c], dtype='int64')
+        row['n_cur'] = int(counts_c.sum())
+        if p.n == 0 or row['n_cur'] == 0: return empty(p.n, row['n_cur'])
+        keys, r, cn = M.align_counts(p.categories, p.counts, keys_c, counts_c)
+        scores, method = M.categorical_scores(r, cn), M._method('cat', p.n, cfg)
+        new = cn[len(p.categories):]
+        scores['new_categories'] = sorted(str(k) for k in keys[len(p.categories):][new > 0])
+    if method not in M.SCORE or M.SCORE[method][0] not in scores:
+        method = M._method('cat' if 'jensenshannon' in scores else 'num', p.n, dict(cfg, num_method='auto', cat_method='auto'))
+    score, thr, drift = M._verdict(method, scores, cfg)
+    return row | dict(method=method, score=score, threshold=thr, drift=drift) | scores
+
+def _quality_rows(profile, cols:dict, n:int, q:dict) -> tuple[pd.DataFrame, list[dict]]:
+    "`monitor.quality_drift` from the merged summaries (`n`: the window's rows)."
+    rows, breaches = [], []
+    def breach(col, rule, value, limit, detail):
+        breaches.append(dict(column=col, rule=rule, value=round(float(value), 6), limit=limit, detail=detail))
+    for name, p in profile.columns.items():
+        r = dict(column=name, kind=p.kind, ref_null_rate=p.missing / p.rows if p.rows else 0.0, cur_null_rate=None,
+                 inf_rate=None, out_of_range_rate=None, new_category_rate=None, wrong_dtype_rate=None, status='ok')
+        o = cols.get(name)
+        if o is None or not o['present']:
+            r['status'] = 'missing'; rows.append(r)
+            breach(name, 'missing_column', 1, 0, f"column '{name}' is not in the current window")
+            continue
+        r['cur_null_rate'] = o['null'] / n if n else None
+        if n == 0: rows.append(r); continue
+        if p.kind == 'num':
+            r['wrong_dtype_rate'] = o['wrong'] / n
+            r['inf_rate'] = float(o['inf'] / n)
+            if p.n:
+                m = (p.max - p.min) * q['range_margin']
+                r['out_of_range_rate'] = float(o['oor'] / n)
+            if r['wrong_dtype_rate'] > q['max_wrong_dtype_rate']:
+                r['status'] = 'wrong_dtype'
+                breach(name, 'wrong_dtype', r['wrong_dtype_rate'], q['max_wrong_dtype_rate'], f"{o['wrong']} of {n} values are not numbers (dtype {o['changed'] or o['dtype']})")
+            if r['out_of_range_rate'] is not None and r['out_of_range_rate'] > q['max_out_of_range_rate']:
+                breach(name, 'out_of_range', r['out_of_range_rate'], q['max_out_of_range_rate'],
+                       f"outside [{p.min - m:.6g}, {p.max + m:.6g}] (reference range {p.min:.6g} .. {p.max:.6g} ± {q['range_margin']} x range)")
+            if r['inf_rate'] > 0: breach(name, 'infinite_values', r['inf_rate'], 0, f"{o['inf']} of {n} values are infinite")
+        else:
+            keys = np.array(list(o['counts']), dtype=object); counts = np.array([o['counts'][k] for k in keys], dtype='int64')
+            known = np.isin(keys, p.categories) if p.categories is not None and len(keys) else np.ones(len(keys), bool)
+            r['new_category_rate'] = float(counts[~known].sum() / n)
+            if r['new_category_rate'] > q['max_new_category_rate']:
+                top = ', '.join(f"'{k}' ({c})" for k, c in sorted(zip(keys[~known], counts[~known]), key=lambda kc: -kc[1])[:5])
+                breach(name, 'new_categories', r['new_category_rate'], q['max_new_category_rate'], f"unseen in the reference: {top}")
+        if r['cur_null_rate'] - r['ref_null_rate'] > q['max_null_rate_increase']:
+            breach(name, 'null_rate', r['cur_null_rate'], round(r['ref_null_rate'] + q['max_null_rate_increase'], 6),
+                   f"null rate {r['cur_null_rate']:.3f} > reference {r['ref_null_rate']:.3f} + {q['max_null_rate_increase']}")
+        rows.append(r)
+    return pd.DataFrame(rows), breaches
+
+def monitor_out_of_core(params:dict, ref, profile, cfg:dict, prepared_dir='data/prepared', raw_dir='data/raw', client=None,
+                        sample_rows:int=20_000):
+    """`steps.run_monitor`'s comparison for a current window larger than memory: its Parquet row groups are read a slice
+    at a time (on the Dask cluster of `client` when given), typed, given their derived features and scored by the
+    reference's model; each partition's summaries are merged, in partition order, into the drift and quality tables of
+    the in-memory monitor. Returns the `monitor.MonitorResult`, a uniform sample of the window's compared columns (at most about `sample_rows` rows,
+    for the report's figures) and what the performance estimate was fitted on."""
+    import time as _time
+    from mlops_nb import monitor as M, steps as S
+    from mlops_nb.data import Schema
+    t0 = _time.perf_counter()
+    task, m = S._task(params), dict(params.get('monitor') or {})
+    files, kind = _window_sources(params, m.get('current'), raw_dir)
+    masks = _window_masks(files, kind, params, m.get('current'), task['time_column'])
+    tasks = _window_tasks(files, masks)
+    total = sum(int(x.sum()) if x is not None else pq.ParquetFile(f).metadata.num_rows for f, x in zip(files, masks))
+    first = next((rb for f in files for rb in pq.ParquetFile(f).iter_batches(batch_size=1000)), None)
+    first = first.to_pandas() if first is not None else pd.DataFrame()
+    row_bytes = max(1, int(first.memory_usage(deep=True).sum()) // max(1, len(first)))
+    budget = monitor_budget(params)
+    batch_rows = max(500, int(budget / 16 / row_bytes))
+    sch = Path(prepared_dir)/'schema.json'
+    clf, thr = task['type'] == 'classification', float(ref.threshold if ref.threshold is not None else 0.5)
+    cols = list(profile.columns)
+    names = _names(files[0]) if files else []
+    have_model = ref.registry is not None or (ref.model_path and Path(ref.model_path).exists())
+    predict = 'captured' if 'prediction' in names else ('model' if have_model else None)
+    setup = dict(profile=profile, grids={c: np.unique(p.values) for c, p in profile.columns.items() if p.kind == 'num'},
+                 cfg=cfg, schema=Schema.load(sch) if sch.exists() else None, features=(params.get('prepare') or {}).get('features') or {},
+                 time_column=task['time_column'], target=task['target'], task=task['type'], clf=clf, threshold=thr,
+                 predict=predict, inputs=list(ref.inputs or cols), model=ref.load_model() if predict == 'model' else None,
+                 batch_rows=batch_rows, seed=int(params.get('seed', 0)),
+                 sample_fraction=min(1.0, min(sample_rows, max(1000, int(budget / 16 / row_bytes))) / max(total, 1)))
+    acc = dict(rows=0, feature_error=None, columns=None, cols={}, scores=[], labels=[], target=[], time=[], sample=[])
+    for part in _stream(_monitor_part, tasks, client, setup=setup): _merge_part(acc, part, setup['grids'])
+    if acc['feature_error']: log.warning(f"monitor: features not added to the current window ({acc['feature_error']}); missing columns are reported")
+    n = acc['rows']
+    t1 = _time.perf_counter()
+    rows = [_drift_row(p, acc['cols'].get(c), setup['grids'].get(c), cfg['drift']) for c, p in profile.columns.items()]
+    table = pd.DataFrame(rows).reindex(columns=M.COLUMNS + ['wasserstein_error'])
+    n_drifted, n_tested = int((table['drift'] == True).sum()), int(table['drift'].notna().sum())
+    share = n_drifted / n_tested if n_tested else 0.0
+    drift = M.DriftReport(table, n_drifted, n_tested, share, bool(n_tested and share >= cfg['drift']['drift_share']),
+                          cfg['drift']['drift_share'], profile.rows, n)
+    close = table[(table['wasserstein_error'] > 0) & ((table['score'] - table['threshold']).abs() <= table['wasserstein_error'])
+                  & table['method'].eq('wasserstein')]
+    for r in close.itertuples():
+        log.warning(f"monitor: '{r.column}': Wasserstein {r.score:.6g} is within the out-of-core error bound {r.wasserstein_error:.2g} of its threshold {r.threshold}")
+    quality, breaches = _quality_rows(profile, acc['cols'], n, cfg['quality'])
+    # the per-row columns (scores, labels, target, time: a few bytes a row) go through monitor.monitor, without the features
+    slim = pd.DataFrame(index=range(n))
+    for key, c in (('target', task['target']), ('time', task['time_column'])):
+        if acc[key] and sum(map(len, acc[key])) == n: slim[c] = np.concatenate(acc.pop(key))
+    cur_pred = None
+    if acc['scores'] and sum(map(len, acc['scores'])) == n:
+        cur_pred = dict(score=np.concatenate(acc.pop('scores')), label=np.concatenate(acc.pop('labels')) if clf else None)
+    est, note = (None, 'not estimated: no scores')
+    if cur_pred is not None:
+        if clf:
+            est, note = S.reference_estimator(ref, params, prepared_dir, acc['columns'])
+            if est is not None: est.batch_labels = max(10_000, int(budget / 256))   # its uncertainty's draws, within the budget: the same numbers
+        else: note = 'not estimated: the regression estimate (DLE) needs every row\'s features, which the out-of-core monitor does not hold'
+    res = M.monitor(M.Profile({}, profile.rows, profile.outputs, profile.psi_bins), slim, cfg, columns=[], cur_predictions=cur_pred,
+                    target=task['target'], time_column=task['time_column'], task=task['type'], threshold=thr,
+                    reference_metrics=ref.metrics, estimator=est)
+    res.drift, res.quality, res.breaches = drift, quality, breaches
+    res.alerts, res.recommendation = M.evaluate_alerts(cfg, n, drift, res.prediction, res.performance, ref.metrics, breaches)
+    res.window['out_of_core'] = dict(files=len(files), partitions=len(tasks), bytes=window_bytes(files), budget_mb=round(budget / 2**20, 3),
+                                     max_wasserstein_error=float(table['wasserstein_error'].max()) if table['wasserstein_error'].notna().any() else 0.0)
+    res.seconds = dict(res.seconds, drift_and_quality=round(t1 - t0, 4))
+    sample = pd.concat(acc['sample'], ignore_index=True) if acc['sample'] else pd.DataFrame(columns=acc['columns'] or [])
+    log.info('monitor: %d rows of %d Parquet file(s) compared out of core, %d partitions%s', n, len(files), len(tasks),
+             f" on the cluster {client.scheduler.address}" if client is not None else '')
+    return res, sample, note

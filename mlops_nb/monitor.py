@@ -18,8 +18,8 @@ from scipy.spatial import distance
 from .core import DataError, MlopsError, get_logger, read_json, to_jsonable, write_json, atomic_write
 
 # %% auto #0
-__all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'ESTIMABLE', 'settings',
-           'column_kind', 'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile',
+__all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'STAGE_KEYS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'ESTIMABLE',
+           'settings', 'column_kind', 'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile',
            'ks_statistic', 'wasserstein', 'ks_pvalue', 'psi', 'numeric_scores', 'align_counts', 'categorical_scores',
            'column_drift', 'DriftReport', 'data_drift', 'drift_over_time', 'prediction_drift', 'class_rates',
            'quality_drift', 'wilson', 'auc_interval', 'window_metrics', 'performance_over_time', 'evaluate_alerts',
@@ -43,13 +43,15 @@ DEFAULTS = dict(
 NUM_METHODS, CAT_METHODS = ('auto', 'ks', 'wasserstein', 'psi'), ('auto', 'chi2', 'jensenshannon')
 
 # %% ../nbs/10_monitor.ipynb #81673ce2
+STAGE_KEYS = ('current', 'out_of_core', 'memory_budget_mb')
+
 def settings(section:dict|None=None, where:str='monitor') -> dict:
     "The monitor settings: `section` (params.yaml's `monitor`) merged over `DEFAULTS`, checked."
     section = dict(section or {})
     out = {k: dict(v) for k, v in DEFAULTS.items()}
     for k, v in section.items():
-        if k in ('current',): out[k] = v; continue
-        if k not in DEFAULTS: raise MlopsError(f"{where}: unknown key '{k}' (expected {', '.join([*DEFAULTS, 'current'])})")
+        if k in STAGE_KEYS: out[k] = v; continue   # the monitor stage's: the window and how it is read
+        if k not in DEFAULTS: raise MlopsError(f"{where}: unknown key '{k}' (expected {', '.join([*DEFAULTS, *STAGE_KEYS])})")
         if not isinstance(v, dict): raise MlopsError(f"{where}.{k}: expected a mapping, got {v!r}")
         bad = set(v) - set(DEFAULTS[k])
         if bad: raise MlopsError(f"{where}.{k}: unknown key(s) {sorted(bad)} (expected {', '.join(DEFAULTS[k])})")
@@ -913,6 +915,7 @@ class CBPE:
     samples: int = 200               # label draws for the uncertainty
     confidence: float = 0.95
     seed: int = 42
+    batch_labels: int = 2_000_000    # labels drawn at once for the uncertainty (about 40 bytes each while drawn)
     calibrated_: bool = False
     calibrator_: object = None
 
@@ -944,9 +947,9 @@ class CBPE:
                     precision=tp / (tp + fp) if pred.any() else np.nan, recall=tp / (tp + fn) if tp + fn > 0 else np.nan,
                     f1=2*tp / (2*tp + fp + fn) if tp + fp + fn > 0 else np.nan)
         # uncertainty: the realised metric's spread when labels are drawn from the calibrated probabilities, drawn in
-        # batches of about 2M labels (the same random stream as one draw of samples x rows, in bounded memory)
+        # batches of about `batch_labels` labels (the same random stream as one draw of samples x rows, in bounded memory)
         rng, ranks, npred, parts = np.random.default_rng(self.seed), stats.rankdata(s), int(pred.sum()), []
-        step = max(1, 2_000_000 // n)
+        step = max(1, int(self.batch_labels) // n)
         for i in range(0, self.samples, step):
             y = (rng.random((min(step, self.samples - i), n)) < p).astype('float64')
             with np.errstate(invalid='ignore', divide='ignore'):

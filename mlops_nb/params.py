@@ -68,6 +68,7 @@ PARAMS_SCHEMA = _obj({
                     'evidence': _obj({'n_boot': {'type': 'integer', 'minimum': 100}, 'confidence': {'type': 'number', 'exclusiveMinimum': 0, 'exclusiveMaximum': 1},
                                       'min_rows': {'type': 'integer', 'minimum': 1}, 'min_class_rows': {'type': 'integer', 'minimum': 1}, 'seed': _int})}),
     'monitor': _obj({
+        'out_of_core': {'enum': ['auto', True, False]}, 'memory_budget_mb': {'type': 'number', 'exclusiveMinimum': 0},
         'current': _obj({'source': {'enum': ['auto', 'simulator', 'newest', 'file', 'captures']}, 'start_day': _int, 'days': _int, 'path': _str,
                          'rows': {'type': 'integer', 'minimum': 0}}),
         'drift': _obj({'num_method': {'enum': ['auto', 'ks', 'wasserstein', 'psi']}, 'cat_method': {'enum': ['auto', 'chi2', 'jensenshannon']},

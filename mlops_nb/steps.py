@@ -901,27 +901,11 @@ def current_window(params:dict, current:dict|None=None, raw_dir:str|Path='data/r
     frames = [b.frame for b in batches if len(b.frame)]
     return pd.concat(frames, ignore_index=True) if frames else batches[0].frame.iloc[:0]
 
-def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
-                predictions_path:str|Path='data/predictions/test.parquet', evaluation_path:str|Path='metrics/evaluate.json',
-                metrics_path:str|Path='metrics/monitor.json', status_path:str|Path='monitor/status.json',
-                plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None,
-                raw_dir:str|Path='data/raw') -> Monitored:
-    """Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality,
-    predictions, performance (realised, and estimated from the scores by `reference_estimator`'s CBPE/DLE), alerts."""
+def _monitor_in_memory(params:dict, ref, profile, cfg:dict, cols:list[str], prepared_dir, raw_dir, current:pd.DataFrame|None):
+    "`run_monitor`'s comparison of a window held in memory: (the `monitor.MonitorResult`, the window, the estimator's note)."
     from mlops_nb import monitor as mon
     from mlops_nb.features import add_features
-    from mlops_nb.feature_step import derived_columns
-    params = resolve(params, _prepared_columns(prepared_dir))   # metric, alert columns, window and feature steps: as the data says
     task, m = _task(params), dict(params.get('monitor') or {})
-    cfg = mon.settings(m)
-    ref = monitor_reference(params, prepared_dir, model_dir, predictions_path, evaluation_path, registry)
-    (log.info if ref.source == 'registry' else log.warning)(f"monitor: reference: {ref.note}")
-    profile = ref.profile.rebin(cfg['drift']['psi_bins'])
-    cols = list(profile.columns)
-    lost = [f for f in cfg['alerts']['features'] if f not in cols]
-    if lost:   # an alert on a column that is not there would never fire: say so instead
-        raise MlopsError(f"params monitor.alerts.features: {', '.join(map(repr, lost))} {'is' if len(lost) == 1 else 'are'} not "
-                         f"a feature of the model monitored ({'champion ' + ref.version if ref.version else 'the candidate'}); its features: {', '.join(cols)}")
     cur = current_window(params, m.get('current'), raw_dir) if current is None else current
     if len(cur):
         try: cur = add_features(Schema.load(Path(prepared_dir)/'schema.json').apply_dtypes(cur), (params.get('prepare') or {}).get('features') or {}, task['time_column'])
@@ -941,11 +925,42 @@ def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:st
     result = mon.monitor(profile, cur, cfg, columns=cols, cur_predictions=cur_pred,
                          target=task['target'], time_column=task['time_column'], task=task['type'],
                          threshold=thr, reference_metrics=ref.metrics, estimator=est)
+    return result, cur, est_note
+
+def run_monitor(params:dict, prepared_dir:str|Path='data/prepared', model_dir:str|Path='models/candidate',
+                predictions_path:str|Path='data/predictions/test.parquet', evaluation_path:str|Path='metrics/evaluate.json',
+                metrics_path:str|Path='metrics/monitor.json', status_path:str|Path='monitor/status.json',
+                plots_dir:str|Path='plots/monitor', current:pd.DataFrame|None=None, registry:str|Path|None=None,
+                raw_dir:str|Path='data/raw') -> Monitored:
+    """Compare the current window with the champion's reference (the candidate's before a champion exists): drift, quality,
+    predictions, performance (realised, and estimated from the scores by `reference_estimator`'s CBPE/DLE), alerts.
+    A window of Parquet files larger than the memory budget (`monitor.out_of_core`, see `distributed.use_out_of_core_monitor`)
+    is compared partition by partition (`distributed.monitor_out_of_core`), on the Dask cluster when `dask.scheduler` is set."""
+    from mlops_nb import monitor as mon
+    from mlops_nb.feature_step import derived_columns
+    params = resolve(params, _prepared_columns(prepared_dir))   # metric, alert columns, window and feature steps: as the data says
+    task, m = _task(params), dict(params.get('monitor') or {})
+    cfg = mon.settings(m)
+    ref = monitor_reference(params, prepared_dir, model_dir, predictions_path, evaluation_path, registry)
+    (log.info if ref.source == 'registry' else log.warning)(f"monitor: reference: {ref.note}")
+    profile = ref.profile.rebin(cfg['drift']['psi_bins'])
+    cols = list(profile.columns)
+    lost = [f for f in cfg['alerts']['features'] if f not in cols]
+    if lost:   # an alert on a column that is not there would never fire: say so instead
+        raise MlopsError(f"params monitor.alerts.features: {', '.join(map(repr, lost))} {'is' if len(lost) == 1 else 'are'} not "
+                         f"a feature of the model monitored ({'champion ' + ref.version if ref.version else 'the candidate'}); its features: {', '.join(cols)}")
+    from mlops_nb.distributed import use_out_of_core_monitor
+    ooc = current is None and use_out_of_core_monitor(params, raw_dir)   # a window of Parquet files larger than the budget
+    if ooc:
+        from mlops_nb.distributed import client_for, monitor_out_of_core
+        with client_for(params.get('dask')) as client:
+            result, cur, est_note = monitor_out_of_core(params, ref, profile, cfg, prepared_dir, raw_dir, client)
+    else: result, cur, est_note = _monitor_in_memory(params, ref, profile, cfg, cols, prepared_dir, raw_dir, current)
     result.reference = ref.describe() | dict(estimation=est_note)
     derived = set(derived_columns((params.get('prepare') or {}).get('features') or {}, task['time_column']))
     result.drift.table.insert(1, 'source', ['derived feature' if c in derived else 'raw input' for c in result.drift.table['column']])
     dot = None
-    if task['time_column'] and task['time_column'] in cur.columns and len(cur):
+    if not ooc and task['time_column'] and task['time_column'] in cur.columns and len(cur):   # out of core: not per day
         dot = mon.drift_over_time(profile, cur, task['time_column'], cfg['performance']['freq'], cfg['drift'], cols)
     status = mon.deliver(result.status(), status_path, cfg['alerts']['webhook'], cfg['alerts']['webhook_timeout'])
     write_json(metrics_path, result.metrics(), digits=12)   # drift scores summed on several cores: no last-digit noise
