@@ -942,7 +942,8 @@ def _sql_spill(src:dict, spill:Path, budget:float) -> list[Path]:
     spill.mkdir(parents=True, exist_ok=True)
     with _sql_connection(url) as (conn, clean):
         try:
-            chunks = (pd.read_sql_table(table, conn, chunksize=100_000) if table else pd.read_sql_query(sa.text(query), conn, chunksize=100_000))
+            rows = max(1000, int(budget / 16 / 1024))   # about a kilobyte a row as a frame
+            chunks = pd.read_sql_table(table, conn, chunksize=rows) if table else pd.read_sql_query(sa.text(query), conn, chunksize=rows)
             for df in chunks:
                 if not len(df): continue
                 out.append(spill/f'{len(out):06d}.parquet'); df.to_parquet(out[-1], index=False)
