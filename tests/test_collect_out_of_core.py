@@ -134,11 +134,12 @@ CAPPED = textwrap.dedent('''
 ''')
 
 def big(folder:Path, files:int, rows:int, cols:int) -> Path:
-    "Files of two days each, in row groups of 10 000 rows; ids unique."
+    "Files of two days each, in row groups of 10 000 rows; ids unique, in no order."
     folder.mkdir(parents=True)
+    ids = np.random.default_rng(99).permutation(files * rows)
     for k in range(files):
         rng = np.random.default_rng(k)
-        df = pd.DataFrame({'id': np.arange(k * rows, (k + 1) * rows), 'ts': pd.Timestamp('2026-01-01') + pd.to_timedelta(2 * k * 86400 + np.sort(rng.integers(0, 2 * 86400, rows)), 's'),
+        df = pd.DataFrame({'id': ids[k * rows:(k + 1) * rows], 'ts': pd.Timestamp('2026-01-01') + pd.to_timedelta(2 * k * 86400 + np.sort(rng.integers(0, 2 * 86400, rows)), 's'),
                            'amount': rng.gamma(2, 30, rows).round(0), **{f'x{j}': rng.normal(0, 1, rows).round(1) for j in range(cols)},
                            'y': (rng.random(rows) < 0.05).astype('int64')})
         df.to_parquet(folder/f'part{k}.parquet', row_group_size=10_000)
@@ -153,7 +154,7 @@ def test_out_of_core_collect_then_prepare_under_a_memory_cap(tmp_path):
     env = dict(os.environ, ARROW_DEFAULT_MEMORY_POOL='system', MALLOC_ARENA_MAX='1', MALLOC_MMAP_THRESHOLD_='131072',
                OPENBLAS_NUM_THREADS='1', OMP_NUM_THREADS='1')
     script = tmp_path/'capped.py'; script.write_text(CAPPED)
-    r = subprocess.run([sys.executable, str(script), json.dumps(p), str(tmp_path/'small'), str(tmp_path)],
+    r = subprocess.run([sys.executable, str(script), json.dumps(p), str(tmp_path/'small'), str(tmp_path), str(HEADROOM)],
                        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
