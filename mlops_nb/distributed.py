@@ -826,13 +826,14 @@ class _ParquetSource:
         self.schema = _pandas_meta(sa, self.columns)
         n = self.pf.metadata.num_rows
         if n == 0: raise DataError(self.src, 'empty_file', detail=f"{len(self.columns)} columns but no rows")
-        md = self.pf.metadata
-        row_bytes = max(1, sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups)) // n)
-        self.rows = max(1000, int(budget / 16 / row_bytes))
+        try: head = next(self.pf.iter_batches(batch_size=1000, columns=self.columns, use_threads=False))   # a row's size in memory
+        except Exception as e: raise DataError(self.src, 'unreadable_file', detail=_first_line(e)) from None
+        self.rows = max(1000, int(budget / 16 / max(1, head.nbytes // max(1, head.num_rows))))
+        del self.pf, head       # a reader is opened for each pass and let go after it: what it holds goes back
     def batches(self, columns=None):
         from mlops_nb.data import _first_line
         try:
-            for rb in self.pf.iter_batches(batch_size=self.rows, columns=columns or self.columns, use_threads=False):
+            for rb in pq.ParquetFile(self.f).iter_batches(batch_size=self.rows, columns=columns or self.columns, use_threads=False):
                 yield pa.Table.from_batches([rb])
         except DataError: raise
         except Exception as e: raise DataError(self.src, 'unreadable_file', detail=_first_line(e)) from None

@@ -129,7 +129,7 @@ CAPPED = textwrap.dedent('''
     res = run_prepare(p, work + '/data/raw', work + '/data/prepared', work + '/q.json')
     out = dict(cap=cap, collected=int(summary['rows'].sum()), rows={k: v['rows'] for k, v in res.summary.items()})
     try: file_batches(big); out['in_memory'] = 'loaded'   # the control: the files read whole, as the in-memory collect does
-    except MemoryError as e: out['in_memory'] = type(e).__name__
+    except Exception as e: out['in_memory'] = str(e)      # read_table_file says: unreadable_file (ArrowMemoryError: ...)
     print(json.dumps(out))
 ''')
 
@@ -158,7 +158,7 @@ def test_out_of_core_collect_then_prepare_under_a_memory_cap(tmp_path):
                        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res['in_memory'] in ('MemoryError', 'ArrowMemoryError'), 'the cap must be too small for the in-memory collect'
+    assert 'MemoryError' in res['in_memory'], f"the cap must be too small for the in-memory collect: {res['in_memory']}"
     # the window: days 2-7 of 0-7, the first file out; the same rows as the in-memory collect of the same files, without a cap
     assert res['collected'] == sum(res['rows'].values()) == 3 * 80_000
     mem = run_collect(p | dict(prepare=p['prepare'] | dict(out_of_core=False)), tmp_path/'mem')
