@@ -17,10 +17,10 @@ from .core import MlopsError, DataError, atomic_dir, write_json, read_json, to_j
 
 # %% auto #0
 __all__ = ['FILE_FORMATS', 'SOURCE_TYPES', 'KINDS', 'DEFAULT_RULES', 'Batch', 'number_mask', 'strict_numbers', 'parse_numbers',
-           'apply_null_tokens', 'read_table_file', 'file_batches', 'expand_env', 'sql_batches', 'sql_fingerprint',
-           'file_fingerprint', 'source_fingerprint', 'simulator_batches', 'collect', 'write_batches', 'read_batches',
-           'ColumnSchema', 'Schema', 'ValidationReport', 'unseen_detail', 'validate', 'mixed_kinds', 'schema_changes',
-           'quality_table']
+           'apply_null_tokens', 'read_table_file', 'source_files', 'file_batches', 'expand_env', 'sql_batches',
+           'sql_fingerprint', 'file_fingerprint', 'source_fingerprint', 'simulator_batches', 'collect', 'write_batches',
+           'read_batches', 'ColumnSchema', 'Schema', 'ValidationReport', 'unseen_detail', 'validate', 'mixed_kinds',
+           'schema_changes', 'quality_table']
 
 # %% ../nbs/02_data.ipynb #62648fbf
 _log = get_logger('mlops_nb.data')
@@ -119,8 +119,8 @@ def read_table_file(path:str|Path) -> pd.DataFrame:
 # %% ../nbs/02_data.ipynb #6f170a96
 def _is_glob(s:str) -> bool: return any(ch in s for ch in '*?[')
 
-def file_batches(path:str|Path) -> list[Batch]:
-    "One `Batch` per CSV/Parquet file in `path`: a file, a folder (not recursive) or a glob pattern; sorted by path."
+def source_files(path:str|Path) -> list[Path]:
+    "The files a file source reads: `path` itself, the CSV/Parquet files of a folder (not recursive) or of a glob pattern; sorted by path."
     spec = str(path)
     if _is_glob(spec): files = [Path(p) for p in glob.glob(spec, recursive=True)]
     elif Path(spec).is_dir(): files = list(Path(spec).iterdir())
@@ -129,7 +129,11 @@ def file_batches(path:str|Path) -> list[Batch]:
         files = [f for f in files if f.is_file() and not f.name.startswith('.') and _file_format(f)]
     if not files:
         raise DataError(spec, 'no_files', detail=f"no {', '.join(FILE_FORMATS)} files match")
-    return [Batch(f"file_{_safe_name(_stem(f))}", str(f), read_table_file(f)) for f in sorted(files)]
+    return sorted(files)
+
+def file_batches(path:str|Path) -> list[Batch]:
+    "One `Batch` per CSV/Parquet file in `path`: a file, a folder (not recursive) or a glob pattern; sorted by path."
+    return [Batch(f"file_{_safe_name(_stem(f))}", str(f), read_table_file(f)) for f in source_files(path)]
 
 # %% ../nbs/02_data.ipynb #a03d4603
 def _mask_url(url:str) -> str:

@@ -16,7 +16,8 @@ from .core import MlopsError, get_logger
 
 # %% auto #0
 __all__ = ['log', 'ENV_VARS', 'scheduler_address', 'dask_client', 'joblib_backend', 'data_hash', 'trial_key', 'TrialStore',
-           'search', 'parquet_tasks', 'parquet_drift', 'parquet_validate', 'client_for', 'prepare_out_of_core',
+           'search', 'parquet_tasks', 'parquet_drift', 'parquet_validate', 'client_for', 'check_out_of_core',
+           'reject_out_of_core', 'prepare_out_of_core', 'collect_out_of_core', 'parquet_batch_summary',
            'score_partitions', 'predict_on_cluster', 'window_bytes', 'monitor_budget', 'use_out_of_core_monitor',
            'monitor_out_of_core']
 
@@ -609,24 +610,16 @@ def _quality_row(s:pd.Series, schema) -> dict:
         r.update(top=pd.Series(like).astype(str).iloc[0], top_share=float(vc.iloc[0] / len(s)))
     return r
 
-def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared', quality_path='metrics/data_quality.json',
-                        client=None, batch_rows:int|None=None):
-    """`steps.run_prepare` for raw data larger than memory: the same checks, verdicts, quality report and splits, computed
-    from the Parquet batches of `raw_dir` without loading them. Validation is `parquet_validate` (row groups x columns, on
-    the Dask cluster of `client` when given); the schema and the quality table are computed one column at a time; the clean
-    step's keys (time, first id column, target) are held in memory; the rows are cleaned, get their features and are written
-    `batch_rows` at a time, then sorted into `out_dir/<split>.parquet/part-NNNNN.parquet` (a folder pandas reads as one frame,
-    rows in time order). Memory: one column of the data, the key columns and `batch_rows` rows."""
-    import shutil
+def check_out_of_core(params:dict, raw_dir, client=None) -> tuple[list[dict], Schema, list]:
+    """`steps.check_batches` over the Parquet batches of `raw_dir` (as collect writes them), without loading them: the
+    columns params name, the schema (pinned, or inferred one column at a time), every batch against it (`parquet_validate`,
+    on the cluster of `client` when given) and the champion's contract. Returns the batches (manifest entries with their
+    `path`), the schema and one report per batch; the prepare and the collect stages out of core both check this way."""
     from mlops_nb import steps as S
-    from mlops_nb.core import atomic_dir, read_json, write_json
-    from mlops_nb.data import ValidationReport, mixed_kinds, quality_table, schema_changes
-    from mlops_nb.features import _as_time, add_features, feature_columns, source_columns, time_split
-    from mlops_nb.data import Schema
+    from mlops_nb.core import read_json
+    from mlops_nb.data import Schema, mixed_kinds, schema_changes
     task, p = S._task(params), params.get('prepare') or {}
     split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
-    if p.get('null_tokens'): raise MlopsError("prepare.null_tokens: not supported by the out-of-core prepare (prepare.out_of_core); "
-                                              "write the tokens as missing values in the source, or set prepare.out_of_core: false")
     raw_dir = Path(raw_dir)
     batches = []
     for m in read_json(raw_dir/'manifest.json'):
@@ -657,12 +650,40 @@ def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared'
             r.violations += [dict(v, total=b['rows']) for v in schema_changes(cschema, head, b['source'], ignore=derived, name=f"champion {cversion}'s schema",
                                                                             expected=[task['target'], task['time_column'], *task['id_columns']],
                                                                             allowed=S.evolution_allowed(p))]
+    return batches, schema, reports
+
+def reject_out_of_core(batches:list[dict], schema, reports:list, raw_dir, quality_path, stage:str, kept:str):
+    "`steps.reject` for batches on disk: the quality report to `quality_path`, the rejected files copied to `quarantine/` beside `raw_dir`, the first error raised."
+    from mlops_nb import steps as S
+    if quality_path: S.write_failure(quality_path, S._quality_report(schema, reports, None, stage))
+    _copy_rejected(batches, reports, Path(raw_dir).parent/'quarantine')
+    log.error('%s: %d of %d batches break the schema; %s', stage, sum(not r.ok for r in reports), len(reports), kept)
+    next(r for r in reports if not r.ok).raise_for_errors()
+
+def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared', quality_path='metrics/data_quality.json',
+                        client=None, batch_rows:int|None=None):
+    """`steps.run_prepare` for raw data larger than memory: the same checks, verdicts, quality report and splits, computed
+    from the Parquet batches of `raw_dir` without loading them. Validation is `parquet_validate` (row groups x columns, on
+    the Dask cluster of `client` when given); the schema and the quality table are computed one column at a time; the clean
+    step's keys (time, first id column, target) are held in memory; the rows are cleaned, get their features and are written
+    `batch_rows` at a time, then sorted into `out_dir/<split>.parquet/part-NNNNN.parquet` (a folder pandas reads as one frame,
+    rows in time order). Memory: one column of the data, the key columns and `batch_rows` rows."""
+    import shutil
+    from mlops_nb import steps as S
+    from mlops_nb.core import atomic_dir, read_json, write_json
+    from mlops_nb.data import ValidationReport, mixed_kinds, quality_table, schema_changes
+    from mlops_nb.features import _as_time, add_features, feature_columns, source_columns, time_split
+    from mlops_nb.data import Schema
+    task, p = S._task(params), params.get('prepare') or {}
+    split = dict(valid_fraction=0.15, test_fraction=0.2) | (p.get('split') or {})
+    if p.get('null_tokens'): raise MlopsError("prepare.null_tokens: not supported by the out-of-core prepare (prepare.out_of_core); "
+                                              "write the tokens as missing values in the source, or set prepare.out_of_core: false")
+    raw_dir = Path(raw_dir)
+    batches, schema, reports = check_out_of_core(params, raw_dir, client)
+    files = [b['path'] for b in batches]
+    budget = float(p.get('memory_budget_mb') or 2048) * 2**20
     result = S.Prepared(schema, reports)
-    if not result.ok:
-        S.write_failure(quality_path, S._quality_report(schema, reports, None, 'prepare'))
-        _copy_rejected(batches, reports, raw_dir.parent/'quarantine')
-        log.error('prepare: %d of %d batches break the schema; nothing was written to %s', sum(not r.ok for r in reports), len(reports), out_dir)
-        next(r for r in reports if not r.ok).raise_for_errors()
+    if not result.ok: reject_out_of_core(batches, schema, reports, raw_dir, quality_path, 'prepare', f'nothing was written to {out_dir}')
     # the clean step's keys: first occurrence of each id (of each row, without ids), a target, the time order
     tcol, target, ids = task['time_column'] or None, task['target'], [c for c in task['id_columns'] if c]
     total = sum(b['rows'] for b in batches)
@@ -764,6 +785,283 @@ def prepare_out_of_core(params:dict, raw_dir='data/raw', out_dir='data/prepared'
     write_json(S.key_path(quality_path, 'prepare'), S.key_metrics('prepare', result.quality))
     return result
 
+
+# %% ../nbs/16_dask.ipynb #a2e3b918
+def _budget(prepare:dict) -> float: return float(prepare.get('memory_budget_mb') or 2048) * 2**20
+
+def _pandas_meta(schema:pa.Schema, keep:list[str]) -> pa.Schema:
+    "`schema` with the fields `keep`, and pandas metadata without an index (collect drops a stored index, as `to_parquet(index=False)` does)."
+    out = pa.schema([schema.field(c) for c in keep])
+    md = schema.pandas_metadata
+    if not md: return out
+    md = dict(md, index_columns=[], columns=[c for c in md.get('columns', []) if c.get('field_name') in keep])
+    return out.with_metadata({b'pandas': json.dumps(md).encode()})
+
+class _Writer:
+    "Rows of one batch, written to `path` `rows` at a time (one row group each) with `pq.ParquetWriter`, only once there is a row."
+    def __init__(self, path:Path, schema:pa.Schema, rows:int): self.path, self.schema, self.rows, self.pending, self.n, self.w = path, schema, rows, [], 0, None
+    def add(self, t:pa.Table):
+        if t.num_rows: self.pending.append(t); self.n += t.num_rows
+        if sum(p.num_rows for p in self.pending) >= self.rows: self.flush()
+    def flush(self):
+        if not self.pending: return
+        t = pa.concat_tables(self.pending).cast(self.schema); self.pending = []
+        if self.w is None: self.w = pq.ParquetWriter(self.path, self.schema)
+        self.w.write_table(t, row_group_size=max(1, t.num_rows))
+    def close(self) -> int:
+        self.flush()
+        if self.w is not None: self.w.close()
+        return self.n
+
+class _ParquetSource:
+    "One Parquet file read record batch by record batch."
+    def __init__(self, f:Path, budget:float):
+        from mlops_nb.data import _first_line
+        self.f, self.src = f, str(f)
+        if f.stat().st_size == 0: raise DataError(self.src, 'empty_file', detail='the file has no bytes')
+        try: self.pf = pq.ParquetFile(f)
+        except Exception as e: raise DataError(self.src, 'unreadable_file', detail=_first_line(e)) from None
+        sa = self.pf.schema_arrow
+        index = [c for c in (sa.pandas_metadata or {}).get('index_columns', []) if isinstance(c, str)]
+        self.columns = [c for c in sa.names if c not in index and not c.startswith('__index_level_')]
+        self.schema = _pandas_meta(sa, self.columns)
+        n = self.pf.metadata.num_rows
+        if n == 0: raise DataError(self.src, 'empty_file', detail=f"{len(self.columns)} columns but no rows")
+        try: head = next(self.pf.iter_batches(batch_size=1000, columns=self.columns, use_threads=False))   # a row's size in memory
+        except Exception as e: raise DataError(self.src, 'unreadable_file', detail=_first_line(e)) from None
+        self.rows = max(1000, int(budget / 16 / max(1, head.nbytes // max(1, head.num_rows))))
+        del self.pf, head       # a reader is opened for each pass and let go after it: what it holds goes back
+    def batches(self, columns=None):
+        from mlops_nb.data import _first_line
+        try:
+            for rb in pq.ParquetFile(self.f).iter_batches(batch_size=self.rows, columns=columns or self.columns, use_threads=False):
+                yield pa.Table.from_batches([rb])
+        except DataError: raise
+        except Exception as e: raise DataError(self.src, 'unreadable_file', detail=_first_line(e)) from None
+    def frames(self, columns=None):
+        for t in self.batches(columns): yield t.to_pandas()
+
+_WHOLE = r'\s*[+-]?\d+\s*'
+
+class _CsvSource:
+    """One CSV file read block by block with `pyarrow.csv.open_csv`, every field as text, then typed as `data.read_table_file`
+    types it (`data.parse_numbers`): a first pass decides per column whether every present value is a number written as one
+    (then float64; int64 when all are whole and none is missing), so the rule is the whole file's, as in memory."""
+    def __init__(self, f:Path, budget:float):
+        import csv, gzip, io
+        from mlops_nb.data import _first_line
+        self.f, self.src = f, str(f)
+        if f.stat().st_size == 0: raise DataError(self.src, 'empty_file', detail='the file has no bytes')
+        opener = gzip.open if f.name.lower().endswith('.gz') else open
+        try:
+            with opener(f, 'rt', newline='') as fh: header = next(csv.reader(fh), None)
+        except Exception as e: raise DataError(self.src, 'unreadable_file', detail=_first_line(e)) from None
+        if not header: raise DataError(self.src, 'empty_file', detail='no columns')
+        if len(set(header)) != len(header):
+            raise DataError(self.src, 'unreadable_file', detail=f"repeated column names in the header: {sorted({c for c in header if header.count(c) > 1})}")
+        self.columns, self.block = header, max(1 << 16, int(budget / 32))
+        self.kind = None
+    def _reader(self, columns=None):
+        import pyarrow.csv as pcsv
+        return pcsv.open_csv(self.f, read_options=pcsv.ReadOptions(block_size=self.block, use_threads=False),
+                             convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in self.columns}, strings_can_be_null=True,
+                                                                 null_values=[''], quoted_strings_can_be_null=True,
+                                                                 include_columns=columns or self.columns))
+    def _text(self, columns=None):
+        from mlops_nb.data import _first_line
+        try:
+            for rb in self._reader(columns): yield rb.to_pandas()
+        except Exception as e: raise DataError(self.src, 'unreadable_file', detail=_first_line(e)) from None
+    def scan(self, time_column:str|None):
+        "The first pass: each column's kind (int / float / text) as `parse_numbers` decides it, the rows and the latest time."
+        from mlops_nb.data import _to_datetime, number_mask
+        state = {c: dict(present=0, num=True, whole=True, missing=False) for c in self.columns}
+        rows, latest = 0, None
+        for df in self._text():
+            rows += len(df)
+            for c in self.columns:
+                s, st = df[c], state[c]
+                present = s.notna(); k = int(present.sum())
+                st['present'] += k; st['missing'] |= k < len(s)
+                if k and st['num']:
+                    v = s[present]
+                    st['num'] = bool(number_mask(v).all())
+                    if st['num'] and st['whole']: st['whole'] = bool(v.astype(str).str.fullmatch(_WHOLE).all())
+            if time_column in df.columns:
+                t = _to_datetime(df[time_column]).max()
+                if pd.notna(t): latest = t if latest is None else max(latest, t)
+        if rows == 0: raise DataError(self.src, 'empty_file', detail=f"{len(self.columns)} columns but no rows")
+        self.kind = {c: ('int' if not st['missing'] and st['whole'] else 'float') if st['present'] and st['num'] else 'text'
+                     for c, st in state.items()}
+        text = pa.Table.from_pandas(pd.DataFrame({'a': pd.Series(['x'], dtype='str')}), preserve_index=False).schema.field('a').type
+        self.schema = pa.schema([(c, {'int': pa.int64(), 'float': pa.float64(), 'text': text}[k]) for c, k in self.kind.items()])
+        self.rows = max(1000, int(self.block // max(1, 8 * len(self.columns))))
+        return rows, latest if self.kind.get(time_column) == 'text' else None   # numbers are not dates (`data._to_datetime`)
+    def frames(self, columns=None):
+        from mlops_nb.data import strict_numbers
+        for df in self._text(columns):
+            for c in df.columns:
+                if self.kind[c] != 'text':
+                    v = strict_numbers(df[c])
+                    df[c] = v.astype('int64') if self.kind[c] == 'int' else v
+            yield df
+    def batches(self, columns=None):
+        for df in self.frames(columns): yield pa.Table.from_pandas(df, schema=self.schema, preserve_index=False)
+
+def _file_source(f:Path, budget:float):
+    "The reader of one file of a file source; the errors of `data.read_table_file` for a missing file or an unknown format."
+    from mlops_nb.data import FILE_FORMATS, _file_format
+    if _file_format(f) is None: raise DataError(str(f), 'unsupported_format', detail=f"expected one of {', '.join(FILE_FORMATS)}")
+    if not f.is_file(): raise DataError(str(f), 'file_not_found')
+    return (_CsvSource if _file_format(f) == 'csv' else _ParquetSource)(f, budget)
+
+def _latest(src, time_column:str|None):
+    "The latest time of one source file: a pass over its time column only."
+    from mlops_nb.data import _to_datetime
+    if isinstance(src, _CsvSource): return src.scan(time_column)[1]
+    if not time_column or time_column not in src.columns: return None
+    latest = None
+    for df in src.frames([time_column]):
+        t = _to_datetime(df[time_column]).max()
+        if pd.notna(t): latest = t if latest is None else max(latest, t)
+    return latest
+
+def _window(t:pa.Table, time_column:str|None, first) -> pa.Table:
+    "The rows of `t` on or after `first` (`data._recent_days`: rows without a parseable time are kept)."
+    from mlops_nb.data import _to_datetime
+    if first is None or time_column not in t.column_names: return t
+    p = _to_datetime(t.column(time_column).to_pandas())
+    return t.filter(pa.array(((p >= first) | p.isna()).to_numpy()))
+
+def _sql_spill(src:dict, spill:Path, budget:float) -> list[Path]:
+    """A SQL source read `chunksize` rows at a time (pandas `read_sql` with `chunksize`), each chunk spilled to a Parquet file
+    of `spill`: the query runs once and its rows are never all held."""
+    import sqlalchemy as sa
+    from mlops_nb.data import _sql_connection, _sql_where
+    url, query, table = src['url'], src.get('query'), src.get('table')
+    if (query is None) == (table is None): raise MlopsError(f"{url}: give exactly one of `query` or `table`")
+    where, out = _sql_where(url, query, table), []
+    spill.mkdir(parents=True, exist_ok=True)
+    with _sql_connection(url) as (conn, clean):
+        try:
+            rows = max(1000, int(budget / 16 / 1024))   # about a kilobyte a row as a frame
+            chunks = pd.read_sql_table(table, conn, chunksize=rows) if table else pd.read_sql_query(sa.text(query), conn, chunksize=rows)
+            for df in chunks:
+                if not len(df): continue
+                out.append(spill/f'{len(out):06d}.parquet'); df.to_parquet(out[-1], index=False)
+        except Exception as e: raise DataError(where, 'sql_query_failed', detail=clean(e)) from None
+    if not out: raise DataError(where, 'empty_result', detail='the query returned no rows')
+    return out
+
+class _SpillSource(_ParquetSource):
+    "A SQL source's spilled chunks read as one batch, in the schema they share (a column whole in one chunk and with gaps in another: float64, as pandas types it in memory)."
+    def __init__(self, files:list[Path], where:str, budget:float):
+        self.src, self.files = where, files
+        schemas = [pq.read_schema(f) for f in files]
+        try: unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options='permissive')
+        except Exception as e: raise DataError(where, 'sql_query_failed', detail=f"the chunks' column types differ: {e}") from None
+        ints = {c for s in schemas for c in s.names if pa.types.is_integer(s.field(c).type)}
+        floats = {c for s in schemas for c in s.names if pa.types.is_floating(s.field(c).type)}
+        self.columns = [c for c in unified.names if not c.startswith('__index_level_')]
+        self.schema = pa.schema([pa.field(c, pa.float64()) if c in ints & floats else unified.field(c) for c in self.columns])
+        n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        self.rows = max(1000, int(budget / 16 / max(1, sum(f.stat().st_size for f in files) * 4 // n)))
+    def batches(self, columns=None):
+        for f in self.files:
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=self.rows, columns=columns, use_threads=False):
+                t = pa.Table.from_batches([rb])
+                sch = pa.schema([self.schema.field(c) for c in t.column_names])
+                yield t.cast(sch)
+
+def collect_out_of_core(params:dict, raw_dir='data/raw', quality_path=None, client=None) -> pd.DataFrame:
+    """`steps.run_collect` for sources larger than memory: each file source is read record batch by record batch (Parquet
+    with `pq.ParquetFile.iter_batches`, CSV with `pyarrow.csv.open_csv`, typed as in memory), each SQL source `chunksize` rows
+    at a time; the `collect.days` window is applied from each source's latest time (a first pass over its time column);
+    each batch is written with `pq.ParquetWriter`, one output file per source file, in the raw folder's format (the same
+    manifest), then checked out of core (`check_out_of_core`) before it replaces `raw_dir`. A rejected window goes to
+    `quarantine/` and `raw_dir` keeps the last good batches. The simulator source is generated in memory, as always.
+    Returns the batch summary of `steps.batch_summary`."""
+    import shutil
+    from mlops_nb import steps as S
+    from mlops_nb.core import atomic_dir, write_json
+    from mlops_nb.data import SOURCE_TYPES, _safe_name, _stem, _sql_where, simulator_batches, source_files
+    from mlops_nb.params import data_columns, resolve
+    task, c, p = S._task(params), params.get('collect') or {}, params.get('prepare') or {}
+    if p.get('null_tokens'): raise MlopsError("prepare.null_tokens: not supported by the out-of-core collect (prepare.out_of_core); "
+                                              "write the tokens as missing values in the source, or set prepare.out_of_core: false")
+    sources, tcol, days, budget = c.get('sources') or [], task['time_column'] or None, int(c.get('days', 0)), _budget(p)
+    if not sources: raise MlopsError('collect: no sources given')
+    raw_dir, manifest, seen = Path(raw_dir), [], {}
+    with atomic_dir(raw_dir) as tmp:    # the new snapshot: it replaces the last good one only once it passed
+        def add(name:str, where:str, path:Path, columns) -> None:   # names as data._unique_names gives them, once a batch has rows
+            seen[name] = k = seen.get(name, 0) + 1
+            name = name if k == 1 else f"{name}_{k}"
+            fname = f"{len(manifest):03d}_{_safe_name(name)}.parquet"
+            os.replace(path, tmp/fname)
+            manifest.append(dict(file=fname, name=name, source=where, rows=pq.ParquetFile(tmp/fname).metadata.num_rows, columns=[str(x) for x in columns]))
+        for i, src in enumerate(sources):
+            kind = src.get('type') if isinstance(src, dict) else None
+            def need(key):
+                if not src.get(key): raise MlopsError(f"collect source #{i} ({kind}): missing '{key}' in {src}")
+                return src[key]
+            if kind == 'simulator':
+                for b in simulator_batches(int(c.get('start_day', 0)), days, int(params.get('seed', 0)), params.get('sim') or {}):
+                    b.frame.to_parquet(tmp/'.batch.parquet', index=False)
+                    add(b.name, b.source, tmp/'.batch.parquet', b.frame.columns)
+                continue
+            if kind == 'file':
+                files = [(f"file_{_safe_name(_stem(f))}", _file_source(f, budget)) for f in source_files(need('path'))]
+            elif kind == 'sql':
+                where = _sql_where(need('url'), src.get('query'), src.get('table'))
+                files = [(_safe_name(src.get('name') or f"sql_{src.get('table') or 'query'}"),
+                          _SpillSource(_sql_spill(src, tmp/f'.sql{i}', budget), where, budget))]
+            else: raise DataError(f"collect source #{i} {src!r}", 'unknown_source_type', detail=f"expected one of {', '.join(SOURCE_TYPES)}")
+            try:
+                first = None
+                if tcol and days > 0:
+                    latest = max((t for t in (_latest(s, tcol) for _, s in files) if t is not None), default=None)
+                    first = None if latest is None else latest.normalize() - pd.Timedelta(days=days - 1)
+                for name, s in files:
+                    if isinstance(s, _CsvSource) and s.kind is None: s.scan(None)
+                    w = _Writer(tmp/'.batch.parquet', s.schema, s.rows)
+                    for t in s.batches(): w.add(_window(t, tcol, first))
+                    if w.close(): add(name, s.src, w.path, s.schema.names)
+                    else: log.info(f"{s.src}: no rows in the last {days} days, batch skipped")
+            finally:
+                for _, s in files:
+                    if isinstance(s, _SpillSource): shutil.rmtree(s.files[0].parent, ignore_errors=True)
+        if not manifest: raise DataError('collect', 'empty_window', detail=f"no rows in the last {days} days of any source")
+        write_json(tmp/'manifest.json', manifest)
+        checked = resolve(params, data_columns(tmp))   # auto values from the batches' Parquet schemas, no rows read
+        batches, schema, reports = check_out_of_core(checked, tmp, client)
+        if not all(r.ok for r in reports):
+            reject_out_of_core(batches, schema, reports, raw_dir, quality_path, 'collect', f'{raw_dir} keeps the last good batches')
+        summary = parquet_batch_summary(tmp, task['target'], tcol)
+    return summary
+
+def parquet_batch_summary(raw_dir, target:str|None=None, time_column:str|None=None) -> pd.DataFrame:
+    "`steps.batch_summary` of the batches on disk in `raw_dir`, reading only the time and target columns, record batch by record batch."
+    from mlops_nb.core import read_json
+    rows = []
+    for m in read_json(Path(raw_dir)/'manifest.json'):
+        pf = pq.ParquetFile(Path(raw_dir)/m['file'])
+        names = pf.schema_arrow.names
+        r = dict(batch=m['name'], source=m['source'], rows=pf.metadata.num_rows, columns=len(m['columns']))
+        cols = [x for x in dict.fromkeys([time_column, target]) if x and x in names]
+        first = last = None; total, count, numeric = 0.0, 0, None
+        for rb in pf.iter_batches(batch_size=1 << 16, columns=cols, use_threads=False) if cols else []:
+            df = rb.to_pandas()
+            if time_column in df:
+                t = pd.to_datetime(df[time_column], errors='coerce')
+                if t.notna().any():
+                    first = t.min() if first is None else min(first, t.min()); last = t.max() if last is None else max(last, t.max())
+            if target in df:
+                numeric = pd.api.types.is_numeric_dtype(df[target]) if numeric is None else numeric and pd.api.types.is_numeric_dtype(df[target])
+                if numeric: total += float(df[target].sum()); count += int(df[target].notna().sum())
+        if time_column and time_column in names: r |= dict(first=first if first is not None else pd.NaT, last=last if last is not None else pd.NaT)
+        if target and target in names and numeric: r['target_mean'] = total / count if count else float('nan')
+        rows.append(r)
+    return pd.DataFrame(rows)
 
 # %% ../nbs/16_dask.ipynb #4472cb1f
 import time

@@ -22,11 +22,11 @@ from .params import check_params, column_problems, resolve, auto_keys, data_colu
 __all__ = ['log', 'KEY_METRICS', 'MEASURED', 'resolved_params', 'batch_summary', 'write_failure', 'recorded_failure', 'rounded',
            'key_metrics', 'key_path', 'run_collect', 'run_fingerprint', 'sources_stage', 'reference_rows', 'Prepared',
            'split_summary', 'champion_contract', 'quarantine', 'Checked', 'check_batches', 'evolution_allowed',
-           'reject', 'raw_bytes', 'use_out_of_core', 'run_prepare', 'load_split', 'Trained', 'measured_path',
-           'split_measured', 'run_train', 'Evaluated', 'dvc_curves', 'run_evaluate', 'Candidate', 'latency_ms',
-           'gate_candidate', 'Deployed', 'reference_profile_of', 'release_line', 'run_deploy', 'cli_gate', 'Monitored',
-           'MonitorReference', 'monitor_reference', 'reference_estimator', 'newest_rows', 'current_window',
-           'run_monitor']
+           'reject', 'raw_bytes', 'use_out_of_core', 'source_bytes', 'use_out_of_core_collect', 'run_prepare',
+           'load_split', 'Trained', 'measured_path', 'split_measured', 'run_train', 'Evaluated', 'dvc_curves',
+           'run_evaluate', 'Candidate', 'latency_ms', 'gate_candidate', 'Deployed', 'reference_profile_of',
+           'release_line', 'run_deploy', 'cli_gate', 'Monitored', 'MonitorReference', 'monitor_reference',
+           'reference_estimator', 'newest_rows', 'current_window', 'run_monitor']
 
 # %% ../nbs/06_steps.ipynb #2c8ac5c3
 log = get_logger('mlops_nb.steps')
@@ -127,11 +127,14 @@ def key_path(detail_path:str|Path, stage:str) -> Path:
 
 # %% ../nbs/06_steps.ipynb #1e2be1a1
 def run_collect(params:dict, raw_dir:str|Path='data/raw', quality_path:str|Path|None=None) -> pd.DataFrame:
-    "Collect the configured sources' data window, validate it as prepare will (`check_batches`) and only then replace `raw_dir` with it; return the batch summary.\n    A rejected window goes to `quarantine/` beside `raw_dir`, with its report in `quality_path`; `raw_dir` keeps the last good batches."
+    "Collect the configured sources' data window, validate it as prepare will (`check_batches`) and only then replace `raw_dir` with it; return the batch summary.\n    A rejected window goes to `quarantine/` beside `raw_dir`, with its report in `quality_path`; `raw_dir` keeps the last good batches.\n    File sources larger than memory are read, written and checked batch by batch (`use_out_of_core_collect`, `distributed.collect_out_of_core`)."
     with recorded_failure('collect', quality_path):
         check_params(params)
         task, c = _task(params), params.get('collect') or {}
         if 'sources' not in c: raise MlopsError("params collect.sources: not set; list at least one source (e.g. - type: simulator)")
+        if use_out_of_core_collect(params):   # file sources larger than prepare.memory_budget_mb: batch by batch
+            from mlops_nb.distributed import client_for, collect_out_of_core
+            with client_for(params.get('dask')) as client: return collect_out_of_core(params, raw_dir, quality_path, client=client)
         batches = collect(c['sources'], start_day=int(c.get('start_day', 0)),
                           days=int(c.get('days', 0)), seed=int(params.get('seed', 0)), sim_params=params.get('sim') or {},
                           time_column=task['time_column'])
@@ -336,6 +339,33 @@ def use_out_of_core(prepare:dict, raw_dir:str|Path) -> bool:
     if mode in (True, False): return mode
     if mode != 'auto': raise MlopsError(f"prepare.out_of_core: expected true, false or auto, got {mode!r}")
     return raw_bytes(raw_dir) > float(prepare.get('memory_budget_mb') or 2048) * 2**20
+
+def source_bytes(sources:list[dict]) -> int:
+    """What the file sources of `collect.sources` take as frames, about: a Parquet file's uncompressed size from its
+    metadata, a CSV file's size on disk (a `.csv.gz` file's five times). SQL and simulator sources count 0."""
+    import pyarrow.parquet as pq
+    from mlops_nb.data import source_files
+    n = 0
+    for s in sources or []:
+        if not (isinstance(s, dict) and s.get('type') == 'file' and s.get('path')): continue
+        for f in source_files(s['path']):
+            try:
+                if f.name.lower().endswith(('.parquet', '.pq')):
+                    md = pq.ParquetFile(f).metadata
+                    n += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+                else: n += f.stat().st_size * (5 if f.name.lower().endswith('.gz') else 1)
+            except Exception: n += f.stat().st_size if f.is_file() else 0   # unreadable: collect says why when it reads it
+    return n
+
+def use_out_of_core_collect(params:dict) -> bool:
+    """Whether collect runs out of core, by the setting prepare follows: `prepare.out_of_core` true or false, or `auto`:
+    when the file sources take more than `prepare.memory_budget_mb` (default 2048; `source_bytes`)."""
+    prepare = params.get('prepare') or {}
+    mode = prepare.get('out_of_core', 'auto')
+    if mode in (True, False): return mode
+    if mode != 'auto': raise MlopsError(f"prepare.out_of_core: expected true, false or auto, got {mode!r}")
+    files = [s for s in (params.get('collect') or {}).get('sources') or [] if isinstance(s, dict) and s.get('type') == 'file']
+    return bool(files) and source_bytes(files) > float(prepare.get('memory_budget_mb') or 2048) * 2**20
 
 def run_prepare(params:dict, raw_dir:str|Path='data/raw', out_dir:str|Path='data/prepared',
                 quality_path:str|Path='metrics/data_quality.json') -> Prepared:
