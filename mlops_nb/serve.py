@@ -120,7 +120,7 @@ class LoadedModel:
         self.validator = Validator(self.schema, cfg.unseen_categories, cfg.unknown_columns, cfg.max_rows, self.id_columns)
         self.pre = None
         self.loaded_at = time.time()
-        self.session = self.pipeline = self.encoder = None
+        self.session = self.pipeline = self.encoder = self.whole = None
         if (vdir/'model.onnx').exists():
             import onnxruntime as ort
             so = ort.SessionOptions()
@@ -141,6 +141,7 @@ class LoadedModel:
             self._float_inputs = [i for i, _ in floats] if self._float_type else []
             self._other_inputs = [(i, t) for i, t in self.inputs if i not in self._float_inputs] if self._single is None else []
             self.runtime = 'onnxruntime'
+            self.whole, self.whole_out = self.session, self.out_name   # the whole graph: off the event loop, its string nodes free the GIL
             enc = (self.info.get('onnx') or {}).get('encoder')
             if enc and (vdir/'estimator.onnx').exists():   # the estimator's graph behind the numpy encoder: one input, no string nodes
                 from mlops_nb.feature_step import Encoder
@@ -176,14 +177,16 @@ class LoadedModel:
             feed[name] = (a if typ is object else a.astype(typ)).reshape(n, 1)
         return feed
 
-    def predict(self, X:dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray|None]:
-        "Scores (class-1 probability, or the value) and labels (classification only) for validated columns `X`."
+    def predict(self, X:dict[str, np.ndarray], off_loop:bool=False) -> tuple[np.ndarray, np.ndarray|None]:
+        """Scores (class-1 probability, or the value) and labels (classification only) for validated columns `X`.
+        `off_loop`: called from a thread beside the event loop (a shadow, a slow canary), which runs the whole graph: the
+        numpy encoder holds the GIL the event loop needs, the graph's own encoding nodes do not."""
         if self.session is not None:
             if self.pre is not None:
                 from mlops_nb.feature_step import build_features   # numpy only: the same function the fitted feature step calls
                 X = {**X, **build_features(X, self.pre['spec'], self.pre.get('time_column'))}
-            feed = {'encoded': self.encoder(X)} if self.encoder is not None else self._feed(X)
-            out = self.session.run([self.out_name], feed)[0]
+            if self.encoder is not None and not off_loop: out = self.session.run([self.out_name], {'encoded': self.encoder(X)})[0]
+            else: out = self.whole.run([self.whole_out], self._feed(X))[0]
             if self.classification:
                 score = (np.array([d[1] for d in out], dtype='float64') if isinstance(out, list)
                          else np.ascontiguousarray(np.asarray(out, dtype='float64')[:, -1]) if np.ndim(out) == 2 else np.asarray(out, dtype='float64'))
@@ -201,8 +204,9 @@ class LoadedModel:
             if c.kind == 'categorical': row[k] = np.array([(c.categories or ['x'])[0]], dtype=object)
             elif c.kind == 'datetime': row[k] = np.array([c.min or '2026-01-01'], dtype='datetime64[us]')
             else: row[k] = np.array([float(c.min) if isinstance(c.min, (int, float)) else 0.0])
-        s, _ = self.predict(row)
-        if not np.isfinite(s).all(): raise MlopsError(f"{self.dir}: the warm-up prediction is not finite ({s})")
+        for off_loop in (False, True) if self.encoder is not None else (False,):
+            s, _ = self.predict(row, off_loop)
+            if not np.isfinite(s).all(): raise MlopsError(f"{self.dir}: the warm-up prediction is not finite ({s})")
 
     def metadata(self) -> dict:
         "What `/metadata` says about this version."
@@ -495,7 +499,7 @@ class Service:
             c = slot.canary
             if c is not None and c.model is model and not c.off_loop: score, label = await self._predict(slot, model, 'canary', X, n, rid, t0)
             else:
-                score, label = await asyncio.to_thread(model.predict, X)
+                score, label = await asyncio.to_thread(model.predict, X, True)
                 _finite(model, score)
                 slot.record(model, 'primary', [(slot, model, 'primary', X, n, rid, t0)], X, score, label)   # returned: a primary answer
         except Exception as e:

@@ -73,7 +73,7 @@ class Shadow:
             except Exception: self.errors += 1
         if not ok: return
         X = Xs[0] if len(Xs) == 1 else {k: np.concatenate([x[k] for x in Xs]) for k in Xs[0]}
-        try: score, label = m.predict(X)
+        try: score, label = m.predict(X, off_loop=True)   # this thread: the whole graph, which frees the GIL
         except Exception as e:
             self.errors += len(ok)
             self.slot.log(event='shadow_error', model=self.slot.name, version=m.version, error=f"{type(e).__name__}: {e}")
