@@ -19,8 +19,9 @@ from .protocols import (parse_json_payload, parse_csv_payload, loads_json, _v2_c
                                 _V2_NUMBERS)
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'CANARY_LOOP_BUDGET_S', 'ServeConfig', 'LoadedModel', 'ModelSource', 'Stats',
-           'Service', 'openapi_spec', 'build_app', 'app_from_env', 'predict_file', 'serve_cmd', 'predict_cmd']
+__all__ = ['LATENCY_BUCKETS', 'SCORE_BUCKETS', 'CANARY_LOOP_BUDGET_S', 'CANARY_SLOW_CALLS', 'CANARY_FAST_CALLS', 'ServeConfig',
+           'LoadedModel', 'ModelSource', 'Stats', 'Service', 'openapi_spec', 'build_app', 'app_from_env',
+           'predict_file', 'serve_cmd', 'predict_cmd']
 
 # %% ../nbs/09_serve.ipynb #2f8e36fa
 _log = get_logger('mlops_nb.serve')
@@ -357,8 +358,10 @@ class _Merged:
         yield from out.values()
 
 # %% ../nbs/09_serve.ipynb #b1531a79
-# A canary shares the event loop's micro-batches while its model calls stay under this; a slower one is moved off the loop
-CANARY_LOOP_BUDGET_S = 0.02
+# A canary shares the event loop's micro-batches while its model calls stay under this; one whose calls take longer
+# CANARY_SLOW_CALLS times in a row is moved off the loop (one slow call is a hiccup of the machine, not of the model),
+# and comes back after CANARY_FAST_CALLS calls in a row under half the budget there
+CANARY_LOOP_BUDGET_S, CANARY_SLOW_CALLS, CANARY_FAST_CALLS = 0.02, 2, 50
 
 def _finite(m, score:np.ndarray):
     "Refuse a candidate's non-finite scores (the champion then answers the request)."
@@ -481,9 +484,12 @@ class Service:
                 continue
             finally:
                 c = slot.canary
-                if role == 'canary' and c is not None and c.model is m and not c.off_loop and time.perf_counter() - t > CANARY_LOOP_BUDGET_S:
-                    c.off_loop = True     # a slow candidate: its next requests are predicted off the event loop
-                    self.log(event='canary_off_loop', model=slot.name, version=m.version, ms=round((time.perf_counter() - t) * 1e3, 1))
+                if role == 'canary' and c is not None and c.model is m and not c.off_loop:
+                    dt = time.perf_counter() - t
+                    c.slow_calls = c.slow_calls + 1 if dt > CANARY_LOOP_BUDGET_S else 0
+                    if c.slow_calls >= CANARY_SLOW_CALLS:   # a slow candidate: its next requests are predicted off the event loop
+                        c.off_loop, c.fast_calls = True, 0
+                        self.log(event='canary_off_loop', model=slot.name, version=m.version, ms=round(dt * 1e3, 1))
             slot.record(m, 'primary' if role == 'canary' else role, items, X, score, label)
             for it, r in zip(items, results):
                 if not it[-1].done(): it[-1].set_result(r)
@@ -491,7 +497,7 @@ class Service:
     async def predict_canary(self, slot, model:LoadedModel, cols:dict, n:int, rid:str, t0:float, text:bool):
         """Predict a request `slot.route` sent to the canary `model`: `(model that answered, X, score, label)`. The canary
         shares the event loop's micro-batches like the champion, so a rollout costs no thread hand-off per request; once
-        one of its model calls takes longer than `CANARY_LOOP_BUDGET_S`, its requests are predicted off the event loop
+        its model calls take longer than `CANARY_LOOP_BUDGET_S` `CANARY_SLOW_CALLS` times in a row, its requests are predicted off the event loop
         (a slow candidate delays its own requests, not the champion's). If it fails, the champion answers and the error
         is counted for the candidate, so no client request fails because of it."""
         try:
@@ -499,7 +505,13 @@ class Service:
             c = slot.canary
             if c is not None and c.model is model and not c.off_loop: score, label = await self._predict(slot, model, 'canary', X, n, rid, t0)
             else:
+                t = time.perf_counter()
                 score, label = await asyncio.to_thread(model.predict, X, True)
+                if c is not None and c.model is model and c.off_loop:   # fast again for long enough: back on the loop
+                    c.fast_calls = c.fast_calls + 1 if time.perf_counter() - t < CANARY_LOOP_BUDGET_S / 2 else 0
+                    if c.fast_calls >= CANARY_FAST_CALLS:
+                        c.off_loop, c.slow_calls = False, 0
+                        self.log(event='canary_on_loop', model=slot.name, version=model.version)
                 _finite(model, score)
                 slot.record(model, 'primary', [(slot, model, 'primary', X, n, rid, t0)], X, score, label)   # returned: a primary answer
         except Exception as e:

@@ -294,7 +294,8 @@ class Canary:
         cols = sticky.get('columns', sticky.get('column')) or list(id_columns)
         self.columns = [cols] if isinstance(cols, str) else list(cols)
         self.header = str(sticky.get('header') or 'x-rollout-key').lower()
-        self.off_loop = False    # set once one of its model calls took longer than CANARY_LOOP_BUDGET_S (see Service._run_batch)
+        self.off_loop = False    # set once its model calls took longer than CANARY_LOOP_BUDGET_S a few times in a row (see Service._run_batch)
+        self.slow_calls = self.fast_calls = 0   # consecutive calls over the budget on the loop, under half of it off the loop
 
     def key(self, cols:dict|None, headers:dict, rid:str) -> str:
         "The sticky key: the first row's value of a key column the record has (`task.id_columns`), else the header, else the request id."

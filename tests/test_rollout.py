@@ -134,7 +134,7 @@ def test_a_bad_canary_is_rolled_back_with_no_failed_request(world, bad, why):
     if bad == 'raising':                              # the candidate's errors were answered by the champion, and counted
         assert last['evidence']['canary']['errors'] > 0
         assert server_events(srv, 'canary_error')
-    if bad == 'slow':                                 # its first 0.3 s call moved it off the event loop, where the champion answers
+    if bad == 'slow':                                 # its first two 0.3 s calls moved it off the event loop, where the champion answers
         assert v['slow'] in [e['version'] for e in server_events(srv, 'canary_off_loop')]
     # a request sent after the server applied the rollback never reaches the candidate
     applied = [e for e in server_events(srv, 'rollout') if e.get('status') == 'rolled_back' and e.get('candidate') == v[bad]]
