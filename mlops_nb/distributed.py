@@ -610,7 +610,7 @@ def _quality_row(s:pd.Series, schema) -> dict:
         r.update(top=pd.Series(like).astype(str).iloc[0], top_share=float(vc.iloc[0] / len(s)))
     return r
 
-def check_out_of_core(params:dict, raw_dir, client=None) -> tuple[list[dict], Schema, list]:
+def check_out_of_core(params:dict, raw_dir, client=None) -> tuple:   # (batch reports, data.Schema, reports)
     """`steps.check_batches` over the Parquet batches of `raw_dir` (as collect writes them), without loading them: the
     columns params name, the schema (pinned, or inferred one column at a time), every batch against it (`parquet_validate`,
     on the cluster of `client` when given) and the champion's contract. Returns the batches (manifest entries with their
@@ -1211,7 +1211,9 @@ def use_out_of_core_monitor(params:dict, raw_dir='data/raw') -> bool:
         if mode is True: raise MlopsError("monitor.out_of_core: true needs a current window of Parquet files: monitor.current.source "
                                           "file with a Parquet file, folder or glob as path, or newest over Parquet batches in data/raw")
         return False
-    return mode is True or window_bytes(src[0]) > monitor_budget(params)
+    if mode is True: return True
+    try: return window_bytes(src[0]) > monitor_budget(params)
+    except Exception: return False   # an unreadable file: the in-memory read names it and the rule it breaks
 
 def _window_masks(files:list, kind:str, params:dict, current:dict|None, time_column:str|None) -> list[np.ndarray|None]:
     """Per file, the rows in the window (None: all): `newest` keeps the newest rows by time as `steps.newest_rows` does,
