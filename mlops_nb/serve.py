@@ -129,8 +129,7 @@ class LoadedModel:
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             self.session = ort.InferenceSession(str(vdir/'model.onnx'), so, providers=['CPUExecutionProvider'])
             self.inputs = [(i.name, _ORT_TYPES.get(i.type, 'float32')) for i in self.session.get_inputs()]
-            outs = [o.name for o in self.session.get_outputs()]
-            self.out_name = (next((o for o in outs if 'prob' in o.lower()), outs[-1]) if self.classification else outs[0])
+            self.out_name = self._score_output(self.session)
             self.pre = (self.info.get('onnx') or {}).get('pre_step')   # the feature step, run in numpy before the graph
             if step and not self.pre: raise MlopsError(f"{vdir/'model.json'}: the ONNX graph has no feature pre-step (onnx.pre_step) for a raw-record model")
             names = set(self.schema.columns) | set((self.pre or {}).get('derived') or [])
@@ -150,12 +149,16 @@ class LoadedModel:
                 lost = [c for c in self.encoder.columns if c not in names]
                 if lost: raise MlopsError(f"{vdir/'model.json'}: the encoder reads column(s) {lost} that are not columns of schema.json")
                 self.session = ort.InferenceSession(str(vdir/'estimator.onnx'), so, providers=['CPUExecutionProvider'])
-                outs = [o.name for o in self.session.get_outputs()]
-                self.out_name = (next((o for o in outs if 'prob' in o.lower()), outs[-1]) if self.classification else outs[0])
+                self.out_name = self._score_output(self.session)
         else:
             from mlops_nb.registry import load_skops   # skops with the registry's trusted types only (imports scikit-learn)
             self.pipeline = load_skops(vdir/'model.skops')
             self.runtime = 'skops'
+
+    def _score_output(self, session) -> str:
+        "The graph output holding the scores: the probabilities of a classifier, the first output of a regressor."
+        outs = [o.name for o in session.get_outputs()]
+        return next((o for o in outs if 'prob' in o.lower()), outs[-1]) if self.classification else outs[0]
 
     def _feed(self, X:dict[str, np.ndarray]) -> dict:
         "ONNX inputs from validated columns: float columns fed as they are (an `(n, 1)` view), the others converted."
