@@ -1468,47 +1468,6 @@ def _drift_row(p, o:dict|None, grid, cfg:dict) -> dict:
     score, thr, drift = M._verdict(method, scores, cfg)
     return row | dict(method=method, score=score, threshold=thr, drift=drift) | scores
 
-def _quality_rows(profile, cols:dict, n:int, q:dict) -> tuple[pd.DataFrame, list[dict]]:
-    "`monitor.quality_drift` from the merged summaries (`n`: the window's rows)."
-    rows, breaches = [], []
-    def breach(col, rule, value, limit, detail):
-        breaches.append(dict(column=col, rule=rule, value=round(float(value), 6), limit=limit, detail=detail))
-    for name, p in profile.columns.items():
-        r = dict(column=name, kind=p.kind, ref_null_rate=p.missing / p.rows if p.rows else 0.0, cur_null_rate=None,
-                 inf_rate=None, out_of_range_rate=None, new_category_rate=None, wrong_dtype_rate=None, status='ok')
-        o = cols.get(name)
-        if o is None or not o['present']:
-            r['status'] = 'missing'; rows.append(r)
-            breach(name, 'missing_column', 1, 0, f"column '{name}' is not in the current window")
-            continue
-        r['cur_null_rate'] = o['null'] / n if n else None
-        if n == 0: rows.append(r); continue
-        if p.kind == 'num':
-            r['wrong_dtype_rate'] = o['wrong'] / n
-            r['inf_rate'] = float(o['inf'] / n)
-            if p.n:
-                m = (p.max - p.min) * q['range_margin']
-                r['out_of_range_rate'] = float(o['oor'] / n)
-            if r['wrong_dtype_rate'] > q['max_wrong_dtype_rate']:
-                r['status'] = 'wrong_dtype'
-                breach(name, 'wrong_dtype', r['wrong_dtype_rate'], q['max_wrong_dtype_rate'], f"{o['wrong']} of {n} values are not numbers (dtype {o['changed'] or o['dtype']})")
-            if r['out_of_range_rate'] is not None and r['out_of_range_rate'] > q['max_out_of_range_rate']:
-                breach(name, 'out_of_range', r['out_of_range_rate'], q['max_out_of_range_rate'],
-                       f"outside [{p.min - m:.6g}, {p.max + m:.6g}] (reference range {p.min:.6g} .. {p.max:.6g} ± {q['range_margin']} x range)")
-            if r['inf_rate'] > 0: breach(name, 'infinite_values', r['inf_rate'], 0, f"{o['inf']} of {n} values are infinite")
-        else:
-            keys = np.array(list(o['counts']), dtype=object); counts = np.array([o['counts'][k] for k in keys], dtype='int64')
-            known = np.isin(keys, p.categories) if p.categories is not None and len(keys) else np.ones(len(keys), bool)
-            r['new_category_rate'] = float(counts[~known].sum() / n)
-            if r['new_category_rate'] > q['max_new_category_rate']:
-                top = ', '.join(f"'{k}' ({c})" for k, c in sorted(zip(keys[~known], counts[~known]), key=lambda kc: -kc[1])[:5])
-                breach(name, 'new_categories', r['new_category_rate'], q['max_new_category_rate'], f"unseen in the reference: {top}")
-        if r['cur_null_rate'] - r['ref_null_rate'] > q['max_null_rate_increase']:
-            breach(name, 'null_rate', r['cur_null_rate'], round(r['ref_null_rate'] + q['max_null_rate_increase'], 6),
-                   f"null rate {r['cur_null_rate']:.3f} > reference {r['ref_null_rate']:.3f} + {q['max_null_rate_increase']}")
-        rows.append(r)
-    return pd.DataFrame(rows), breaches
-
 def monitor_out_of_core(params:dict, ref, profile, cfg:dict, prepared_dir='data/prepared', raw_dir='data/raw', client=None,
                         sample_rows:int=20_000):
     """`steps.run_monitor`'s comparison for a current window larger than memory: its Parquet row groups are read a slice
@@ -1557,7 +1516,7 @@ def monitor_out_of_core(params:dict, ref, profile, cfg:dict, prepared_dir='data/
                   & table['method'].eq('wasserstein')]
     for r in close.itertuples():
         log.warning(f"monitor: '{r.column}': Wasserstein {r.score:.6g} is within the out-of-core error bound {r.wasserstein_error:.2g} of its threshold {r.threshold}")
-    quality, breaches = _quality_rows(profile, acc['cols'], n, cfg['quality'])
+    quality, breaches = M.quality_rules(profile, acc['cols'], n, cfg['quality'])   # the in-memory monitor's rules
     # the per-row columns (scores, labels, target, time: a few bytes a row) go through monitor.monitor, without the features
     slim = pd.DataFrame(index=range(n))
     for key, c in (('target', task['target']), ('time', task['time_column'])):

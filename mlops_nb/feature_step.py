@@ -4,6 +4,8 @@
 
 # %% ../nbs/03a_feature_step.ipynb #fs000004
 from __future__ import annotations
+from itertools import repeat
+
 import numpy as np
 
 from .core import MlopsError
@@ -30,17 +32,19 @@ def time_parts(t:np.ndarray, parts) -> dict[str, np.ndarray]:
     t = np.asarray(t)
     t = _epoch_to_datetime64(t) if t.dtype.kind in 'fiub' else t.astype('datetime64[us]', copy=False)
     us, nat = t.view('int64'), np.isnat(t)       # integer microseconds: hours and weekdays by floor division, no calendar
-    days = us // 86_400_000_000
-    out = {}
+    if not nat.any(): nat = None                 # checked once: a request's rows are rarely missing their time
+    days, out = None, {}
     for p in parts:
         if p == 'hour': v = us // 3_600_000_000 % 24
-        elif p == 'dayofweek': v = (days + 3) % 7                 # 1970-01-01 was a Thursday; Monday = 0
-        elif p == 'is_weekend': v = (days + 3) % 7 >= 5
+        elif p in ('dayofweek', 'is_weekend'):
+            if days is None: days = us // 86_400_000_000
+            v = (days + 3) % 7                                    # 1970-01-01 was a Thursday; Monday = 0
+            if p == 'is_weekend': v = v >= 5
         elif p == 'month': v = t.astype('datetime64[M]').astype('int64') % 12 + 1
         elif p == 'dayofmonth': v = (t.astype('datetime64[D]') - t.astype('datetime64[M]').astype('datetime64[D]')).astype('int64') + 1
         else: raise MlopsError(f"unknown time part {p!r}; choose from {list(TIME_PARTS)}")
         v = v.astype('float64')
-        if nat.any(): v[nat] = np.nan
+        if nat is not None: v[nat] = np.nan
         out[p] = v
     return out
 
@@ -81,10 +85,11 @@ def build_features(cols:dict, spec:dict|None, time_column:str|None=None) -> dict
     if spec.get('time_parts'):
         out |= {f'{time_column}_{p}': v for p, v in time_parts(cols[time_column], spec['time_parts']).items()}
     for c in spec.get('log') or []:
-        out[f'log_{c}'] = np.log1p(np.clip(np.asarray(cols[c], dtype='float64'), 0, None))
+        out[f'log_{c}'] = np.log1p(np.maximum(np.asarray(cols[c], dtype='float64'), 0.0))   # negatives as 0; NaN stays NaN
     for name, (a, b) in (spec.get('ratios') or {}).items():
         num, den = np.asarray(cols[a], dtype='float64'), np.asarray(cols[b], dtype='float64')
-        out[name] = np.divide(num, den, out=np.full(den.shape, np.nan), where=den != 0)   # a zero denominator: missing
+        r = np.empty(den.shape); r.fill(np.nan)
+        out[name] = np.divide(num, den, out=r, where=den != 0)   # a zero denominator: missing
     return out
 
 
@@ -104,15 +109,32 @@ class Encoder:
                              int(c['offset']) + int(c['missing']), int(c['offset']) + int(c['unknown']) if int(c.get('unknown', -1)) >= 0 else -1)
                             for c in spec.get('categorical') or []]
         self.columns = self.numeric + [c for c, *_ in self.categorical]
+        self._num = [(self.offset + j, c, *map(float, v)) for j, (c, *v) in   # one row's numbers as Python floats
+                     enumerate(zip(self.numeric, self.mean, self.scale, self.filled))] if self.numeric else []
 
     def _cell(self, v, index:dict, missing:int, unknown:int) -> int:
         "The output cell of one category value `v` that is not a known string."
         if v is None or v == '' or v != v: return missing
         return index.get(str(v), unknown)
 
+    def _row(self, cols:dict) -> np.ndarray:
+        """The `(1, width)` matrix of a one-row `cols`, in plain Python: numpy's per-call cost would be most of it. The same
+        IEEE float64 subtraction and division as the vectorised path, so the same bits."""
+        row = [0.0] * self.width
+        for j, c, mean, scale, filled in self._num:
+            v = float(cols[c][0])
+            row[j] = filled if v != v else (v - mean) / scale
+        for c, index, missing, unknown in self.categorical:
+            v = cols[c][0]
+            k = index.get(v) if type(v) is str else None
+            if k is None: k = self._cell(v, index, missing, unknown)
+            if k >= 0: row[k] = 1.0
+        return np.array([row])
+
     def __call__(self, cols:dict) -> np.ndarray:
         "The `(n, width)` float64 matrix for raw columns `cols` (name -> numpy array: numbers, or objects for categories)."
         n = len(cols[self.columns[0]])
+        if n == 1: return self._row(cols)
         out = np.zeros((n, self.width))
         if self.numeric:   # in place: a one-row request is dominated by numpy's per-call cost
             x = out[:, self.offset:self.offset + len(self.numeric)]
@@ -131,12 +153,13 @@ class Encoder:
             if rows: out[rows, cells] = 1.0
             return out
         ks = []
-        for c, index, missing, unknown in self.categorical:   # dict lookups in one comprehension per column
+        for c, index, missing, unknown in self.categorical:   # dict lookups at C speed, one pass per column
             vals = cols[c].tolist()
-            got = [index.get(v, -2) for v in vals]
+            got = list(map(index.get, vals, repeat(-2)))
             if -2 in got: got = [k if k != -2 else self._cell(v, index, missing, unknown) for k, v in zip(got, vals)]
             ks += got
-        k, r = np.array(ks), np.tile(np.arange(n), len(self.categorical))
-        if (k < 0).any(): r, k = r[k >= 0], k[k >= 0]
-        out[r, k] = 1.0
+        k = np.array(ks, np.intp).reshape(len(self.categorical), n)
+        keep = (k >= 0) if min(ks) < 0 else None          # an unknown category with no cell of its own: no 1
+        k += np.arange(n) * self.width                     # the cell's position in the row-major matrix
+        out.reshape(-1)[k.ravel() if keep is None else k[keep]] = 1.0
         return out

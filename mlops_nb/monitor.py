@@ -22,11 +22,12 @@ __all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'STAGE_KEYS', 'SCORE
            'settings', 'column_kind', 'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile',
            'ks_statistic', 'wasserstein', 'ks_pvalue', 'psi', 'numeric_scores', 'align_counts', 'categorical_scores',
            'column_drift', 'DriftReport', 'data_drift', 'drift_over_time', 'prediction_drift', 'class_rates',
-           'quality_drift', 'wilson', 'auc_interval', 'window_metrics', 'performance_over_time', 'evaluate_alerts',
-           'post_json', 'deliver', 'MonitorResult', 'monitor', 'plot_drift_scores', 'plot_distributions',
-           'plot_drift_over_time', 'plot_performance', 'needs_calibration', 'expected_roc_auc', 'expected_pr_auc',
-           'CBPE', 'DLE', 'estimated_performance', 'estimate_window', 'estimation_line', 'registry_reference',
-           'read_window', 'cli_monitor', 'shadow_report', 'shadow_counters', 'cli_shadow']
+           'quality_summary', 'quality_rules', 'quality_drift', 'wilson', 'auc_interval', 'window_metrics',
+           'performance_over_time', 'evaluate_alerts', 'post_json', 'deliver', 'MonitorResult', 'monitor',
+           'plot_drift_scores', 'plot_distributions', 'plot_drift_over_time', 'plot_performance', 'needs_calibration',
+           'expected_roc_auc', 'expected_pr_auc', 'CBPE', 'DLE', 'estimated_performance', 'estimate_window',
+           'estimation_line', 'registry_reference', 'read_window', 'cli_monitor', 'shadow_report', 'shadow_counters',
+           'cli_shadow']
 
 # %% ../nbs/10_monitor.ipynb #cf15682f
 log = get_logger('mlops_nb.monitor')
@@ -496,41 +497,51 @@ def class_rates(ref_labels, cur_labels) -> pd.DataFrame:
     return out
 
 # %% ../nbs/10_monitor.ipynb #4aa98095
-def quality_drift(reference:Profile, current:pd.DataFrame, cfg:dict|None=None) -> tuple[pd.DataFrame, list[dict]]:
-    "Per-column quality of `current` against the reference profile, and the list of breaches of `cfg`'s tolerances."
-    q = settings({'quality': cfg or {}})['quality']
+def quality_summary(s:pd.Series, p, q:dict) -> dict:
+    """The counts the quality rules read for one current column `s` against its reference column profile `p`: rows,
+    nulls, non-numbers, infinities and values out of range (numbers), category counts (categories). The out-of-core
+    monitor adds these up partition by partition, so both judge the same numbers."""
+    o = dict(rows=len(s), null=int(s.isna().sum()), wrong=0, inf=0, oor=0, present=True, changed=None, dtype=str(s.dtype), counts={})
+    if p.kind == 'num':
+        x = _floats(s)
+        o['wrong'], o['inf'] = int((np.isnan(x) & s.notna().to_numpy()).sum()), int(np.isinf(x).sum())
+        if p.n:
+            m, fin = (p.max - p.min) * q['range_margin'], x[np.isfinite(x)]
+            o['oor'] = int(((fin < p.min - m) | (fin > p.max + m)).sum())
+    else:
+        keys, counts = value_counts(s if not ptypes.is_numeric_dtype(s) else s.astype('str').where(s.notna()))
+        o['counts'] = dict(zip(keys.tolist(), counts.tolist()))
+    return o
+
+def quality_rules(reference:Profile, summaries:dict, n:int, q:dict) -> tuple[pd.DataFrame, list[dict]]:
+    "The per-column quality table and the breaches of tolerances `q`, from the `quality_summary` of each current column (`n` rows)."
     rows, breaches = [], []
     def breach(col, rule, value, limit, detail):
         breaches.append(dict(column=col, rule=rule, value=round(float(value), 6), limit=limit, detail=detail))
-    n = len(current)
     for name, p in reference.columns.items():
         r = dict(column=name, kind=p.kind, ref_null_rate=p.missing / p.rows if p.rows else 0.0, cur_null_rate=None,
                  inf_rate=None, out_of_range_rate=None, new_category_rate=None, wrong_dtype_rate=None, status='ok')
-        if name not in current.columns:
+        o = summaries.get(name)
+        if o is None or not o['present']:
             r['status'] = 'missing'; rows.append(r)
             breach(name, 'missing_column', 1, 0, f"column '{name}' is not in the current window")
             continue
-        s = current[name]
-        r['cur_null_rate'] = float(s.isna().mean()) if n else None
+        r['cur_null_rate'] = o['null'] / n if n else None
         if n == 0: rows.append(r); continue
         if p.kind == 'num':
-            x = _floats(s)
-            wrong = int((np.isnan(x) & s.notna().to_numpy()).sum())
-            r['wrong_dtype_rate'] = wrong / n
-            r['inf_rate'] = float(np.isinf(x).sum() / n)
+            r['wrong_dtype_rate'], r['inf_rate'] = o['wrong'] / n, float(o['inf'] / n)
             if p.n:
                 m = (p.max - p.min) * q['range_margin']
-                fin = x[np.isfinite(x)]
-                r['out_of_range_rate'] = float(((fin < p.min - m) | (fin > p.max + m)).sum() / n)
+                r['out_of_range_rate'] = float(o['oor'] / n)
             if r['wrong_dtype_rate'] > q['max_wrong_dtype_rate']:
                 r['status'] = 'wrong_dtype'
-                breach(name, 'wrong_dtype', r['wrong_dtype_rate'], q['max_wrong_dtype_rate'], f"{wrong} of {n} values are not numbers (dtype {s.dtype})")
+                breach(name, 'wrong_dtype', r['wrong_dtype_rate'], q['max_wrong_dtype_rate'], f"{o['wrong']} of {n} values are not numbers (dtype {o['changed'] or o['dtype']})")
             if r['out_of_range_rate'] is not None and r['out_of_range_rate'] > q['max_out_of_range_rate']:
                 breach(name, 'out_of_range', r['out_of_range_rate'], q['max_out_of_range_rate'],
                        f"outside [{p.min - m:.6g}, {p.max + m:.6g}] (reference range {p.min:.6g} .. {p.max:.6g} ± {q['range_margin']} x range)")
-            if r['inf_rate'] > 0: breach(name, 'infinite_values', r['inf_rate'], 0, f"{int(np.isinf(x).sum())} of {n} values are infinite")
+            if r['inf_rate'] > 0: breach(name, 'infinite_values', r['inf_rate'], 0, f"{o['inf']} of {n} values are infinite")
         else:
-            keys, counts = value_counts(s if not ptypes.is_numeric_dtype(s) else s.astype('str').where(s.notna()))
+            keys = np.array(list(o['counts']), dtype=object); counts = np.array([o['counts'][k] for k in keys], dtype='int64')
             known = np.isin(keys, p.categories) if p.categories is not None and len(keys) else np.ones(len(keys), bool)
             r['new_category_rate'] = float(counts[~known].sum() / n)
             if r['new_category_rate'] > q['max_new_category_rate']:
@@ -541,6 +552,12 @@ def quality_drift(reference:Profile, current:pd.DataFrame, cfg:dict|None=None) -
                    f"null rate {r['cur_null_rate']:.3f} > reference {r['ref_null_rate']:.3f} + {q['max_null_rate_increase']}")
         rows.append(r)
     return pd.DataFrame(rows), breaches
+
+def quality_drift(reference:Profile, current:pd.DataFrame, cfg:dict|None=None) -> tuple[pd.DataFrame, list[dict]]:
+    "Per-column quality of `current` against the reference profile, and the list of breaches of `cfg`'s tolerances."
+    q = settings({'quality': cfg or {}})['quality']
+    summaries = {name: quality_summary(current[name], p, q) for name, p in reference.columns.items() if name in current.columns}
+    return quality_rules(reference, summaries, len(current), q)
 
 # %% ../nbs/10_monitor.ipynb #119ae019
 def wilson(k:float, n:float, conf:float=0.95) -> tuple[float, float]:

@@ -223,8 +223,12 @@ def onnx_predict(session, X, inputs:list[dict]|None=None) -> np.ndarray:
     "The class-1 probability (a classifier with `probabilities` output) or the prediction of the ONNX model for `X`."
     inputs = inputs or [dict(name=i.name, type={'tensor(double)': 'double', 'tensor(float)': 'float'}.get(i.type, 'string'))
                         for i in session.get_inputs()]
+    return _graph_scores(session, onnx_feeds(X, inputs))
+
+def _graph_scores(session, feeds:dict) -> np.ndarray:
+    "The class-1 probability (a `probabilities` output) or the first output of `session` run on `feeds`, as float64."
     names = [o.name for o in session.get_outputs()]
-    out = dict(zip(names, session.run(None, onnx_feeds(X, inputs))))
+    out = dict(zip(names, session.run(None, feeds)))
     if 'probabilities' in out: return np.asarray(out['probabilities'], dtype='float64')[:, -1]
     return np.asarray(out[names[0]], dtype='float64').reshape(-1)
 
@@ -267,11 +271,14 @@ def onnx_parity(pipeline, onnx_bytes:bytes, X, tolerance:float=1e-4) -> dict:
     if len(X) == 0: raise MlopsError('onnx_parity: X has no rows')
     step, _ = split_feature_step(pipeline)
     ref, got = _sk_predict(pipeline, X), onnx_predict(onnx_session(onnx_bytes), onnx_model_frame(step, X) if step is not None else X)
+    return _parity(ref, got, tolerance)
+
+def _parity(ref:np.ndarray, got:np.ndarray, tolerance:float) -> dict:
+    "How far the predictions `got` are from scikit-learn's `ref`: the worst difference (inf for a NaN), rows over `tolerance`."
     diff = np.abs(ref - got)
-    worst = float(np.nanmax(diff)) if np.isfinite(diff).any() else float('inf')
-    if np.isnan(diff).any(): worst = float('inf')
+    worst = float('inf') if np.isnan(diff).any() else float(diff.max())
     return dict(max_abs_diff=worst, ok=bool(worst <= tolerance), tolerance=float(tolerance),
-                rows=int(len(X)), rows_over=int((~(diff <= tolerance)).sum()))
+                rows=int(len(diff)), rows_over=int((~(diff <= tolerance)).sum()))
 
 # %% ../nbs/07_registry.ipynb #enc00002
 def _numeric_block(t, cols:list, X, offset:int) -> dict|None:
@@ -362,14 +369,8 @@ def encoded_parity(pipeline, enc:dict, onnx_bytes:bytes, X, tolerance:float=1e-4
     from mlops_nb.feature_step import Encoder
     step, _ = split_feature_step(pipeline)
     frame = onnx_model_frame(step, X) if step is not None else X
-    s = onnx_session(onnx_bytes)
-    names = [o.name for o in s.get_outputs()]
-    out = dict(zip(names, s.run(None, {'encoded': Encoder(enc)(encoded_columns(frame, enc))})))
-    got = (np.asarray(out['probabilities'], dtype='float64')[:, -1] if 'probabilities' in out
-           else np.asarray(out[names[0]], dtype='float64').reshape(-1))
-    diff = np.abs(_sk_predict(pipeline, X) - got)
-    worst = float('inf') if np.isnan(diff).any() else float(diff.max())
-    return dict(max_abs_diff=worst, ok=bool(worst <= tolerance), rows=int(len(X)), rows_over=int((~(diff <= tolerance)).sum()))
+    got = _graph_scores(onnx_session(onnx_bytes), {'encoded': Encoder(enc)(encoded_columns(frame, enc))})
+    return _parity(_sk_predict(pipeline, X), got, tolerance)
 
 # %% ../nbs/07_registry.ipynb #395d410f
 def sha256_file(path:str|os.PathLike) -> str:
