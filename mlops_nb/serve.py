@@ -336,6 +336,7 @@ class Stats:
             f = cls(name, doc, labels=P); f.add_metric(p, val); return f
         if self.part != 'model':
             yield one(CounterMetricFamily, 'mlops_nb_micro_batched_requests', 'Requests that shared a model call with others', self.info.get('batched', 0))
+            yield one(CounterMetricFamily, 'mlops_nb_shared_feature_batches', 'Micro-batches whose versions (a rollout\'s champion and canary) built their features once', self.info.get('shared', 0))
         if self.part == 'http': return
         yield one(CounterMetricFamily, 'mlops_nb_predicted_rows', 'Rows predicted', self.rows)
         pc = CounterMetricFamily('mlops_nb_predictions_by_class', 'Predicted labels by class', labels=['label'] + P)
@@ -406,7 +407,7 @@ class Service:
         self.stats = Stats(cfg.workers > 1, part='http') if multi else self.default.stats   # the routes that name no model
         self.started = time.time()
         self.token = os.environ.get('MLOPS_NB_ADMIN_TOKEN') or None
-        self._pending, self._scheduled, self.batched = [], False, 0
+        self._pending, self._scheduled, self.batched, self.shared = [], False, 0, 0
         self._rid_prefix, self._rid_n = uuid.uuid4().hex[:16], 0
 
     # the default model, as one-model code knows it
@@ -500,6 +501,7 @@ class Service:
         groups = list(groups.values())
         try: shared = self._shared_inputs(groups)
         except Exception: shared = None   # each group then meets (and answers) its own error
+        if shared is not None: self.shared += 1
         for gi, items in enumerate(groups):
             slot, m, role = items[0][:3]
             t = time.perf_counter()
@@ -760,7 +762,7 @@ def build_app(cfg:ServeConfig, preload:bool=False):
         try: return slot_metadata(named(request))
         except RequestError as e: return E(e)
     async def metrics(request):
-        svc.stats.info['batched'] = svc.batched
+        svc.stats.info.update(batched=svc.batched, shared=svc.shared)
         for s in svc.slots.values(): s.scrape()
         return Response(generate_latest(prom), media_type=CONTENT_TYPE_LATEST)
     async def openapi(request): return J(openapi_spec(svc))

@@ -265,3 +265,41 @@ def test_canary_of_one_named_model_with_two_workers(tmp_path):
         assert srv.get('/ready')[1]['models'] == {'fraud': 'v0001', 'churn': 'v0001'}
     finally:
         assert srv.stop() == 0
+
+
+def test_a_canary_and_the_champion_in_one_micro_batch_answer_each_with_its_own_model(tmp_path):
+    """Requests for both versions that the server predicts in one micro-batch (their features built once, each version
+    reading its rows as views) get their own version's score, row for row, under concurrent load."""
+    from concurrent.futures import ThreadPoolExecutor
+    from mlops_nb.serve import LoadedModel
+    root = tmp_path/'registry'
+    reg = Registry(root)
+    _register(reg, 1); _register(reg, 9)                                  # two different fits of the same features
+    reg.promote('v0001')
+    reg.start_rollout('v0002', [50, 100], 600, {'header': 'x-rollout-key'}, actor='test')
+    models = {v: LoadedModel(reg.version_dir(v)) for v in ('v0001', 'v0002')}
+    rows = [{'a': float(a), 'b': float(b)} for a, b in zip(np.linspace(-3, 3, 240), np.cos(np.linspace(0, 9, 240)))]
+    expect = {v: m.predict(m.validator.columns({k: [r[k] for r in rows] for k in ('a', 'b')}, len(rows)))[0] for v, m in models.items()}
+    assert (np.abs(expect['v0001'] - expect['v0002']) > 1e-3).mean() > 0.9   # a row answered by the wrong version would show
+    srv = Server(tmp_path, root, '--no-access-log')
+    try:
+        wait_for(lambda: srv.post('/invocations', {'dataframe_records': rows[:1]}, headers={'X-Rollout-Key': 'k-probe'})[2] is not None
+                 and any(srv.post('/invocations', {'dataframe_records': rows[:1]}, headers={'X-Rollout-Key': f'k{i}'})[2]['x-model-version'] == 'v0002'
+                         for i in range(20)), 'the canary to answer')
+        def worker(part):
+            c, out = srv.conn(), []
+            for i in part:
+                st, obj, hdr = srv.request('POST', '/invocations?output=score', {'dataframe_records': [rows[i]]}, {'X-Rollout-Key': f'k{i}'}, conn=c)
+                out.append((i, st, obj, hdr['x-model-version']))
+            c.close(); return out
+        parts = [list(range(j, len(rows), 16)) for j in range(16)]
+        for _ in range(3):
+            with ThreadPoolExecutor(16) as ex: got = [r for rs in ex.map(worker, parts) for r in rs]
+            assert all(st == 200 for _, st, _, _ in got), [o for _, st, o, _ in got if st != 200][:3]
+            assert {v for *_, v in got} == {'v0001', 'v0002'}
+            wrong = [(i, v, obj['predictions'][0], expect[v][i]) for i, _, obj, v in got if abs(obj['predictions'][0] - expect[v][i]) > 1e-9]
+            assert not wrong, wrong[:5]
+        shared = sum(v for (name, _), v in metric_samples(srv).items() if name == 'mlops_nb_shared_feature_batches_total')
+        assert shared > 0                                                   # the load did mix both versions in batches
+    finally:
+        assert srv.stop() == 0
