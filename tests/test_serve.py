@@ -218,6 +218,9 @@ def bad_cases(X):
         ('too many rows', {'dataframe_records': [good] * 10_001}, J, 413, 'too_many_rows', None),
         ('body too large', b'{"dataframe_records": [' + b' ' * 10_000_001 + b']}', J, 413, 'payload_too_large', 'body'),
         ('bad output parameter', {'dataframe_records': [good]}, J, 400, 'bad_parameter', 'output'),
+        # an integer no float64 can hold (JSON allows any length): was an uncaught OverflowError, a 500
+        ('400-digit integer for a number', b'{"dataframe_records": [' + json.dumps(dict(good, **{num: 7})).replace(f'"{num}": 7', f'"{num}": ' + '9' * 400).encode() + b']}',
+         J, 422, 'out_of_range', num),
     ]
     if intcol:
         cases.append(('fraction for an integer', {'dataframe_records': [dict(good, **{intcol: 1.5})]}, J, 422, 'wrong_type', intcol))
