@@ -156,3 +156,22 @@ def test_monitor_stage_reports_the_estimate_and_suspects_concept_drift(lifecycle
     assert set(key) == {'alert', 'drift_share', 'drifted', 'live_roc_auc'}, key    # no column more: dvc metrics show fits 160 columns
     assert list(est['window'])[-1] == 'all' and len(est) == 15
     assert E.estimation_line(mo.result).endswith('concept drift suspected')
+
+def test_the_monitor_command_fits_a_registered_reference_on_prepared_dir(lifecycle, tmp_path):
+    "`mlops-nb monitor --prepared-dir`: a registered reference's estimate is fitted on that folder's test split, not on ./data/prepared."
+    import shutil
+    from conftest import run
+    from mlops_nb.evaluate import predict_scores
+    from mlops_nb.registry import Registry
+    d, params = lifecycle
+    shutil.copytree(d/'data'/'prepared', tmp_path/'elsewhere')
+    (tmp_path/'params.yaml').write_text(yaml.safe_dump(merge(params, {'deploy': {'registry': str(d/'registry')}}), sort_keys=False))
+    reg = Registry(d/'registry', params['deploy']['model_name']); info = reg.info('champion')
+    test = pd.read_parquet(d/'data'/'prepared'/'test.parquet')
+    test.assign(prediction=predict_scores(reg.load('champion'), test[info['features']], 'classification')).to_parquet(tmp_path/'cur.parquet')
+    cmd = 'mlops-nb monitor --reference champion --current cur.parquet --status {}.json --report-only'
+    assert run(cmd.format('given') + ' --prepared-dir elsewhere', tmp_path).returncode == 0
+    assert run(cmd.format('default'), tmp_path).returncode == 0          # no ./data/prepared here: not estimated
+    given, default = (json.loads((tmp_path/f'{n}.json').read_text())['reference']['estimation'] for n in ('given', 'default'))
+    assert given.startswith('CBPE fitted on') and 'elsewhere/test.parquet' in given, given
+    assert default.startswith('not estimated'), default
