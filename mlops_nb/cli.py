@@ -95,7 +95,9 @@ def _monitor_commands(sub):
     p.add_argument('--reference-scores', dest='reference_scores',
                    help="labelled held-out scores (columns y_true, score: e.g. data/predictions/test.parquet) to fit the label-free "
                         "performance estimate on (classification); default: a registered --reference's own scores of "
-                        "data/prepared/test.parquet if it exists")
+                        "the test split of --prepared-dir if it exists")
+    p.add_argument('--prepared-dir', dest='prepared_dir', default='data/prepared',
+                   help="the prepared splits whose test.parquet a registered --reference's label-free estimate is fitted on (default: data/prepared)")
     p.set_defaults(func=handler('mlops_nb.monitor:cli_monitor'))
     p = sub.add_parser('shadow', help="how the shadow version's captured answers agree with the primary ones: labels, scores, latency",
                        description="Join the shadow rows of a capture store with the primary rows of the same requests (by request id) and "

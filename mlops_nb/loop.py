@@ -200,9 +200,9 @@ def retrain_report(run:Path, info:dict, outcome:dict) -> str:
 def concept_drift(cbpe, labelled:pd.DataFrame, target:str, score:str='score', threshold:float=0.5, metric:str='roc_auc') -> dict:
     """Suspected concept drift on the labelled rows of the monitor window: the champion's CBPE estimate of `metric` on
     those very rows beside the realised value; `concept_drift` when the realised one falls outside the estimate's
-    interval (`monitor.estimated_performance`): the estimate sees the scores only, so a changed relation between
+    interval (`estimate.estimated_performance`): the estimate sees the scores only, so a changed relation between
     inputs and labels shows as this gap. None when the rows give no interval."""
-    from mlops_nb.monitor import estimated_performance
+    from mlops_nb.estimate import estimated_performance
     r = estimated_performance(cbpe, labelled, score, target=target, threshold=threshold, metric=metric).iloc[-1]
     lo, hi = r.get(f'estimated_{metric}_lo', np.nan), r.get(f'estimated_{metric}_hi', np.nan)
     if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(r['gap'])): return dict(concept_drift=None)
@@ -332,7 +332,7 @@ class Loop:
 
     def _cbpe(self, version:str):
         if version not in self._cbpe_cache:
-            from mlops_nb.monitor import CBPE
+            from mlops_nb.estimate import CBPE
             pred = pd.read_parquet(self.dir/self.state['runs'][version]/'predictions.parquet')
             thr = self._reg().info(version, verify=False).get('threshold') or 0.5
             self._cbpe_cache[version] = CBPE(threshold=float(thr)).fit(pred['y_true'], pred['score'])

@@ -18,16 +18,14 @@ from scipy.spatial import distance
 from .core import DataError, MlopsError, get_logger, read_json, to_jsonable, write_json, atomic_write
 
 # %% auto #0
-__all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'STAGE_KEYS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'ESTIMABLE',
-           'settings', 'column_kind', 'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile',
+__all__ = ['log', 'DEFAULTS', 'NUM_METHODS', 'CAT_METHODS', 'STAGE_KEYS', 'SCORE', 'COLUMNS', 'HIGHER_IS_BETTER', 'settings',
+           'column_kind', 'value_counts', 'ColumnProfile', 'default_jobs', 'Profile', 'reference_profile',
            'ks_statistic', 'wasserstein', 'ks_pvalue', 'psi', 'numeric_scores', 'align_counts', 'categorical_scores',
            'column_drift', 'DriftReport', 'data_drift', 'drift_over_time', 'prediction_drift', 'class_rates',
            'quality_summary', 'quality_rules', 'quality_drift', 'wilson', 'auc_interval', 'window_metrics',
            'performance_over_time', 'evaluate_alerts', 'post_json', 'deliver', 'MonitorResult', 'monitor',
-           'plot_drift_scores', 'plot_distributions', 'plot_drift_over_time', 'plot_performance', 'needs_calibration',
-           'expected_roc_auc', 'expected_pr_auc', 'CBPE', 'DLE', 'estimated_performance', 'estimate_window',
-           'estimation_line', 'registry_reference', 'read_window', 'cli_monitor', 'shadow_report', 'shadow_counters',
-           'cli_shadow']
+           'plot_drift_scores', 'plot_distributions', 'plot_drift_over_time', 'plot_performance', 'registry_reference',
+           'read_window', 'cli_monitor', 'shadow_report', 'shadow_counters', 'cli_shadow']
 
 # %% ../nbs/10_monitor.ipynb #cf15682f
 log = get_logger('mlops_nb.monitor')
@@ -751,7 +749,7 @@ def monitor(reference:Profile|pd.DataFrame, current:pd.DataFrame, cfg:dict|None=
             estimator=None) -> MonitorResult:
     """Data drift, data quality, prediction drift and performance of `current` against `reference`, with alerts.
     A `Profile` with `outputs` (saved at registration) is the reference of the predictions unless `ref_predictions` is given.
-    With a fitted `estimator` (`CBPE`/`DLE`, below) the window's performance is also estimated from the scores alone,
+    With a fitted `estimator` (`estimate.CBPE`/`estimate.DLE`) the window's performance is also estimated from the scores alone,
     beside the realised value where labels are in (`MonitorResult.estimated`)."""
     cfg = settings(cfg)
     t0 = time.perf_counter()
@@ -778,6 +776,7 @@ def monitor(reference:Profile|pd.DataFrame, current:pd.DataFrame, cfg:dict|None=
             res.performance = performance_over_time(frame, 'y', 's', 't' if 't' in frame else None, task, threshold,
                                                     cfg['performance']['freq'], cfg['performance']['confidence'])
         if estimator is not None and len(current) > 1:
+            from mlops_nb.estimate import estimate_window   # estimate imports monitor: only here, never at import
             try: res.estimated_metric, res.estimation = estimate_window(estimator, current, cur_predictions['score'], cfg, target,
                                                                         time_column, task, threshold)
             except MlopsError as e: log.warning(f"monitor: performance not estimated ({e})")
@@ -868,219 +867,6 @@ def plot_performance(perf:pd.DataFrame, metric:str, reference:float|None=None):
     fig.tight_layout(); plt.close(fig)
     return fig
 
-# %% ../nbs/10_monitor.ipynb #08747acd
-def _ece(y:np.ndarray, p:np.ndarray, bins:int=10) -> float:
-    "Expected calibration error over `bins` equal-count bins of the sorted scores (the last bin takes the remainder)."
-    o = np.argsort(p); y, p = y[o], p[o]
-    bins = min(bins, max(len(y) // 2, 1))
-    edges = np.asarray(range(0, len(y) + 1, max(len(y) // bins, 1))); edges[-1] = len(y)
-    return float(sum((b - a) / len(y) * abs(y[a:b].mean() - p[a:b].mean()) for a, b in zip(edges[:-1], edges[1:]) if b > a))
-
-def needs_calibration(y, scores, bins:int=10, splits:int=10, seed:int=42) -> bool:
-    "Whether isotonic calibration lowers the expected calibration error on held-out reference rows (as NannyML decides)."
-    from sklearn.isotonic import IsotonicRegression
-    from sklearn.model_selection import StratifiedShuffleSplit
-    from sklearn.metrics import roc_auc_score
-    y, s = np.asarray(y, dtype='int64'), np.asarray(scores, dtype='float64')
-    if len(np.unique(y)) < 2 or s.max() - s.min() == 0 or roc_auc_score(y, s) > 0.999: return False
-    ys, raw, cal = [], [], []
-    for tr, te in StratifiedShuffleSplit(n_splits=splits, test_size=0.1, random_state=seed).split(s, y):
-        iso = IsotonicRegression(out_of_bounds='clip', increasing=True).fit(s[tr], y[tr])
-        ys.append(y[te]); raw.append(s[te]); cal.append(iso.predict(s[te]))
-    ys, raw, cal = np.concatenate(ys), np.concatenate(raw), np.concatenate(cal)
-    return _ece(ys, cal, bins) < _ece(ys, raw, bins)
-
-def _expected_curve(p:np.ndarray, scores:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "Expected true and false positives when the rows, ranked by the model's `scores`, are called positive one by one."
-    o = np.argsort(scores)[::-1]
-    tp = np.cumsum(p[o]); fp = np.arange(1, len(p) + 1) - tp
-    return np.round(np.r_[0, tp], 5), np.round(np.r_[0, fp], 5)
-
-def expected_roc_auc(p, scores=None) -> float:
-    "ROC AUC expected from calibrated probabilities `p` for the ranking by `scores` (default `p`): CBPE's expected TPR against FPR."
-    p = np.asarray(p, dtype='float64'); tp, fp = _expected_curve(p, p if scores is None else np.asarray(scores, dtype='float64'))
-    if tp[-1] <= 0 or fp[-1] <= 0: return np.nan
-    tpr, fpr = tp / tp[-1], fp / fp[-1]
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-def expected_pr_auc(p, scores=None) -> float:
-    "Average precision expected from calibrated probabilities `p` for the ranking by `scores` (default `p`)."
-    p = np.asarray(p, dtype='float64'); tp, _ = _expected_curve(p, p if scores is None else np.asarray(scores, dtype='float64'))
-    if tp[-1] <= 0: return np.nan
-    precision = np.r_[1, tp[1:] / np.arange(1, len(p) + 1)]
-    return float(np.sum(np.diff(tp / tp[-1]) * precision[1:]))
-
-def _ranked_auc(y:np.ndarray, ranks:np.ndarray) -> np.ndarray:
-    "ROC AUC of each row of the label matrix `y` (samples x rows) for scores with `ranks` (average ranks, 1-based)."
-    npos = y.sum(axis=1); nneg = y.shape[1] - npos
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return (y @ ranks - npos*(npos + 1)/2) / (npos*nneg)
-
-def _ranked_ap(y:np.ndarray, scores:np.ndarray) -> np.ndarray:
-    "Average precision (as scikit-learn's: tied scores share one threshold) of each row of the label matrix `y` (samples x rows)."
-    o = np.argsort(-scores, kind='stable'); s = scores[o]
-    ends = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]        # the last row of each group of tied scores
-    tp = np.cumsum(y[:, o], axis=1)[:, ends]
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return (np.diff(tp, axis=1, prepend=0) * tp / (ends + 1)).sum(axis=1) / tp[:, -1]
-
-@dataclass
-class CBPE:
-    "Confidence-based performance estimation: a calibrator fitted on labelled reference scores, metrics expected on unlabelled ones."
-    threshold: float = 0.5
-    calibrate: str = 'auto'          # auto (isotonic when it lowers the calibration error) | isotonic | none
-    samples: int = 200               # label draws for the uncertainty
-    confidence: float = 0.95
-    seed: int = 42
-    batch_labels: int = 2_000_000    # labels drawn at once for the uncertainty (about 40 bytes each while drawn)
-    calibrated_: bool = False
-    calibrator_: object = None
-
-    def fit(self, y, scores) -> CBPE:
-        "Fit the calibrator on the reference's labels `y` and scores."
-        from sklearn.isotonic import IsotonicRegression
-        if self.calibrate not in ('auto', 'isotonic', 'none'):
-            raise MlopsError(f"CBPE calibrate: expected auto, isotonic or none, got {self.calibrate!r}")
-        y, s = np.asarray(y, dtype='int64'), np.asarray(scores, dtype='float64')
-        if len(y) != len(s) or not len(y): raise MlopsError(f"CBPE: {len(y)} labels for {len(s)} scores")
-        self.calibrated_ = self.calibrate == 'isotonic' or (self.calibrate == 'auto' and needs_calibration(y, s, seed=self.seed))
-        self.calibrator_ = IsotonicRegression(out_of_bounds='clip', increasing=True).fit(s, y) if self.calibrated_ else None
-        return self
-
-    def proba(self, scores) -> np.ndarray:
-        "Calibrated probabilities of the positive class."
-        s = np.clip(np.asarray(scores, dtype='float64'), 0, 1)
-        return self.calibrator_.predict(s) if self.calibrator_ is not None else s
-
-    def estimate(self, scores) -> dict:
-        "Expected ROC AUC, PR AUC, precision, recall and F1 (at `threshold`) of one chunk, each with `_lo`/`_hi` and `_std`."
-        s = np.asarray(scores, dtype='float64'); s = s[np.isfinite(s)]
-        p = self.proba(s); n = len(p)
-        out = dict(n=n, expected_positive_rate=float(p.mean()) if n else np.nan)
-        if n < 2: return out | {k: np.nan for k in ('roc_auc', 'pr_auc', 'precision', 'recall', 'f1')}
-        pred = s >= self.threshold
-        tp, fp, fn = p[pred].sum(), (1 - p[pred]).sum(), p[~pred].sum()
-        out |= dict(roc_auc=expected_roc_auc(p, s), pr_auc=expected_pr_auc(p, s),
-                    precision=tp / (tp + fp) if pred.any() else np.nan, recall=tp / (tp + fn) if tp + fn > 0 else np.nan,
-                    f1=2*tp / (2*tp + fp + fn) if tp + fp + fn > 0 else np.nan)
-        # uncertainty: the realised metric's spread when labels are drawn from the calibrated probabilities, drawn in
-        # batches of about `batch_labels` labels (the same random stream as one draw of samples x rows, in bounded memory)
-        rng, ranks, npred, parts = np.random.default_rng(self.seed), stats.rankdata(s), int(pred.sum()), []
-        step = max(1, int(self.batch_labels) // n)
-        for i in range(0, self.samples, step):
-            y = (rng.random((min(step, self.samples - i), n)) < p).astype('float64')
-            with np.errstate(invalid='ignore', divide='ignore'):
-                tps, pos = y[:, pred].sum(axis=1), y.sum(axis=1)
-                parts.append(dict(roc_auc=_ranked_auc(y, ranks), pr_auc=_ranked_ap(y, s),
-                                  precision=tps / npred if npred else np.full(len(y), np.nan),
-                                  recall=tps / pos, f1=2*tps / (npred + pos)))
-        draws = {k: np.concatenate([d[k] for d in parts]) for k in parts[0]}
-        a = 0.5 - self.confidence / 2
-        for k, v in draws.items():
-            v = v[np.isfinite(v)]
-            out[f'{k}_std'] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
-            lo, hi = (np.quantile(v, [a, 1 - a]) if len(v) > 1 else (np.nan, np.nan))
-            shift = out[k] - float(v.mean()) if len(v) else 0.0    # centre the interval on the point estimate
-            out[f'{k}_lo'], out[f'{k}_hi'] = float(lo + shift), float(hi + shift)
-        return out
-
-@dataclass
-class DLE:
-    "Direct loss estimation for regression: models of the absolute and squared error, fitted on labelled reference rows."
-    features: list
-    prediction: str = 'prediction'
-    confidence: float = 0.95
-    seed: int = 42
-    models_: tuple = ()
-    ref_std_: float = np.nan        # spread of the reference's absolute errors
-    ref_sq_std_: float = np.nan     # ... and of its squared errors
-
-    def _X(self, df:pd.DataFrame) -> np.ndarray:
-        lost = [c for c in self.features + [self.prediction] if c not in df.columns]
-        if lost: raise MlopsError(f"DLE: the window lacks column(s) {lost}")
-        return np.column_stack([pd.to_numeric(df[c], errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
-                                for c in self.features + [self.prediction]])
-
-    def fit(self, reference:pd.DataFrame, y) -> DLE:
-        "Fit the loss models on reference rows (features and the model's `prediction`) and their targets `y`."
-        from sklearn.ensemble import HistGradientBoostingRegressor
-        X, e = self._X(reference), np.asarray(y, dtype='float64') - reference[self.prediction].to_numpy(dtype='float64')
-        self.models_ = tuple(HistGradientBoostingRegressor(max_iter=100, random_state=self.seed).fit(X, t) for t in (np.abs(e), e*e))
-        self.ref_std_, self.ref_sq_std_ = float(np.abs(e).std(ddof=1)), float((e*e).std(ddof=1))
-        return self
-
-    def estimate(self, df:pd.DataFrame) -> dict:
-        "Expected MAE and RMSE of the rows of `df`, with `_lo`/`_hi` from the reference's spread of (squared) errors."
-        n = len(df)
-        if not n: return dict(n=0, mae=np.nan, rmse=np.nan)
-        X = self._X(df)
-        mae, mse = (float(np.clip(m.predict(X), 0, None).mean()) for m in self.models_)
-        z = stats.norm.ppf(0.5 + self.confidence/2)
-        h, hm = z * self.ref_std_ / math.sqrt(n), z * self.ref_sq_std_ / math.sqrt(n)
-        return dict(n=n, mae=mae, mae_lo=mae - h, mae_hi=mae + h, mae_std=self.ref_std_ / math.sqrt(n), rmse=math.sqrt(mse),
-                    rmse_lo=math.sqrt(max(mse - hm, 0)), rmse_hi=math.sqrt(mse + hm))
-
-def estimated_performance(estimator, df:pd.DataFrame, score:str, time_column:str|None=None, freq:str='D',
-                          target:str|None=None, task:str='classification', threshold:float=0.5, conf:float=0.95,
-                          metric:str|None=None, tolerance:float=0.02, rel_tolerance:float=0.1) -> pd.DataFrame:
-    """Per chunk (time window, and 'all'): the metrics estimated without labels, beside the realised ones where labels
-    are in; `gap` = realised - estimated of `metric`, and `concept_drift` when the realised value is outside the
-    estimate's interval widened by `tolerance` (classification: in metric units) or by `rel_tolerance` times
-    the estimate (regression: errors have the target's scale) (the estimate cannot see a changed relation between inputs and target)."""
-    if score not in df.columns: raise MlopsError(f"estimated performance: column '{score}' is not in the window")
-    metric = metric or ('roc_auc' if task == 'classification' else 'mae')
-    chunks = []
-    if time_column and time_column in df.columns and len(df):
-        t = pd.to_datetime(df[time_column], errors='coerce')
-        chunks = [(str(pd.Timestamp(k).date()) if freq == 'D' else str(k), g) for k, g in df.groupby(t.dt.floor(freq))]
-    chunks.append(('all', df))
-    rows = []
-    for name, g in chunks:
-        est = estimator.estimate(g[score].to_numpy(dtype='float64') if task == 'classification' else g) 
-        r = dict(window=name, n=len(g)) | {f'estimated_{k}': v for k, v in est.items() if k != 'n'}
-        labelled = g[g[target].notna()] if target and target in g.columns else g.iloc[:0]
-        r['labelled'] = len(labelled)
-        if len(labelled):
-            real = window_metrics(labelled[target], labelled[score], task, threshold, conf)
-            r |= {f'realised_{k}': real.get(k, np.nan) for k in (metric,)}
-            lo, hi = r.get(f'estimated_{metric}_lo', np.nan), r.get(f'estimated_{metric}_hi', np.nan)
-            rv, ev = r[f'realised_{metric}'], r[f'estimated_{metric}']
-            if len(labelled) < len(g):   # labels in for some rows only (they come late): compare on those same rows
-                el = estimator.estimate(labelled[score].to_numpy(dtype='float64') if task == 'classification' else labelled)
-                ev, lo, hi = el.get(metric, np.nan), el.get(f'{metric}_lo', np.nan), el.get(f'{metric}_hi', np.nan)
-            r['gap'] = rv - ev
-            tol = tolerance if task == 'classification' else rel_tolerance*abs(ev)
-            r['concept_drift'] = bool(np.isfinite(rv) and np.isfinite(lo) and (rv < lo - tol or rv > hi + tol))
-        else: r |= {f'realised_{metric}': np.nan, 'gap': np.nan, 'concept_drift': False}
-        rows.append(r)
-    return pd.DataFrame(rows)
-
-ESTIMABLE = dict(classification=('roc_auc', 'pr_auc', 'precision', 'recall', 'f1'), regression=('rmse', 'mae'))
-
-def estimate_window(estimator, current:pd.DataFrame, scores, cfg:dict|None=None, target:str|None=None, time_column:str|None=None,
-                    task:str='classification', threshold:float=0.5) -> tuple[str, pd.DataFrame]:
-    """The monitor's estimate of `current` from its `scores`: (the metric, `estimated_performance` per `performance.freq`
-    window and 'all'), for `performance.metric` when the estimator estimates it, else the task's first estimable metric."""
-    cfg = cfg if cfg is not None and 'alerts' in cfg else settings(cfg)     # full settings (as `monitor` has them), or a section
-    metric = cfg['performance']['metric'] if cfg['performance']['metric'] in ESTIMABLE[task] else ESTIMABLE[task][0]
-    name = getattr(estimator, 'prediction', '__score__')          # DLE reads its own prediction column, beside its features
-    frame = current[[c for c in getattr(estimator, 'features', []) if c in current.columns]].copy()
-    frame[name] = np.asarray(scores, dtype='float64')
-    if target and target in current.columns: frame['__y__'] = current[target].to_numpy()
-    if time_column and time_column in current.columns: frame['__t__'] = current[time_column].to_numpy()
-    est = estimated_performance(estimator, frame, name, '__t__' if '__t__' in frame else None, cfg['performance']['freq'],
-                                '__y__' if '__y__' in frame else None, task, threshold, cfg['performance']['confidence'], metric)
-    return metric, est
-
-def estimation_line(res) -> str:
-    "One line of a `MonitorResult`'s estimate: value (interval), the realised value once labels are in, the concept-drift verdict."
-    e = res.estimated()
-    if not e: return 'not estimated'
-    m = e['metric']; f = lambda v: 'n/a' if v is None else f'{v:.3f}'
-    s = f"{f(e[f'estimated_{m}'])} ({f(e[f'estimated_{m}_lo'])} .. {f(e[f'estimated_{m}_hi'])})"
-    if not e['labelled']: return s + '; no labels yet'
-    return s + f"; realised {f(e[f'realised_{m}'])}: " + ('concept drift suspected' if e['concept_drift_suspected'] else 'no concept drift suspected')
-
 # %% ../nbs/10_monitor.ipynb #7b0ac817
 def registry_reference(registry, ref:str='champion') -> tuple[Profile|None, dict]:
     "The profile saved with registry version `ref` (None for a version registered without one) and its `model.json`."
@@ -1137,9 +923,11 @@ def _registry_ref(args, params:dict):
     return reg, ref
 
 def _cli_estimator(args, reg_ref, params:dict, task:dict, threshold:float, columns:list[str]) -> tuple[object|None, str]:
-    """`mlops-nb monitor`'s label-free estimator: `CBPE` fitted on `--reference-scores` (`y_true`, `score`), else, for a
-    registered reference, `steps.reference_estimator` on `data/prepared/test.parquet` (if there); else none."""
+    """`mlops-nb monitor`'s label-free estimator: `estimate.CBPE` fitted on `--reference-scores` (`y_true`, `score`), else, for a
+    registered reference, `steps.reference_estimator` on `test.parquet` of `--prepared-dir` (if there); else none."""
+    from mlops_nb.estimate import CBPE          # estimate imports monitor
     path = getattr(args, 'reference_scores', None)
+    prepared = Path(getattr(args, 'prepared_dir', None) or 'data/prepared')
     if path:
         if task.get('type', 'classification') != 'classification': raise MlopsError('--reference-scores: the estimate from scores alone is for classification')
         p = read_window(path)
@@ -1147,12 +935,12 @@ def _cli_estimator(args, reg_ref, params:dict, task:dict, threshold:float, colum
         if lost: raise MlopsError(f"{path}: column(s) {lost} missing (the labelled held-out scores, as the evaluate stage writes them)")
         ok = p['y_true'].notna() & p['score'].notna()
         return CBPE(threshold=threshold).fit(p.loc[ok, 'y_true'], p.loc[ok, 'score']), f"CBPE fitted on {int(ok.sum())} labelled scores of {path}"
-    if reg_ref and Path('data/prepared/test.parquet').is_file() and task.get('target'):
-        from mlops_nb.steps import MonitorReference, reference_estimator
+    if reg_ref and (prepared/'test.parquet').is_file() and task.get('target'):
+        from mlops_nb.steps import MonitorReference, reference_estimator   # steps imports monitor and estimate
         reg, ver = reg_ref; info = reg.info(ver)
         ref = MonitorReference(None, {}, threshold, 'registry', info['version'], '', registry=reg, inputs=info.get('features'))
         return reference_estimator(ref, dict(params, task=dict(params.get('task') or {}, type=task.get('type', 'classification'))),
-                                   'data/prepared', columns)
+                                   prepared, columns)
     return None, 'not estimated: no labelled reference scores (--reference-scores)'
 
 def cli_monitor(args) -> int:
@@ -1215,7 +1003,9 @@ def cli_monitor(args) -> int:
         print(res.drift.table[['column', 'kind', 'method', 'score', 'threshold', 'drift', 'status']].to_string(index=False))
         if res.prediction is not None: print('\n' + res.prediction.table[['column', 'kind', 'method', 'score', 'threshold', 'drift']].to_string(index=False))
         if res.performance is not None: print('\n' + res.performance.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
-    if res.estimation is not None: print(f"\nestimated {res.estimated_metric}: {estimation_line(res)}")
+    if res.estimation is not None:
+        from mlops_nb.estimate import estimation_line
+        print(f"\nestimated {res.estimated_metric}: {estimation_line(res)}")
     print(f"\n{status['status'].upper()}: {res.drift.n_drifted} of {res.drift.n_tested} features drifted; "
           f"{len(res.breaches)} quality breach(es); alerts: " + (', '.join(a['rule'] for a in res.alerts) or 'none')
           + (f" (reference: model '{reference['model']}' {reference['version']} in {reference['registry']})" if reference['source'] == 'registry' else ''))

@@ -871,10 +871,10 @@ def monitor_reference(params:dict, prepared_dir:str|Path='data/prepared', model_
 def reference_estimator(ref:MonitorReference, params:dict, prepared_dir:str|Path='data/prepared',
                         current_columns:list[str]|None=None) -> tuple[object|None, str]:
     """The label-free performance estimator of the monitored model, fitted on its labelled held-out rows: the test split of
-    `prepared_dir` scored by the reference's own model. Classification: `CBPE` of its labels and scores (at the reference's
-    threshold); regression: `DLE` of its numeric features (those the current window has) and predictions. Returns
+    `prepared_dir` scored by the reference's own model. Classification: `estimate.CBPE` of its labels and scores (at the reference's
+    threshold); regression: `estimate.DLE` of its numeric features (those the current window has) and predictions. Returns
     (estimator, a note saying what it was fitted on), or (None, why not)."""
-    from mlops_nb import monitor as mon
+    from mlops_nb.estimate import CBPE, DLE
     from mlops_nb.evaluate import predict_scores
     task = _task(params)
     try: test, spec = load_split(prepared_dir, 'test')
@@ -889,10 +889,10 @@ def reference_estimator(ref:MonitorReference, params:dict, prepared_dir:str|Path
     where = f"{int(ok.sum())} labelled rows of {Path(prepared_dir)/'test.parquet'} scored by {'champion ' + ref.version if ref.version else 'the candidate'}"
     if task['type'] == 'classification':
         if len(np.unique(y[ok])) < 2: return None, f"not estimated: the test split holds one class"
-        est = mon.CBPE(threshold=float(ref.threshold if ref.threshold is not None else 0.5)).fit(y[ok], s[ok])
+        est = CBPE(threshold=float(ref.threshold if ref.threshold is not None else 0.5)).fit(y[ok], s[ok])
         return est, f"CBPE fitted on {where} ({'isotonic calibration' if est.calibrated_ else 'scores taken as probabilities'})"
     feats = [c for c in spec['numeric'] if c in test.columns and (current_columns is None or c in current_columns)]
-    est = mon.DLE(feats, prediction='prediction').fit(test.loc[ok, feats].assign(prediction=s[ok]), y[ok])
+    est = DLE(feats, prediction='prediction').fit(test.loc[ok, feats].assign(prediction=s[ok]), y[ok])
     return est, f"DLE fitted on {where} ({len(feats)} numeric features)"
 
 def newest_rows(raw_dir:str|Path, time_column:str|None, rows:int=0, fraction:float=0.2) -> pd.DataFrame:

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mlops_nb.monitor import CBPE, window_metrics
+from mlops_nb.estimate import CBPE
+from mlops_nb.monitor import window_metrics
 from mlops_nb.sim import TransactionSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_cbpe_matches_nannyml_and_realised(chunks, tmp_path):
 
 def test_dle_follows_the_error_under_covariate_shift():
     "Direct loss estimation: where the error depends on an input, a shift of that input moves the estimated MAE with the realised one."
-    from mlops_nb.monitor import DLE, estimated_performance
+    from mlops_nb.estimate import DLE, estimated_performance
     rng = np.random.default_rng(3)
     def rows(n, centre):
         x = rng.normal(centre, 1, n); z = rng.normal(0, 1, n)

@@ -348,7 +348,7 @@ def test_concept_drift_flags_realised_outside_the_estimate():
     import numpy as np
     import pandas as pd
     from mlops_nb.loop import concept_drift, timeline
-    from mlops_nb.monitor import CBPE
+    from mlops_nb.estimate import CBPE
     rng = np.random.default_rng(1)
     s = rng.random(6000); y = (rng.random(6000) < s).astype(int)          # the reference: calibrated scores
     cb = CBPE().fit(y[:3000], s[:3000])

@@ -9,7 +9,7 @@ import numpy as np, pandas as pd, pytest, yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
-from mlops_nb import monitor as mon
+from mlops_nb import estimate as E, monitor as mon
 from mlops_nb.sim import TransactionSimulator
 from conftest import ROOT, SMALL, merge
 
@@ -37,7 +37,7 @@ def test_average_precision_of_label_draws_equals_scikit_learn():
     g = np.random.default_rng(0)
     s = g.random(500).round(2)                                          # many ties
     y = (g.random((6, 500)) < s).astype(float)
-    assert np.allclose(mon._ranked_ap(y, s), [average_precision_score(r, s) for r in y], atol=1e-12)
+    assert np.allclose(E._ranked_ap(y, s), [average_precision_score(r, s) for r in y], atol=1e-12)
 
 def _covariate_shift(seed:int, n=20000):
     """A model's input shifts and nothing else: P(y | x) is the same logistic curve in the reference and the current window
@@ -55,7 +55,7 @@ def _covariate_shift(seed:int, n=20000):
 @pytest.mark.parametrize('threshold', [0.05, 0.1, 0.2])
 def test_every_metric_has_an_interval_and_precision_recall_follow_covariate_shift(threshold, seed):
     yr, sr, yc, sc = _covariate_shift(seed)
-    cbpe = mon.CBPE(threshold=threshold).fit(yr, sr)
+    cbpe = E.CBPE(threshold=threshold).fit(yr, sr)
     est, real = cbpe.estimate(sc), mon.window_metrics(yc, sc, threshold=threshold)
     for k in ('roc_auc', 'pr_auc', 'precision', 'recall', 'f1'):
         assert np.isfinite(est[f'{k}_std']) and est[f'{k}_std'] > 0, (k, est)
@@ -66,7 +66,7 @@ def test_every_metric_has_an_interval_and_precision_recall_follow_covariate_shif
 
 def test_a_monitor_run_suspects_concept_drift_only_when_the_concept_changed(sims):
     from mlops_nb.steps import key_metrics
-    cbpe = mon.CBPE(threshold=0.1).fit(sims['yr'], sims['ref_scores'])
+    cbpe = E.CBPE(threshold=0.1).fit(sims['yr'], sims['ref_scores'])
     out = {}
     for k, w in sims['windows'].items():
         res = mon.monitor(sims['Xr'], w.drop(columns='score'), {'alerts': {'min_rows': 100}}, cur_predictions=dict(score=w['score'].to_numpy()),
@@ -93,7 +93,7 @@ def test_a_monitor_run_suspects_concept_drift_only_when_the_concept_changed(sims
                       target='is_fraud', time_column='timestamp', threshold=0.1, estimator=cbpe)
     e = res.estimated()
     assert e['labelled'] == 0 and e['realised_roc_auc'] is None and e['concept_drift_suspected'] is False
-    assert mon.estimation_line(res).endswith('no labels yet')
+    assert E.estimation_line(res).endswith('no labels yet')
 
 @pytest.mark.parametrize('kind', ['covariate', 'concept'])
 def test_the_monitor_command_estimates_from_reference_scores(sims, kind, tmp_path):
@@ -118,7 +118,7 @@ def test_the_monitor_command_estimates_from_reference_scores(sims, kind, tmp_pat
 def test_dle_rmse_has_an_interval():
     g = np.random.default_rng(1)
     ref = pd.DataFrame(dict(x=g.normal(size=3000))); y = 2 * ref['x'] + g.normal(size=3000)
-    dle = mon.DLE(['x'], prediction='prediction').fit(ref.assign(prediction=2 * ref['x']), y)
+    dle = E.DLE(['x'], prediction='prediction').fit(ref.assign(prediction=2 * ref['x']), y)
     cur = pd.DataFrame(dict(x=g.normal(0.5, 1, 2000))); cur['prediction'] = 2 * cur['x']
     e = dle.estimate(cur)
     assert e['rmse_lo'] < e['rmse'] < e['rmse_hi'] and abs(e['rmse'] - 1) < 0.1, e
@@ -155,4 +155,23 @@ def test_monitor_stage_reports_the_estimate_and_suspects_concept_drift(lifecycle
     assert m['concept_drift_suspected'] is concept and s['concept_drift_suspected'] is concept, e
     assert set(key) == {'alert', 'drift_share', 'drifted', 'live_roc_auc'}, key    # no column more: dvc metrics show fits 160 columns
     assert list(est['window'])[-1] == 'all' and len(est) == 15
-    assert mon.estimation_line(mo.result).endswith('concept drift suspected')
+    assert E.estimation_line(mo.result).endswith('concept drift suspected')
+
+def test_the_monitor_command_fits_a_registered_reference_on_prepared_dir(lifecycle, tmp_path):
+    "`mlops-nb monitor --prepared-dir`: a registered reference's estimate is fitted on that folder's test split, not on ./data/prepared."
+    import shutil
+    from conftest import run
+    from mlops_nb.evaluate import predict_scores
+    from mlops_nb.registry import Registry
+    d, params = lifecycle
+    shutil.copytree(d/'data'/'prepared', tmp_path/'elsewhere')
+    (tmp_path/'params.yaml').write_text(yaml.safe_dump(merge(params, {'deploy': {'registry': str(d/'registry')}}), sort_keys=False))
+    reg = Registry(d/'registry', params['deploy']['model_name']); info = reg.info('champion')
+    test = pd.read_parquet(d/'data'/'prepared'/'test.parquet')
+    test.assign(prediction=predict_scores(reg.load('champion'), test[info['features']], 'classification')).to_parquet(tmp_path/'cur.parquet')
+    cmd = 'mlops-nb monitor --reference champion --current cur.parquet --status {}.json --report-only'
+    assert run(cmd.format('given') + ' --prepared-dir elsewhere', tmp_path).returncode == 0
+    assert run(cmd.format('default'), tmp_path).returncode == 0          # no ./data/prepared here: not estimated
+    given, default = (json.loads((tmp_path/f'{n}.json').read_text())['reference']['estimation'] for n in ('given', 'default'))
+    assert given.startswith('CBPE fitted on') and 'elsewhere/test.parquet' in given, given
+    assert default.startswith('not estimated'), default

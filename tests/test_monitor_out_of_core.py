@@ -63,9 +63,10 @@ def test_out_of_core_monitor_gives_the_in_memory_verdicts(champion):
     assert 0 < err.max() < 0.01          # in reference standard deviations; the threshold is 0.1
     # what the report notebook draws: the distributions from a sample of the window, no per-day drift out of core
     from mlops_nb import monitor as mon
+    from mlops_nb.estimate import estimation_line
     assert 500 < len(ooc.current) < len(w) and mon.plot_distributions(ooc.reference, ooc.current, ooc.result.drift.drifted) is not None
     assert ooc.drift_over_time is None and not (d/'ooc'/'plots'/'drift_over_time.csv').exists() and (d/'ooc'/'plots'/'figures'/'drift.png').exists()
-    assert ooc.result.class_rates.equals(mem.result.class_rates) and mon.estimation_line(ooc.result) == mon.estimation_line(mem.result)
+    assert ooc.result.class_rates.equals(mem.result.class_rates) and estimation_line(ooc.result) == estimation_line(mem.result)
     derived = od.loc[od['source'] == 'derived feature'].set_index('column')['n_cur']
     assert len(derived) == 4 and (derived > 0).all(), derived                             # derived features added per partition
 
