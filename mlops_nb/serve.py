@@ -1075,6 +1075,7 @@ def serve_cmd(args) -> int:
           f"docs at /docs, model{'s' if ',' in cfg.model or cfg.model == 'all' else ''} '{cfg.model}' from {cfg.registry})", file=sys.stderr, flush=True)
     uvicorn.run(app, factory=isinstance(app, str), host=cfg.host, port=cfg.port, workers=cfg.workers,
                 loop='uvloop', http='mlops_nb.serve:TimedHttpProtocol', access_log=False,
+                proxy_headers=cfg.access_log,   # X-Forwarded-For only changes the client address our access log writes
                 log_level=os.environ.get('MLOPS_NB_LOG_LEVEL', 'warning').lower(), timeout_graceful_shutdown=10,
                 timeout_keep_alive=cfg.keep_alive_seconds, limit_concurrency=cfg.limit_concurrency, h11_max_incomplete_event_size=None)
     return 0
