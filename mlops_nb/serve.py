@@ -477,14 +477,18 @@ class Service:
             loop.call_soon(self._run_batch)   # runs after the requests already queued in this turn have been parsed
         return await fut
 
+    @staticmethod
+    def _joined(items:list) -> dict:
+        "The columns of the queued requests `items`, concatenated in their order (a single request's as they are)."
+        return items[0][3] if len(items) == 1 else {k: np.concatenate([it[3][k] for it in items]) for k in items[0][3]}
+
     def _shared_inputs(self, groups:list[list]) -> list[tuple[dict, dict]]|None:
         """The columns `X` and features `F` of each group of requests (one model's), when the groups (a rollout's champion
         and canary) share the feature step: their requests are concatenated and their features built once, and each
         group reads its rows as views, so a split costs no second feature step. None: each group builds its own."""
         ms = [g[0][1] for g in groups]
         if len(groups) < 2 or any(m.pre_key != ms[0].pre_key or m.validator.names != ms[0].validator.names for m in ms[1:]): return None
-        items = [it for g in groups for it in g]
-        X = {k: np.concatenate([it[3][k] for it in items]) for k in items[0][3]}
+        X = self._joined([it for g in groups for it in g])
         F, out, a = ms[0].features(X), [], 0
         for g in groups:
             b = a + sum(it[4] for it in g)
@@ -507,9 +511,7 @@ class Service:
             t = time.perf_counter()
             try:
                 if shared is not None: X, F = shared[gi]
-                else:
-                    X = items[0][3] if len(items) == 1 else {k: np.concatenate([it[3][k] for it in items]) for k in items[0][3]}
-                    F = m.features(X)
+                else: X = self._joined(items); F = m.features(X)
                 score, label = m.score(F)
                 if len(items) == 1: results = [(score, label)]
                 else:
