@@ -2,7 +2,8 @@
 
 It serves a registry version the way `mlops-nb serve` runs it: the numpy feature pre-step (`feature_step.build_features`)
 and encoder (`feature_step.Encoder`) before the estimator's graph `estimator.onnx` (the whole `model.onnx` for a version
-without them), from a `dataframe_split` body, with no validation, capture, metrics or hot swap. What `mlops-nb serve` costs above this is
+without them), on the same ONNX Runtime threads (several for a request of `ORT_WIDE_ROWS` rows or more), from a
+`dataframe_split` body, with no validation, capture, metrics or hot swap. What `mlops-nb serve` costs above this is
 the price of what it does that this does not.
 
     FLOOR_VERSION_DIR=<registry>/versions/v0001 uvicorn floor_app:app --app-dir benchmarks --port 8001
@@ -18,15 +19,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlops_nb.feature_step import Encoder, build_features
+from mlops_nb.serve import ORT_WIDE_ROWS, ServeConfig, _wide_threads
 
 VDIR = Path(os.environ['FLOOR_VERSION_DIR'])
 INFO = json.loads((VDIR/'model.json').read_text())
 PRE = INFO['onnx']['pre_step']
 SCHEMA = {c['name']: c['kind'] for c in json.loads((VDIR/'schema.json').read_text())['columns']}
-so = ort.SessionOptions()
-so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
 ENCODER = Encoder(INFO['onnx']['encoder']) if INFO['onnx'].get('encoder') and (VDIR/'estimator.onnx').exists() else None
-SESSION = ort.InferenceSession(str(VDIR/('estimator.onnx' if ENCODER else 'model.onnx')), so, providers=['CPUExecutionProvider'])
+
+def session(threads):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(VDIR/('estimator.onnx' if ENCODER else 'model.onnx')), so, providers=['CPUExecutionProvider'])
+SESSION = session(1)
+WIDE = session(_wide_threads(ServeConfig()))   # as `mlops-nb serve` runs a call of ORT_WIDE_ROWS+ rows: on the worker's cores
 INPUTS = [(i.name, i.type) for i in SESSION.get_inputs()]
 OUT = next(o.name for o in SESSION.get_outputs() if 'prob' in o.name)
 
@@ -46,7 +52,7 @@ async def invocations(request):
     n = len(rows)
     feed = ({'encoded': ENCODER(cols)} if ENCODER else
             {k: (cols[k].astype(object) if t == 'tensor(string)' else cols[k].astype('float64')).reshape(n, 1) for k, t in INPUTS})
-    score = SESSION.run([OUT], feed)[0][:, -1]
+    score = (WIDE if n >= ORT_WIDE_ROWS else SESSION).run([OUT], feed)[0][:, -1]
     return Response(orjson.dumps({'predictions': score.tolist()}), media_type='application/json')
 
 

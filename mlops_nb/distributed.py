@@ -1120,6 +1120,7 @@ def score_partitions(input, output, registry='registry', model:str='champion', c
     if version is None: raise MlopsError(f"{cfg.registry}: '{cfg.model}' is not set (no such alias in aliases.json)")
     vdir = str(src.version_dir(version).resolve())            # the manifest is checked once, for the whole job
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k in ('unseen_categories', 'unknown_columns', 'max_rows', 'intra_op_threads')}
+    settings['intra_op_threads'] = cfg.intra_op_threads or 1   # the cluster's workers are the parallelism: one ONNX Runtime thread each
     settings['capture_dir'] = str(Path(capture_dir).resolve()) if capture_dir else ''
     tasks = [(str(f), str(output/f.relative_to(base))) for f in files]
     if output.resolve() == base.resolve() or base.resolve() in output.resolve().parents:

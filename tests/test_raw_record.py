@@ -315,3 +315,30 @@ def test_encoded_path_answers_as_the_whole_graph_and_old_versions_keep_it(fraud,
     assert was.encoder is None and len(was.session.get_inputs()) > 1
     np.testing.assert_allclose(got_old, ref, rtol=0, atol=tol)
     np.testing.assert_allclose(got_old, got, rtol=0, atol=1e-7)
+
+
+def test_large_calls_run_on_threads_with_the_same_scores(fraud):
+    """A call of ORT_WIDE_ROWS rows or more runs on a second session with several ONNX Runtime threads (by default
+    this worker's share of the cores); every row's score is the same bits as one row at a time on one thread, for the
+    encoded path and for the whole graph (off the event loop). One thread per worker when the workers take the cores."""
+    from mlops_nb.core import MlopsError
+    from mlops_nb.registry import Registry
+    from mlops_nb.serve import ORT_WIDE_ROWS, LoadedModel, ServeConfig, _wide_threads
+    root = fraud['root']
+    vdir = Registry(root/'registry').version_dir('v0001')
+    batch = raw_frame(root).drop(columns=['is_fraud']).head(300).reset_index(drop=True)
+    m = LoadedModel(vdir, ServeConfig(intra_op_threads=2))
+    assert m.wide is not m.session and m.wide.get_session_options().intra_op_num_threads == 2
+    assert m.session.get_session_options().intra_op_num_threads == 1
+    X = {c: batch[c].to_numpy(dtype='datetime64[us]') if c == 'timestamp' else batch[c].to_numpy(dtype=object)
+         if m.schema.columns[c].kind == 'categorical' else batch[c].to_numpy(dtype='float64', na_value=np.nan) for c in m.schema.columns}
+    one = np.concatenate([m.predict({k: v[i:i + 1] for k, v in X.items()})[0] for i in range(len(batch))])
+    for n in (ORT_WIDE_ROWS, 300):
+        np.testing.assert_array_equal(m.predict({k: v[:n] for k, v in X.items()})[0], one[:n])
+    np.testing.assert_array_equal(m.predict(X, off_loop=True)[0], np.concatenate(
+        [m.predict({k: v[i:i + 1] for k, v in X.items()}, off_loop=True)[0] for i in range(len(batch))]))
+    cores = len(os.sched_getaffinity(0))
+    assert _wide_threads(ServeConfig()) == cores and _wide_threads(ServeConfig(workers=cores)) == 1
+    single = LoadedModel(vdir, ServeConfig(intra_op_threads=1))
+    assert single.wide is single.session
+    with pytest.raises(MlopsError, match="intra_op_threads"): ServeConfig.resolve({'intra_op_threads': -1})
