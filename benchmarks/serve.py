@@ -13,8 +13,9 @@ What it does:
    requirements), served once without and once with BentoML's adaptive batching;
 3. starts the floor of our stack too: Starlette + uvicorn + orjson + ONNX Runtime running the same numpy feature step,
    numpy encoder and estimator graph, with no validation, capture or metrics (`benchmarks/floor_app.py`);
-4. starts every server on 127.0.0.1 with one worker and one thread for the numeric libraries (OMP/MKL/OpenBLAS = 1;
-   ONNX Runtime intra-op = 1), ours with validation, capture and metrics on; every client sends the same raw record (the
+4. starts every server on 127.0.0.1 with one worker, its numeric libraries on the machine's cores (OMP/MKL/OpenBLAS =
+   the cores: scikit-learn's trees in MLflow and BentoML; ours and the floor run ONNX Runtime on one thread for a call
+   of fewer than 64 rows and on the worker's cores from 64), ours with validation, capture and metrics on; every client sends the same raw record (the
    columns the sources deliver, less the target and the ids);
 5. runs wrk (Debian's `wrk`; installed with apt-get when missing) for single-row requests at 1, 8 and 32 connections and
    100-row requests at 8 connections, rotating the servers' order run by run, `--repeats` times; reports medians;
@@ -23,7 +24,8 @@ What it does:
 7. writes the table between the `<!-- bench:serve -->` markers of nbs/performance.ipynb (with `--write-readme`);
 8. with `--rollout`, also runs ours during a rollout, single rows at 8 connections beside the same run's others:
    `canary50` a 50 % canary of a second version (sticky by request id: wrk sends no key), `shadow` a second version under
-   the `shadow` alias scoring a copy of every request; each in a registry of its own, the same model registered twice.
+   the `shadow` alias scoring a copy of every request; each in a registry of its own, the same model registered twice;
+   `again` a second server with no rollout, the A/A control whose run-by-run spread against the first is the noise.
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -36,7 +38,8 @@ MLFLOW_PINS = ['mlflow==3.17.2', *COMMON_PINS]
 BENTOML_VENV = ROOT/'benchmarks'/'.venv-bentoml'
 BENTOML_PINS = ['bentoml==1.4.40', *COMMON_PINS]
 WORK = ROOT/'benchmarks'/'.work'/'serve'
-THREADS = {k: '1' for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS')}
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+THREADS = {k: str(CORES) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS')}   # every server: the cores
 
 
 def sh(cmd, **kw):
@@ -236,12 +239,15 @@ TARGETS = {'single row, 8 connections': dict(ratio=100, p99_ms=5.0),
            '100 rows, 8 connections': dict(ratio=30)}
 
 
-ROLLOUTS = {'none': 'no rollout', 'canary50': 'a 50 % canary', 'shadow': 'a shadow on every request'}
+ROLLOUTS = {'none': 'no rollout', 'again': 'no rollout, a second server (A/A: the noise of the run)', 'canary50': 'a 50 % canary',
+            'shadow': 'a shadow on every request'}
 ROLLOUT_SCENARIO = 'single row, 8 connections'
 
 
 def setup_rollouts(work:Path, rollouts:list[str]):
-    "A copy of the registry per rollout scenario: v0002 as a 50 % canary (no controller: the share stays), or under `shadow`."
+    """A copy of the registry per rollout scenario: v0002 as a 50 % canary (no controller: the share stays), or under
+    `shadow`; `again` is a plain copy, served by a second server with no rollout, whose spread against the first is the
+    noise a rollout's cost is judged against."""
     from mlops_nb.registry import Registry
     for r in rollouts:
         root = work/f'registry-{r}'
@@ -251,16 +257,29 @@ def setup_rollouts(work:Path, rollouts:list[str]):
         elif r == 'shadow': reg.promote('v0002', 'shadow', reason='benchmark', actor='benchmark')
 
 
+def per_run(res, n:str) -> list[float]:
+    "Server `n`'s requests/s over ours with no rollout, run by run (the runs of one repeat are next to each other)."
+    return [a['rps'] / b['rps'] for a, b in zip(res[n][ROLLOUT_SCENARIO], res['ours'][ROLLOUT_SCENARIO])]
+
 def rollout_report(res) -> str:
-    "Ours with no rollout, a 50 % canary and a shadow, beside MLflow, single rows at 8 connections (medians)."
+    """Ours with no rollout, a 50 % canary and a shadow, beside MLflow, single rows at 8 connections (medians, and each
+    run's ratio to no rollout). With the A/A control, the noise is the largest distance from 1 of its per-run ratios: a
+    canary is within noise when its median ratio is no further from 1."""
     med = lambda n, k: statistics.median(r[k] for r in res[n][ROLLOUT_SCENARIO])
     rows = [('ours', f"mlops-nb, {ROLLOUTS['none']}")] + [(f'ours_{r}', f"mlops-nb, {ROLLOUTS[r]}") for r in ROLLOUTS if f'ours_{r}' in res]
     base, ml = med('ours', 'rps'), med('mlflow', 'rps')
-    lines = ['', f"| {ROLLOUT_SCENARIO} | req/s | p50 / p99 ms | vs no rollout | vs MLflow |", '|---|---|---|---|---|']
+    lines = ['', f"| {ROLLOUT_SCENARIO} | req/s | p50 / p99 ms | vs no rollout | per run | vs MLflow |", '|---|---|---|---|---|---|']
     for n, label in rows:
-        lines.append(f"| {label} | {med(n, 'rps'):,.0f} | {med(n, 'p50_ms'):.2f} / {med(n, 'p99_ms'):.2f} | {med(n, 'rps') / base:.2f}x | {med(n, 'rps') / ml:.0f}x |")
-    lines.append(f"| MLflow | {ml:,.0f} | {med('mlflow', 'p50_ms'):.2f} / {med('mlflow', 'p99_ms'):.2f} | | 1x |")
+        runs = ', '.join(f'{x:.2f}' for x in per_run(res, n))
+        lines.append(f"| {label} | {med(n, 'rps'):,.0f} | {med(n, 'p50_ms'):.2f} / {med(n, 'p99_ms'):.2f} | {med(n, 'rps') / base:.2f}x | {runs} | {med(n, 'rps') / ml:.0f}x |")
+    lines.append(f"| MLflow | {ml:,.0f} | {med('mlflow', 'p50_ms'):.2f} / {med('mlflow', 'p99_ms'):.2f} | | | 1x |")
     lines += ['', "Targets: a 50 % canary within noise of no rollout; with a shadow on every request, p99 under 5 ms at 8 connections."]
+    if 'ours_again' in res and 'ours_canary50' in res:
+        noise = max(abs(1 - x) for x in per_run(res, 'ours_again'))
+        canary = statistics.median(per_run(res, 'ours_canary50'))
+        verdict = 'within noise (met)' if abs(1 - canary) <= noise else 'more than noise (not met)'
+        lines.append(f"Noise (A/A): the second server with no rollout ran within {noise:.0%} of the first, run by run; "
+                     f"the canary's median ratio is {canary:.2f}x: {verdict}.")
     return '\n'.join(lines)
 
 
@@ -279,9 +298,10 @@ def report(res, mem, batches, args, loads) -> str:
     med = lambda name, scen, k: statistics.median(r[k] for r in res[name][scen])
     names = [n for n in SERVERS if n in res]
     lines = [f"Measured by `.venv/bin/python benchmarks/serve.py --repeats {args.repeats} --duration {args.duration}"
-             f"{' --batch-rows ' + str(args.batch_rows) if args.batch_rows else ''} --write-readme` on this 2-core machine "
+             f"{' --batch-rows ' + str(args.batch_rows) if args.batch_rows else ''}"
+             f"{' --rollout ' + args.rollout if args.rollout != 'none' else ''} --write-readme` on this 2-core machine "
              f"(load average {loads[0]} before, {loads[1]} after): wrk, 1 thread, against each server on 127.0.0.1, one worker each, "
-             f"numeric libraries at 1 thread; the servers' order rotates run by run; medians of {args.repeats} runs of {args.duration} s. "
+             f"numeric libraries on the {CORES} cores (ONNX Runtime in ours: one thread below 64 rows a call); the servers' order rotates run by run; medians of {args.repeats} runs of {args.duration} s. "
              "Every client sends the raw record (the 11 columns the simulator delivers, less the target and the ids); the model is the "
              "project's default prediction function: its feature step (time parts, log, ratio), median imputer + StandardScaler, mode "
              "imputer + one-hot, HistGradientBoosting (150 trees). Ours serves its ONNX export and numpy feature step with validation, "
