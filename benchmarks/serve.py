@@ -13,9 +13,10 @@ What it does:
    requirements), served once without and once with BentoML's adaptive batching;
 3. starts the floor of our stack too: Starlette + uvicorn + orjson + ONNX Runtime running the same numpy feature step,
    numpy encoder and estimator graph, with no validation, capture or metrics (`benchmarks/floor_app.py`);
-4. starts every server on 127.0.0.1 with one worker, its numeric libraries on the machine's cores (OMP/MKL/OpenBLAS =
-   the cores: scikit-learn's trees in MLflow and BentoML; ours and the floor run ONNX Runtime on one thread for a call
-   of fewer than 64 rows and on the worker's cores from 64), ours with validation, capture and metrics on; every client sends the same raw record (the
+4. starts every server on 127.0.0.1 with one worker and one thread for the numeric libraries (OMP/MKL/OpenBLAS = 1:
+   with OpenMP on the 2 cores MLflow served a third fewer requests here, single rows and 100 rows alike, as its trees
+   are predicted a few rows at a time); ours and the floor run ONNX Runtime's own pool, one thread for a call of fewer
+   than 64 rows and the worker's cores from 64; ours with validation, capture and metrics on; every client sends the same raw record (the
    columns the sources deliver, less the target and the ids);
 5. runs wrk (Debian's `wrk`; installed with apt-get when missing) for single-row requests at 1, 8 and 32 connections and
    100-row requests at 8 connections, rotating the servers' order run by run, `--repeats` times; reports medians;
@@ -38,8 +39,7 @@ MLFLOW_PINS = ['mlflow==3.17.2', *COMMON_PINS]
 BENTOML_VENV = ROOT/'benchmarks'/'.venv-bentoml'
 BENTOML_PINS = ['bentoml==1.4.40', *COMMON_PINS]
 WORK = ROOT/'benchmarks'/'.work'/'serve'
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-THREADS = {k: str(CORES) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS')}   # every server: the cores
+THREADS = {k: '1' for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS')}
 
 
 def sh(cmd, **kw):
@@ -301,7 +301,7 @@ def report(res, mem, batches, args, loads) -> str:
              f"{' --batch-rows ' + str(args.batch_rows) if args.batch_rows else ''}"
              f"{' --rollout ' + args.rollout if args.rollout != 'none' else ''} --write-readme` on this 2-core machine "
              f"(load average {loads[0]} before, {loads[1]} after): wrk, 1 thread, against each server on 127.0.0.1, one worker each, "
-             f"numeric libraries on the {CORES} cores (ONNX Runtime in ours: one thread below 64 rows a call); the servers' order rotates run by run; medians of {args.repeats} runs of {args.duration} s. "
+             f"numeric libraries at 1 thread (ONNX Runtime in ours and the floor: its own pool, on the 2 cores for a call of 64 rows or more); the servers' order rotates run by run; medians of {args.repeats} runs of {args.duration} s. "
              "Every client sends the raw record (the 11 columns the simulator delivers, less the target and the ids); the model is the "
              "project's default prediction function: its feature step (time parts, log, ratio), median imputer + StandardScaler, mode "
              "imputer + one-hot, HistGradientBoosting (150 trees). Ours serves its ONNX export and numpy feature step with validation, "
