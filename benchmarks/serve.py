@@ -14,7 +14,7 @@ What it does:
 3. starts the floor of our stack too: Starlette + uvicorn + orjson + ONNX Runtime running the same numpy feature step,
    numpy encoder and estimator graph, with no validation, capture or metrics (`benchmarks/floor_app.py`);
 4. starts every server on 127.0.0.1 with one worker and one thread for the numeric libraries (OMP/MKL/OpenBLAS = 1:
-   with OpenMP on the 2 cores MLflow served a third fewer requests here, single rows and 100 rows alike, as its trees
+   with OpenMP on the 2 cores MLflow served a fifth fewer requests here, single rows and 100 rows alike, as its trees
    are predicted a few rows at a time); ours and the floor run ONNX Runtime's own pool, one thread for a call of fewer
    than 64 rows and the worker's cores from 64; ours with validation, capture and metrics on; every client sends the same raw record (the
    columns the sources deliver, less the target and the ids);
