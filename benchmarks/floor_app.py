@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlops_nb.feature_step import Encoder, build_features
-from mlops_nb.serve import ORT_WIDE_ROWS, ServeConfig, _wide_threads
+from mlops_nb.serve import ORT_WIDE_ROWS, ServeConfig, wide_threads
 
 VDIR = Path(os.environ['FLOOR_VERSION_DIR'])
 INFO = json.loads((VDIR/'model.json').read_text())
@@ -32,7 +32,7 @@ def session(threads):
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     return ort.InferenceSession(str(VDIR/('estimator.onnx' if ENCODER else 'model.onnx')), so, providers=['CPUExecutionProvider'])
 SESSION = session(1)
-WIDE = session(_wide_threads(ServeConfig()))   # as `mlops-nb serve` runs a call of ORT_WIDE_ROWS+ rows: on the worker's cores
+WIDE = session(wide_threads(ServeConfig()))   # as `mlops-nb serve` runs a call of ORT_WIDE_ROWS+ rows: on the worker's cores
 INPUTS = [(i.name, i.type) for i in SESSION.get_inputs()]
 OUT = next(o.name for o in SESSION.get_outputs() if 'prob' in o.name)
 

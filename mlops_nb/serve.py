@@ -21,8 +21,8 @@ from .protocols import (parse_json_payload, parse_csv_payload, loads_json, _v2_c
 
 # %% auto #0
 __all__ = ['ORT_CHUNK_ROWS', 'ORT_WIDE_ROWS', 'LATENCY_BUCKETS', 'SCORE_BUCKETS', 'CANARY_LOOP_BUDGET_S', 'CANARY_SLOW_CALLS',
-           'CANARY_FAST_CALLS', 'ServeConfig', 'LoadedModel', 'ModelSource', 'Stats', 'Service', 'openapi_spec',
-           'build_app', 'app_from_env', 'predict_file', 'serve_cmd', 'predict_cmd']
+           'CANARY_FAST_CALLS', 'ServeConfig', 'wide_threads', 'LoadedModel', 'ModelSource', 'Stats', 'Service',
+           'openapi_spec', 'build_app', 'app_from_env', 'predict_file', 'serve_cmd', 'predict_cmd']
 
 # %% ../nbs/09_serve.ipynb #2f8e36fa
 _log = get_logger('mlops_nb.serve')
@@ -82,7 +82,8 @@ class ServeConfig:
             if not getattr(cfg, k) > 0: raise MlopsError(f"serve setting '{k}': must be positive, got {getattr(cfg, k)}")
         if not 0 <= cfg.shadow_share <= 1: raise MlopsError(f"serve setting 'shadow_share': must be between 0 and 1, got {cfg.shadow_share}")
         for k in ('port', 'workers', 'max_rows', 'max_bytes', 'capture_flush_rows', 'intra_op_threads', 'limit_concurrency', 'shadow_queue'):
-            if getattr(cfg, k) < (0 if k in ('port', 'intra_op_threads') else 1): raise MlopsError(f"serve setting '{k}': must be positive, got {getattr(cfg, k)}")
+            least = 0 if k in ('port', 'intra_op_threads') else 1   # 0: any free port; this worker's share of the cores
+            if getattr(cfg, k) < least: raise MlopsError(f"serve setting '{k}': must be at least {least}, got {getattr(cfg, k)}")
         return cfg
 
     def model_refs(self) -> list[str]:
@@ -103,7 +104,7 @@ class ServeConfig:
 ORT_CHUNK_ROWS = 128   # rows per ONNX Runtime call: measured on the default model, 2.4 us/row up to ~200 rows, 3.0 from 1,000
 ORT_WIDE_ROWS = 64     # from this many rows a call runs on several threads: 1.7 us/row on 2 threads against 3.0 on one
 
-def _wide_threads(cfg:ServeConfig) -> int:
+def wide_threads(cfg:ServeConfig) -> int:
     "ONNX Runtime threads for a call of `ORT_WIDE_ROWS`+ rows: `intra_op_threads`, or (0) the cores this process may use shared among the workers."
     if cfg.intra_op_threads: return cfg.intra_op_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
@@ -133,7 +134,7 @@ class LoadedModel:
         self.session = self.pipeline = self.encoder = self.whole = self.wide = None
         if (vdir/'model.onnx').exists():
             import onnxruntime as ort
-            threads = _wide_threads(cfg)
+            threads = wide_threads(cfg)
             def session(path, threads=1):
                 so = ort.SessionOptions()
                 so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
@@ -211,12 +212,10 @@ class LoadedModel:
             score = (self.pipeline.predict_proba(df)[:, 1] if self.classification else self.pipeline.predict(df)).astype('float64')
         else:
             n = len(next(iter(F.values())))
-            if off_loop or self.encoder is None:   # beside the event loop: one thread, the loop has the other cores
-                sess = self.wide if n >= ORT_WIDE_ROWS and not off_loop else self.whole
-                run = lambda f: sess.run([self.whole_out], self._feed(f))[0]
-            else:
-                sess = self.wide if n >= ORT_WIDE_ROWS else self.session
-                run = lambda f: sess.run([self.out_name], {'encoded': self.encoder(f)})[0]
+            if off_loop: sess = self.whole   # beside the event loop: one thread, the loop keeps the other cores
+            else: sess = self.wide if n >= ORT_WIDE_ROWS else self.session
+            if self.encoder is not None and not off_loop: run = lambda f: sess.run([self.out_name], {'encoded': self.encoder(f)})[0]
+            else: run = lambda f: sess.run([self.whole_out], self._feed(f))[0]
             if n <= ORT_CHUNK_ROWS: score = self._scores(run(F))
             else:   # a tree ensemble walks a few hundred rows at a time faster than thousands (its trees stay in cache)
                 score = np.concatenate([self._scores(run({k: v[a:a + ORT_CHUNK_ROWS] for k, v in F.items()}))

@@ -323,7 +323,7 @@ def test_large_calls_run_on_threads_with_the_same_scores(fraud):
     encoded path and for the whole graph (off the event loop). One thread per worker when the workers take the cores."""
     from mlops_nb.core import MlopsError
     from mlops_nb.registry import Registry
-    from mlops_nb.serve import ORT_WIDE_ROWS, LoadedModel, ServeConfig, _wide_threads
+    from mlops_nb.serve import ORT_WIDE_ROWS, LoadedModel, ServeConfig, wide_threads
     root = fraud['root']
     vdir = Registry(root/'registry').version_dir('v0001')
     batch = raw_frame(root).drop(columns=['is_fraud']).head(300).reset_index(drop=True)
@@ -338,7 +338,7 @@ def test_large_calls_run_on_threads_with_the_same_scores(fraud):
     np.testing.assert_array_equal(m.predict(X, off_loop=True)[0], np.concatenate(
         [m.predict({k: v[i:i + 1] for k, v in X.items()}, off_loop=True)[0] for i in range(len(batch))]))
     cores = len(os.sched_getaffinity(0))
-    assert _wide_threads(ServeConfig()) == cores and _wide_threads(ServeConfig(workers=cores)) == 1
+    assert wide_threads(ServeConfig()) == cores and wide_threads(ServeConfig(workers=cores)) == 1
     single = LoadedModel(vdir, ServeConfig(intra_op_threads=1))
     assert single.wide is single.session
     with pytest.raises(MlopsError, match="intra_op_threads"): ServeConfig.resolve({'intra_op_threads': -1})
